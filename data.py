@@ -1,0 +1,253 @@
+"""The pizza/steak/sushi dataset of the PyTorch for Deep Learning course (Food-101 images).
+
+`prepare_dataset` downloads a course zip (or takes a local folder) and returns a folder in the
+layout train/<class>/*.jpg, test/<class>/*.jpg. A dataset becomes visible under its final name
+only after it was fully downloaded, extracted and checked (temp dir + rename), so an interrupted
+run never leaves a folder that a later run would mistake for complete.
+
+Every problem with the data raises `DatasetError`, whose message is one paragraph saying what is
+wrong, where, and how to fix it; scripts print it and exit non-zero instead of a traceback.
+Unreadable images are not skipped: all of them are listed in one error, because training on a
+silently smaller dataset would make the recorded metrics and data description wrong.
+"""
+
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from http.client import HTTPException
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+# The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
+# 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
+DATASET_URLS = {
+    "10_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
+    "20_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi_20_percent.zip",
+}
+SUBSETS = ("train", "test")
+# torchvision's ImageFolder list, so a folder reads the same here and there.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# How many unreadable files an error message names before it only counts the rest.
+MAX_LISTED_FILES = 10
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be downloaded, extracted or used; the message says how to fix it."""
+
+
+def prepare_dataset(
+    data_dir: str | Path | None = None,
+    split: str = "10_percent",
+    url: str | None = None,
+    root: str | Path = "data",
+) -> Path:
+    """Return a checked dataset folder: `data_dir` itself when given, else the download of `url`
+    (default: the course zip of `split`) kept under `root`, downloaded only if not there yet."""
+    if data_dir is not None:
+        dataset_dir = Path(data_dir)
+        if not dataset_dir.is_dir():
+            raise DatasetError(
+                f"The data directory {dataset_dir} does not exist. Pass --data-dir a folder holding "
+                "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
+            )
+        check_dataset(dataset_dir)
+        return dataset_dir
+    if url is None:
+        if split not in DATASET_URLS:
+            raise DatasetError(f"Unknown split {split!r}: choose one of {', '.join(DATASET_URLS)}.")
+        url = DATASET_URLS[split]
+    dataset_dir = Path(root) / Path(urlparse(url).path).stem
+    if not dataset_dir.is_dir():
+        download_dataset(url, dataset_dir)
+    check_dataset(dataset_dir)
+    return dataset_dir
+
+
+def download_dataset(url: str, dataset_dir: Path) -> None:
+    """Download the zip at `url`, extract and check it in a temp dir beside `dataset_dir`, then
+    rename it into place: the one step that makes it visible is atomic."""
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=f".{dataset_dir.name}-") as temp:
+        archive = Path(temp) / "download.zip"
+        download(url, archive)
+        extracted = Path(temp) / "extracted"
+        extract_zip(archive, extracted, url)
+        found = dataset_root_in(extracted, url)
+        check_dataset(found)
+        try:
+            found.rename(dataset_dir)
+        except OSError:
+            if not dataset_dir.is_dir():  # else another run finished the same download first
+                raise
+
+
+def download(url: str, destination: Path) -> None:
+    """Stream `url` into `destination` with a progress bar. urllib ends a body that stops early
+    without an error, so the byte count is checked against the Content-Length header."""
+    fix = (
+        "Check your internet connection, or pass --data-dir with a folder holding "
+        "train/<class>/*.jpg and test/<class>/*.jpg, or --dataset-url with a reachable copy of the zip."
+    )
+    request = urllib.request.Request(url, headers={"User-Agent": "foodvision-mini"})
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(destination, "wb") as file:
+            expected = response.headers.get("Content-Length")
+            expected = int(expected) if expected is not None else None
+            with tqdm(total=expected, unit="B", unit_scale=True, desc=f"Downloading {url}") as bar:
+                while chunk := response.read(1 << 16):
+                    file.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as error:
+        raise DatasetError(f"Downloading {url} failed: the server answered {error.code} {error.reason}. {fix}") from None
+    except urllib.error.URLError as error:
+        raise DatasetError(f"Could not reach {url} ({error.reason}). {fix}") from None
+    except (OSError, HTTPException, ValueError) as error:
+        raise DatasetError(f"Downloading {url} failed after {received} bytes ({error}). {fix}") from None
+    if expected is not None and received != expected:
+        raise DatasetError(
+            f"The download of {url} was interrupted: received {received} of {expected} bytes. "
+            f"Nothing was kept; run again to retry. {fix}"
+        )
+
+
+def extract_zip(archive: Path, destination: Path, url: str) -> None:
+    """Extract `archive` into `destination`, refusing entries whose path leaves it ("zip slip")
+    rather than letting zipfile silently rewrite them; CRCs are checked while extracting."""
+    destination = destination.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zip_file:
+            for name in zip_file.namelist():
+                if not (destination / name).resolve().is_relative_to(destination):
+                    raise DatasetError(
+                        f"The archive from {url} holds the entry {name!r}, which would be written "
+                        f"outside the dataset folder; it was refused and nothing was extracted. "
+                        "Use a zip whose entries all lie inside it."
+                    )
+            zip_file.extractall(destination)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as error:
+        raise DatasetError(
+            f"The file downloaded from {url} is not a valid zip archive ({error}). Nothing was "
+            "kept; check that --dataset-url points at a .zip file and run again."
+        ) from None
+    except OSError as error:
+        raise DatasetError(f"Extracting the archive from {url} failed ({error}). Nothing was kept.") from None
+
+
+def dataset_root_in(extracted: Path, url: str) -> Path:
+    """The folder holding train/ and test/: the top of the archive, or its single folder
+    (zipping a folder wraps it in one more level)."""
+    if all((extracted / subset).is_dir() for subset in SUBSETS):
+        return extracted
+    folders = [path for path in extracted.iterdir() if path.is_dir() and not is_hidden(path)]
+    if len(folders) == 1 and all((folders[0] / subset).is_dir() for subset in SUBSETS):
+        return folders[0]
+    raise DatasetError(
+        f"The archive from {url} has no train/ and test/ folders at its top level. A dataset zip "
+        "holds train/<class>/*.jpg and test/<class>/*.jpg."
+    )
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot folders and files (.ipynb_checkpoints, .DS_Store) are tool debris, not data."""
+    return path.name.startswith(".") or path.name == "__MACOSX"
+
+
+def class_names_of(dataset_dir: str | Path) -> list[str]:
+    """The sorted class folder names, which must be the same in train/ and test/: a class
+    missing from one of them would silently shift every label index after it."""
+    dataset_dir = Path(dataset_dir)
+    layout = "A dataset folder holds train/<class>/*.jpg and test/<class>/*.jpg."
+    missing = [subset for subset in SUBSETS if not (dataset_dir / subset).is_dir()]
+    if missing:
+        raise DatasetError(f"{dataset_dir} has no {' or '.join(missing)}/ folder. {layout}")
+    classes = {
+        subset: {path.name for path in (dataset_dir / subset).iterdir() if path.is_dir() and not is_hidden(path)}
+        for subset in SUBSETS
+    }
+    for subset in SUBSETS:
+        if not classes[subset]:
+            raise DatasetError(f"{dataset_dir / subset} holds no class folders. {layout}")
+    if classes["train"] != classes["test"]:
+        only_train = sorted(classes["train"] - classes["test"]) or "none"
+        only_test = sorted(classes["test"] - classes["train"]) or "none"
+        raise DatasetError(
+            f"The class folders of {dataset_dir} differ between train/ and test/: only in train: "
+            f"{only_train}; only in test: {only_test}. Give both the same class folders."
+        )
+    return sorted(classes["train"])
+
+
+def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) -> list[tuple[Path, int]]:
+    """(path, class index) of every image of `subset`, in a stable sorted order."""
+    samples = []
+    for label, name in enumerate(class_names):
+        folder = Path(dataset_dir) / subset / name
+        paths = sorted(
+            path for path in folder.iterdir()
+            if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
+        )
+        if not paths:
+            raise DatasetError(
+                f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). Every class needs "
+                "images in both train/ and test/."
+            )
+        samples += [(path, label) for path in paths]
+    return samples
+
+
+def check_dataset(dataset_dir: Path) -> None:
+    """Check the layout, the classes and that every image decodes, naming all the bad files at
+    once so they can be fixed in one go."""
+    class_names = class_names_of(dataset_dir)
+    paths = [path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)]
+    unreadable = []
+    for path in tqdm(paths, desc=f"Checking {dataset_dir}", unit="image", leave=False):
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (64, 64))  # JPEGs decode at 1/8 scale: the whole file is still read
+                image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            unreadable.append(f"{path} ({error})")
+    if unreadable:
+        listed = "; ".join(unreadable[:MAX_LISTED_FILES])
+        more = f" and {len(unreadable) - MAX_LISTED_FILES} more" if len(unreadable) > MAX_LISTED_FILES else ""
+        raise DatasetError(
+            f"{len(unreadable)} of {len(paths)} images in {dataset_dir} cannot be read: {listed}{more}. "
+            "Delete or replace these files, then run again."
+        )
+
+
+def load_image(path: Path) -> Image.Image:
+    """The image at `path` as RGB; an unreadable file raises DatasetError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"Cannot read the image {path} ({error}). Delete or replace it, then run again.") from None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """The images of one subset ("train" or "test") with their class indices, read through
+    `class_names_of` so hidden folders never become classes (unlike ImageFolder)."""
+
+    def __init__(self, dataset_dir: str | Path, subset: str, transform=None):
+        self.dataset_dir = Path(dataset_dir)
+        self.class_names = class_names_of(self.dataset_dir)
+        self.samples = image_files(self.dataset_dir, subset, self.class_names)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform else image), label
