@@ -1,0 +1,105 @@
+"""Uploaded photos in, pictures of what the ViT sees out.
+
+`load_rgb` is the one door every upload goes through (app and command line): it refuses what is
+not a usable photo with an `ImageError` whose message a user can act on, and returns 8-bit RGB
+for everything else, whatever the file's mode, orientation or size. `patch_grid` and
+`attention_overlay` draw the model's view of a preprocessed image (Figure 1 of the ViT paper).
+"""
+
+from pathlib import Path
+from typing import BinaryIO
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# About 67 megapixels: above any phone or consumer camera. Checked on the header, before any
+# pixel is decoded, so a small file declaring a huge canvas (a decompression bomb) costs nothing.
+# Pillow's own guard (Image.MAX_IMAGE_PIXELS, 89 MP warning, 179 MP error) stays in place behind it.
+MAX_PIXELS = 8192 * 8192
+
+# Modes Pillow stores 16-bit (or wider) grey levels in; its convert() clips them at 255.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageError(ValueError):
+    """An upload that cannot be used as a photo; the message says why and what to do."""
+
+
+def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Image.Image:
+    """Decode an image file to 8-bit RGB, upright (EXIF orientation applied).
+
+    min_size: the shortest side the caller needs (the model's resize size). Big JPEGs are then
+    decoded at a reduced scale (1/2, 1/4 or 1/8, JPEG draft mode) that still covers it, which
+    makes a 12-megapixel phone photo decode several times faster in a fraction of the memory.
+    """
+    try:
+        image = Image.open(source)
+    except FileNotFoundError:
+        raise ImageError(f"No such file: {source}.") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            "This file is not an image that can be read (it may be another kind of file or "
+            "badly damaged). Please upload a photo: JPEG, PNG, WebP, GIF, BMP or TIFF."
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"This image is too large to decode safely: {error}") from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(
+                f"This image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Please downscale it and try again."
+            )
+        if min_size is not None:
+            image.draft("RGB", (min_size, min_size))  # JPEG only; a no-op for other formats
+        try:
+            return to_rgb(ImageOps.exif_transpose(image))
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise ImageError(
+                f"This image file is damaged or truncated and cannot be decoded ({error}). "
+                "Please upload the complete file."
+            ) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode: transparency is composited on white (the colour a page
+    shows behind a transparent photo), 16-bit grey levels are rescaled, not clipped."""
+    if image.mode in WIDE_GREY_MODES:
+        grey = np.asarray(image).astype(np.float32) / 257  # 65535 -> 255
+        image = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8))
+    if image.has_transparency_data:
+        white = Image.new("RGBA", image.size, "white")
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def to_display(pixels: torch.Tensor, mean: list[float], std: list[float]) -> Image.Image:
+    """The (3, H, W) model input as a picture: the transforms' normalisation undone."""
+    mean_, std_ = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    unnormalised = (pixels.detach().float().cpu() * std_ + mean_).clamp(0, 1)
+    return Image.fromarray((unnormalised * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def patch_grid(image: Image.Image, patch_size: int, gap: int = 3) -> Image.Image:
+    """The image cut into its patch_size x patch_size patches, laid out with white gaps: the
+    sequence of "16x16 words" the transformer reads (Figure 1; Eq. 1 flattens them row by row)."""
+    columns, rows = image.width // patch_size, image.height // patch_size
+    step = patch_size + gap
+    grid = Image.new("RGB", (columns * step - gap, rows * step - gap), "white")
+    for row in range(rows):
+        for column in range(columns):
+            box = (column * patch_size, row * patch_size, (column + 1) * patch_size, (row + 1) * patch_size)
+            grid.paste(image.crop(box), (column * step, row * step))
+    return grid
+
+
+def attention_overlay(image: Image.Image, attention: torch.Tensor, opacity: float = 0.55) -> Image.Image:
+    """A (rows, columns) map of patch weights drawn over the image, one flat colour per patch
+    (nearest-neighbour upsampling: the model attends to whole patches, not to pixels)."""
+    weights = attention.detach().float().cpu()
+    weights = (weights - weights.min()) / (weights.max() - weights.min()).clamp_min(1e-12)
+    colours = matplotlib.colormaps["inferno"](weights.numpy(), bytes=True)[..., :3]
+    heatmap = Image.fromarray(colours).resize(image.size, Image.Resampling.NEAREST)
+    return Image.blend(image.convert("RGB"), heatmap, opacity)

@@ -1,0 +1,152 @@
+"""images.py: every kind of upload decodes to the right RGB pixels, or fails with a clear message."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from images import MAX_PIXELS, ImageError, attention_overlay, load_rgb, patch_grid, to_display
+
+
+def encoded(image: Image.Image, format: str, **options) -> io.BytesIO:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    buffer.seek(0)
+    return buffer
+
+
+def png_declaring(width: int, height: int) -> io.BytesIO:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
+    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG").getvalue())
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length field
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 4 + 13]))
+    data[ihdr + 4 + 13 : ihdr + 4 + 13 + 4] = struct.pack(">I", crc)
+    return io.BytesIO(bytes(data))
+
+
+def pixel(image: Image.Image, x: int = 0, y: int = 0) -> tuple[int, int, int]:
+    return image.getpixel((x, y))
+
+
+def test_grayscale_becomes_equal_rgb_channels():
+    image = load_rgb(encoded(Image.new("L", (8, 8), 77), "PNG"))
+    assert image.mode == "RGB" and pixel(image) == (77, 77, 77)
+
+
+def test_palette_gif_keeps_its_colours():
+    source = Image.new("RGB", (8, 8), (200, 30, 60))
+    source.paste((10, 120, 250), (4, 0, 8, 8))
+    image = load_rgb(encoded(source.convert("P", palette=Image.Palette.ADAPTIVE, colors=4), "GIF"))
+    assert pixel(image, 0, 0) == (200, 30, 60) and pixel(image, 7, 7) == (10, 120, 250)
+
+
+def test_transparent_gif_pixels_become_white():
+    source = Image.new("P", (4, 4), 1)
+    source.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    source.putpixel((0, 0), 0)
+    image = load_rgb(encoded(source, "GIF", transparency=0))
+    assert pixel(image, 0, 0) == (255, 255, 255) and pixel(image, 3, 3) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("mode, colour", [("RGBA", (255, 0, 0, 128)), ("LA", (0, 128))])
+def test_transparency_is_composited_on_white(mode, colour):
+    image = load_rgb(encoded(Image.new(mode, (4, 4), colour), "PNG"))
+    expected = (255, 127, 127) if mode == "RGBA" else (127, 127, 127)
+    assert all(abs(a - b) <= 1 for a, b in zip(pixel(image), expected))
+
+
+def test_cmyk_jpeg_converts_to_rgb():
+    cyan, yellow = (255, 0, 0, 0), (0, 0, 255, 0)
+    source = Image.new("CMYK", (32, 16), cyan)
+    source.paste(yellow, (16, 0, 32, 16))
+    image = load_rgb(encoded(source, "JPEG", quality=95))
+    assert np.allclose(pixel(image, 4, 8), (0, 255, 255), atol=8)
+    assert np.allclose(pixel(image, 28, 8), (255, 255, 0), atol=8)
+
+
+def test_16_bit_png_is_rescaled_not_clipped():
+    levels = np.array([[0, 128 * 257, 65535]], dtype=np.uint16)
+    image = load_rgb(encoded(Image.fromarray(levels), "PNG"))
+    assert [pixel(image, x)[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_exif_orientation_is_applied():
+    source = Image.new("RGB", (40, 20), (255, 0, 0))
+    source.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    image = load_rgb(encoded(source, "JPEG", exif=exif, quality=95))
+    assert image.size == (20, 40)
+    assert np.allclose(pixel(image, 10, 5), (255, 0, 0), atol=10)  # left half now on top
+    assert np.allclose(pixel(image, 10, 35), (0, 0, 255), atol=10)
+
+
+def test_one_pixel_image():
+    image = load_rgb(encoded(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"), min_size=256)
+    assert image.size == (1, 1) and pixel(image) == (1, 2, 3)
+
+
+def test_big_jpeg_decodes_at_reduced_scale_that_still_covers_min_size():
+    source = Image.linear_gradient("L").resize((2048, 1536)).convert("RGB")
+    image = load_rgb(encoded(source, "JPEG"), min_size=256)
+    assert image.width < 2048 and min(image.size) >= 256
+    assert load_rgb(encoded(source, "JPEG")).size == (2048, 1536)
+
+
+@pytest.mark.parametrize("width, height", [(9000, 8000), (100_000, 100_000)])
+def test_decompression_bomb_is_refused_before_decoding(width, height):
+    assert width * height > MAX_PIXELS
+    with pytest.raises(ImageError, match="too large|megapixels"):
+        load_rgb(png_declaring(width, height))
+
+
+def test_truncated_jpeg():
+    data = encoded(Image.linear_gradient("L").convert("RGB"), "JPEG").getvalue()
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_rgb(io.BytesIO(data[: len(data) // 2]))
+
+
+@pytest.mark.parametrize(
+    "data", [np.random.default_rng(0).bytes(4096), b"pizza, steak or sushi?\n" * 50, b""]
+)
+def test_non_images(data):
+    with pytest.raises(ImageError, match="not an image"):
+        load_rgb(io.BytesIO(data))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="No such file"):
+        load_rgb(tmp_path / "missing.jpg")
+
+
+def test_to_display_undoes_normalisation():
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    original = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pixels = (torch.from_numpy(original).permute(2, 0, 1) / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
+        std
+    ).view(3, 1, 1)
+    assert np.abs(np.asarray(to_display(pixels, mean, std)).astype(int) - original).max() <= 1
+
+
+def test_patch_grid_lays_patches_out_row_by_row_with_gaps():
+    original = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    grid = np.asarray(patch_grid(Image.fromarray(original), patch_size=16, gap=2))
+    assert grid.shape == (4 * 18 - 2, 3 * 18 - 2, 3)
+    row, column = 2, 1
+    assert (grid[row * 18 : row * 18 + 16, column * 18 : column * 18 + 16] == original[32:48, 16:32]).all()
+    assert (grid[16:18, :] == 255).all() and (grid[:, 34:36] == 255).all()
+
+
+def test_attention_overlay_highlights_the_attended_patch():
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    attention = torch.zeros(4, 4)
+    attention[1, 2] = 1.0
+    overlay = np.asarray(attention_overlay(image, attention)).astype(int)
+    brightness = overlay.sum(axis=2)
+    assert overlay.shape == (64, 64, 3)
+    assert brightness[16:32, 32:48].min() > brightness[:16, :].max()
