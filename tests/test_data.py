@@ -1,0 +1,152 @@
+"""data.py over real HTTP on 127.0.0.1: the download path works, and every way a dataset can be
+broken ends in one clear DatasetError (and exit status 1 from train_head.main), leaving nothing
+behind that a later run could mistake for a complete dataset."""
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import train_head
+from data import DatasetError, ImageDataset, class_names_of, prepare_dataset
+
+
+def zip_bytes(folder: Path, prefix: str = "") -> bytes:
+    """The files under `folder` as a zip, their names prefixed with `prefix`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, prefix + path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dataset_zip(pizza_steak_sushi_dataset) -> bytes:
+    return zip_bytes(pizza_steak_sushi_dataset)
+
+
+@pytest.fixture
+def local_copy(pizza_steak_sushi_dataset, tmp_path) -> Path:
+    """A copy of the generated dataset that a test may break."""
+    return Path(shutil.copytree(pizza_steak_sushi_dataset, tmp_path / "dataset"))
+
+
+def fails_cleanly(capsys, argv: list[str], root: Path | None = None) -> str:
+    """Run train_head.main, check it exits 1 with a one-paragraph error and (for downloads) kept
+    nothing under `root`; return the message."""
+    assert train_head.main(argv) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    if root is not None:
+        assert list(root.iterdir()) == []
+    return message
+
+
+def test_download_extracts_and_reuses_the_dataset(serve_bytes, dataset_zip, pizza_steak_sushi_dataset, tmp_path):
+    url = serve_bytes("pizza_steak_sushi.zip", dataset_zip)
+    dataset_dir = prepare_dataset(url=url, root=tmp_path)
+    assert dataset_dir == tmp_path / "pizza_steak_sushi"
+    assert [p.name for p in tmp_path.iterdir()] == ["pizza_steak_sushi"]  # no temp files left
+    assert class_names_of(dataset_dir) == ["pizza", "steak", "sushi"]
+    originals = sorted(p.relative_to(pizza_steak_sushi_dataset) for p in pizza_steak_sushi_dataset.rglob("*.jpg"))
+    assert sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*.jpg")) == originals
+    serve_bytes("pizza_steak_sushi.zip", b"", claimed_length=0)  # a second download would now fail
+    assert prepare_dataset(url=url, root=tmp_path) == dataset_dir
+
+
+def test_zip_of_a_wrapping_folder_is_accepted(serve_bytes, pizza_steak_sushi_dataset, tmp_path):
+    url = serve_bytes("wrapped.zip", zip_bytes(pizza_steak_sushi_dataset, prefix="pizza_steak_sushi/"))
+    dataset_dir = prepare_dataset(url=url, root=tmp_path)
+    assert len(ImageDataset(dataset_dir, "test")) == len(list((pizza_steak_sushi_dataset / "test").rglob("*.jpg")))
+
+
+def test_interrupted_download(serve_bytes, dataset_zip, tmp_path, capsys):
+    half = dataset_zip[: len(dataset_zip) // 2]
+    url = serve_bytes("pizza_steak_sushi.zip", half, claimed_length=len(dataset_zip))
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert f"download of {url} was interrupted: received {len(half)} of {len(dataset_zip)} bytes" in message
+
+
+def test_corrupt_zip(serve_bytes, dataset_zip, tmp_path, capsys):
+    corrupt = bytearray(dataset_zip)
+    corrupt[len(corrupt) // 3: len(corrupt) // 3 + 64] = bytes(64)  # damages compressed data: bad CRC
+    url = serve_bytes("pizza_steak_sushi.zip", bytes(corrupt))
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert f"The file downloaded from {url} is not a valid zip archive" in message
+    url = serve_bytes("page.zip", b"<html>Not Found</html>")
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert "not a valid zip archive (File is not a zip file)" in message
+
+
+def test_zip_slip_entry_is_refused(serve_bytes, dataset_zip, tmp_path, capsys):
+    buffer = io.BytesIO(dataset_zip)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("../escaped.txt", "outside")
+    url = serve_bytes("pizza_steak_sushi.zip", buffer.getvalue())
+    root = tmp_path / "data"
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(root)])
+    assert "'../escaped.txt', which would be written outside the dataset folder; it was refused" in message
+    assert list(tmp_path.rglob("escaped.txt")) == [] and list(root.iterdir()) == []
+
+
+def test_unreachable_url_names_it_and_the_fixes(tmp_path, capsys):
+    url = "http://127.0.0.1:9/pizza_steak_sushi.zip"  # the discard port: nothing listens there
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert f"Could not reach {url}" in message
+    assert "--data-dir" in message and "--dataset-url" in message
+
+
+def test_http_error_names_the_status(serve_bytes, tmp_path, capsys):
+    url = serve_bytes("present.zip", b"").rsplit("/", 1)[0] + "/missing.zip"
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert f"Downloading {url} failed: the server answered 404" in message
+
+
+def test_mismatched_class_folders_are_named(local_copy, capsys):
+    (local_copy / "test" / "sushi").rename(local_copy / "test" / "ramen")
+    message = fails_cleanly(capsys, ["--data-dir", str(local_copy)])
+    assert "differ between train/ and test/: only in train: ['sushi']; only in test: ['ramen']" in message
+
+
+def test_hidden_folders_are_not_classes(local_copy):
+    (local_copy / "train" / ".ipynb_checkpoints").mkdir()
+    assert class_names_of(local_copy) == ["pizza", "steak", "sushi"]
+
+
+def test_unreadable_images_are_all_named(local_copy, capsys):
+    broken = local_copy / "train" / "steak" / "0.jpg"
+    broken.write_bytes(b"not a jpeg")
+    truncated = local_copy / "test" / "pizza" / "1.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    message = fails_cleanly(capsys, ["--data-dir", str(local_copy)])
+    assert f"2 of {len(list(local_copy.rglob('*.jpg')))} images in {local_copy} cannot be read" in message
+    assert str(broken) in message and str(truncated) in message
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("empty_class", "test/sushi holds no images"),
+    ("no_class_folders", "test holds no class folders"),
+    ("no_test_folder", "has no test/ folder"),
+])
+def test_empty_split(local_copy, capsys, breakage, expected):
+    if breakage == "empty_class":
+        for path in (local_copy / "test" / "sushi").iterdir():
+            path.unlink()
+    else:
+        shutil.rmtree(local_copy / "test")
+        if breakage == "no_class_folders":
+            (local_copy / "test").mkdir()
+    assert expected in fails_cleanly(capsys, ["--data-dir", str(local_copy)])
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert f"The data directory {tmp_path / 'nowhere'} does not exist" in fails_cleanly(
+        capsys, ["--data-dir", str(tmp_path / "nowhere")]
+    )
+
+
+def test_unknown_split_is_a_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="Unknown split '5_percent': choose one of 10_percent, 20_percent"):
+        prepare_dataset(split="5_percent", root=tmp_path)

@@ -1,0 +1,250 @@
+"""Fine-tune the head of a frozen ImageNet vit_b_16 on pizza/steak/sushi (course chapter 08/09).
+
+The course runs the whole 86M-parameter backbone over every image in every epoch, although the
+backbone is frozen, has no dropout and sees no augmentation: its class-token features never
+change. Here they are computed once (one backbone pass over train and test) and the 2,307-
+parameter head is trained on that cache, so 10 epochs cost little more than one pass; the
+training itself is the same (Adam 1e-3, batch 32, CrossEntropyLoss, 10 epochs, seed 42).
+
+    python train_head.py                       # 10% split, downloaded into data/
+    python train_head.py --split 20_percent    # the course's best run: test accuracy 0.985
+    python train_head.py --data-dir my_photos  # any train/<class>, test/<class> folder
+
+Writes a tiny checkpoint (model.safetensors + config.json, see checkpoint.py) together with
+metrics.json, loss_curves.png and evaluation.json into --output.
+"""
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from checkpoint import BACKBONE, DEFAULT_CHECKPOINT_DIR, CheckpointError, push_to_hub, save_head
+from data import DATASET_URLS, DatasetError, ImageDataset, prepare_dataset
+from model import WeightsUnavailableError, build_feature_extractor
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent / "data"
+WEIGHTS_CHOICES = ("IMAGENET1K_V1", "IMAGENET1K_SWAG_E2E_V1")  # 224 px / 384 px
+MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
+
+
+def extract_features(model: nn.Module, dataset: ImageDataset, batch_size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's class-token features (N, D) (Eq. 4) and labels (N,) of every image.
+    torchvision's VisionTransformer applies `heads` last, so an Identity head exposes them."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    head, model.heads = model.heads, nn.Identity()
+    features, labels = [], []
+    try:
+        with torch.inference_mode():
+            for images, batch_labels in tqdm(loader, desc=desc, unit="batch"):
+                features.append(model(images))
+                labels.append(batch_labels)
+    finally:
+        model.heads = head
+    return torch.cat(features), torch.cat(labels)
+
+
+def train_epoch(head: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> tuple[float, float]:
+    """One pass over the cached training features; mean loss and accuracy over the samples."""
+    head.train()
+    total_loss, correct, count = 0.0, 0, 0
+    for features, labels in loader:
+        logits = head(features)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        count += len(labels)
+    return total_loss / count, correct / count
+
+
+@torch.inference_mode()
+def evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float, torch.Tensor]:
+    """Loss, accuracy and logits of the head on cached features."""
+    head.eval()
+    logits = head(features)
+    return loss_fn(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item(), logits
+
+
+def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batch_size: int, seed: int) -> list[dict]:
+    """Train `head` on cached (features, labels) with the course's Adam + CrossEntropyLoss and
+    return one dict of train/test loss and accuracy per epoch."""
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*train), batch_size=batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    for epoch in tqdm(range(1, epochs + 1), desc="Training the head", unit="epoch"):
+        train_loss, train_acc = train_epoch(head, loader, optimizer, loss_fn)
+        test_loss, test_acc, _ = evaluate(head, *test, loss_fn)
+        history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc))
+        tqdm.write(
+            f"Epoch: {epoch} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | "
+            f"test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}"
+        )
+    return history
+
+
+def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:
+    """Per-class accuracy, confusion matrix (rows: true class, columns: predicted class), the
+    test images predicted wrong with the highest probability, and every test prediction."""
+    probabilities = logits.softmax(dim=1)
+    predicted = probabilities.argmax(dim=1)
+    confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    per_class = {name: confusion[i, i].item() / max(confusion[i].sum().item(), 1) for i, name in enumerate(class_names)}
+    predictions = [
+        dict(path=path, true=class_names[true], predicted=class_names[pred], probability=probs[pred].item(),
+             probabilities=dict(zip(class_names, probs.tolist())))
+        for path, true, pred, probs in zip(paths, labels.tolist(), predicted.tolist(), probabilities)
+    ]
+    wrong = sorted((p for p in predictions if p["true"] != p["predicted"]), key=lambda p: -p["probability"])
+    return dict(
+        test_accuracy=(predicted == labels).float().mean().item(),
+        per_class_accuracy=per_class,
+        confusion_matrix=dict(class_names=class_names, rows_true_columns_predicted=confusion.tolist()),
+        most_wrong=[{key: p[key] for key in ("path", "true", "predicted", "probability")} for p in wrong[:MOST_WRONG]],
+        predictions=predictions,
+    )
+
+
+def plot_curves(history: list[dict]) -> bytes:
+    """Loss and accuracy curves per epoch, like the course's plot_loss_curves, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: training runs headless and in tests
+    from matplotlib import pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, ("loss", "acc")):
+        for subset in ("train", "test"):
+            axis.plot(epochs, [h[f"{subset}_{metric}"] for h in history], marker="o", label=f"{subset}_{metric}")
+        axis.set(title="Loss" if metric == "loss" else "Accuracy", xlabel="Epochs")
+        axis.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def train_head(
+    data_dir: str | Path | None = None,
+    dataset_url: str | None = None,
+    split: str = "10_percent",
+    output_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
+    weights: str = "IMAGENET1K_V1",
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 42,
+    download_dir: str | Path = DEFAULT_DATA_ROOT,
+) -> Path:
+    """Train a head on the dataset (a local `data_dir`, else the download of `dataset_url` or of
+    the course's `split`) and save the checkpoint with its reports to `output_dir`, returned.
+
+    Raises DatasetError for unusable data, WeightsUnavailableError when the ImageNet weights are
+    neither cached nor downloadable, CheckpointError when `output_dir` cannot be written."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    dataset_dir = prepare_dataset(data_dir, split, dataset_url, download_dir)
+    torch.manual_seed(seed)  # the new head's initialisation
+    started = time.perf_counter()
+    train_set = ImageDataset(dataset_dir, "train")
+    test_set = ImageDataset(dataset_dir, "test")
+    class_names = train_set.class_names
+    model, transforms = build_feature_extractor(weights, class_names)
+    train_set.transform = test_set.transform = transforms
+    train = extract_features(model, train_set, batch_size, "Backbone features (train)")
+    test = extract_features(model, test_set, batch_size, "Backbone features (test)")
+    features_seconds = time.perf_counter() - started
+    history = fit(model.heads, train, test, epochs, lr, batch_size, seed)
+    _, _, test_logits = evaluate(model.heads, *test, nn.CrossEntropyLoss())
+    paths = [path.relative_to(dataset_dir).as_posix() for path, _ in test_set.samples]
+    evaluation = evaluation_summary(test_logits, test[1], class_names, paths)
+    final = {key: value for key, value in history[-1].items() if key != "epoch"}
+    config = dict(
+        backbone=BACKBONE,
+        weights=weights,
+        image_size=transforms.crop_size[0],
+        class_names=class_names,
+        num_features=train[0].shape[1],
+        metrics=final,
+        training=dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer="Adam",
+                      loss="CrossEntropyLoss", head_parameters=sum(p.numel() for p in model.heads.parameters())),
+        data=dict(source=str(data_dir) if data_dir is not None else (dataset_url or DATASET_URLS[split]),
+                  split=None if data_dir is not None or dataset_url else split,
+                  train_images=len(train_set), test_images=len(test_set)),
+        versions=dict(torch=torch.__version__),
+    )
+    metrics = dict(history=history, features_seconds=features_seconds, total_seconds=time.perf_counter() - started)
+    reports = {
+        "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
+        "evaluation.json": (json.dumps(evaluation, indent=2) + "\n").encode(),
+        "loss_curves.png": plot_curves(history),
+    }
+    output_dir = save_head(model, output_dir, config, reports)
+    per_class = ", ".join(f"{name} {acc:.2f}" for name, acc in evaluation["per_class_accuracy"].items())
+    print(f"Test accuracy {evaluation['test_accuracy']:.4f} ({per_class}). Saved {output_dir}")
+    return output_dir
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help="a local dataset folder (train/<class>/*.jpg, test/<class>/*.jpg) instead of downloading")
+    data.add_argument("--dataset-url", help="the dataset zip to download (default: the course's zip of --split)")
+    data.add_argument("--split", default="10_percent", choices=list(DATASET_URLS), help="which course split to download")
+    data.add_argument("--download-dir", default=DEFAULT_DATA_ROOT, type=Path, help="where downloaded datasets are kept (default: %(default)s)")
+    training = parser.add_argument_group("training (defaults: the course's)")
+    training.add_argument("--weights", default="IMAGENET1K_V1", choices=WEIGHTS_CHOICES, help="torchvision vit_b_16 weights (IMAGENET1K_V1: 224 px, IMAGENET1K_SWAG_E2E_V1: 384 px)")
+    training.add_argument("--epochs", type=int, default=10)
+    training.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--seed", type=int, default=42)
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=DEFAULT_CHECKPOINT_DIR, type=Path, help="checkpoint folder (default: %(default)s)")
+    output.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish the checkpoint as this Hugging Face Hub model repo")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; problems with data, weights or checkpoint print one message and
+    return 1 instead of a traceback."""
+    args = parse_args(argv)
+    try:
+        output_dir = train_head(
+            data_dir=args.data_dir, dataset_url=args.dataset_url, split=args.split, output_dir=args.output,
+            weights=args.weights, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+            download_dir=args.download_dir,
+        )
+    except (DatasetError, WeightsUnavailableError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.push_to_hub:
+        try:
+            print(f"Published {push_to_hub(output_dir, args.push_to_hub)}")
+        except Exception as error:  # network, authentication and permission errors all end the same way
+            print(
+                f"error: the checkpoint is saved in {output_dir}, but publishing it to the Hugging Face Hub "
+                f"repo {args.push_to_hub} failed ({type(error).__name__}: {error}). Log in with `hf auth login` "
+                f"(or set HF_TOKEN) and publish it with `hf upload {args.push_to_hub} {output_dir} .`",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
