@@ -1,0 +1,340 @@
+"""Train the Vision Transformer of model.py from scratch on a train/<class>, test/<class> image
+folder (pizza_steak_sushi by default) with the paper's recipe (Dosovitskiy et al. 2020, Section 4.1,
+Table 3, Appendix B.1): Adam(0.9, 0.999) with decoupled weight decay 0.1, linear warmup then
+cosine or linear decay, global-norm gradient clipping at 1, dropout 0.1. On top, the small-data
+helpers of timm and DeiT (random resized crops, flips, TrivialAugment/RandAugment, label smoothing),
+all flags.
+
+    python train_vit.py --model vit_b_16 --epochs 10
+    python train_vit.py --image-size 64 --patch-size 8 --num-layers 4 --hidden-dim 128 --mlp-dim 256 --num-heads 4
+    torchrun --nproc_per_node=4 train_vit.py ...    # DistributedDataParallel, same flags
+
+Expect little from a ViT-B/16 trained on 225 photos: the course saw chance-level test accuracy
+(0.20-0.54), and Section 4.2 shows ViTs overtake ResNets only with 14M-300M pre-training images.
+The output folder holds model.safetensors + config.json (ViTConfig and class names: enough to
+rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json
+and loss_curves.png.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed: the curves go to a PNG
+import matplotlib.pyplot as plt
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from data import DATASET_URLS, DatasetError, ImageDataset, prepare_dataset
+from model import VIT_CONFIGS, ViT, ViTConfig, build_vit
+
+MODEL_FLAGS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "dropout", "attention_dropout")
+NO_WEIGHT_DECAY = ("class_token", "position_embedding")  # embeddings, like biases and LayerNorm, are not decayed (timm, big_vision)
+
+
+class TrainingError(Exception):
+    """A bad flag, configuration or checkpoint; the message says what and how to fix it."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download --split")
+    data.add_argument("--split", default="10_percent", choices=DATASET_URLS, help="pizza_steak_sushi subset of Food-101 to download")
+    data.add_argument("--dataset-url", help="download this zip instead of --split's")
+    data.add_argument("--data-root", default="data", help="where downloads are extracted")
+    model = parser.add_argument_group("model (a Table 1 preset; the other flags override its fields for small runs)")
+    model.add_argument("--model", default="vit_b_16", choices=VIT_CONFIGS)
+    model.add_argument("--image-size", type=int, help="default: the preset's 224")
+    model.add_argument("--patch-size", type=int)
+    model.add_argument("--num-layers", type=int)
+    model.add_argument("--hidden-dim", type=int)
+    model.add_argument("--mlp-dim", type=int)
+    model.add_argument("--num-heads", type=int)
+    model.add_argument("--dropout", type=float, default=0.1, help="Table 3: 0.1 for ViT-B/L on ImageNet-size data")
+    model.add_argument("--attention-dropout", type=float, help="not in the paper; default: the preset's 0.0")
+    optim = parser.add_argument_group("optimisation (Section 4.1, Table 3)")
+    optim.add_argument("--epochs", type=int, default=10)
+    optim.add_argument("--batch-size", type=int, default=32, help="global: split evenly across torchrun processes")
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, reached after warmup")
+    optim.add_argument("--weight-decay", type=float, default=0.1, help="decoupled (AdamW), on weight matrices only")
+    optim.add_argument("--warmup-steps", type=int, default=10, help="linear warmup (paper: 10k steps of batch 4096)")
+    optim.add_argument("--schedule", default="cosine", choices=("cosine", "linear"), help="decay to zero after warmup")
+    optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="global-norm clipping; 0 turns it off")
+    optim.add_argument("--label-smoothing", type=float, default=0.0, help="DeiT uses 0.1 on small data")
+    augment = parser.add_argument_group("augmentation (training images only)")
+    augment.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction RandomResizedCrop keeps (Inception, timm)")
+    augment.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip: food has no handedness")
+    augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"))
+    run = parser.add_argument_group("run")
+    run.add_argument("--out-dir", default="runs/vit-from-scratch", type=Path)
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir")
+    run.add_argument("--seed", type=int, default=42, help="fixes initialisation, data order and augmentation")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
+                     help="bf16 autocast; auto: on CUDA GPUs with bf16")
+    run.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    return parser.parse_args(argv)
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain run does not."""
+    device = torch.device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def bf16_autocast(amp: str, device: torch.device) -> bool:
+    """--amp auto means bf16 on CUDA only: a CPU with AVX512-BF16/AMX runs ViT-B about 2x faster
+    under autocast, but the tiny models one trains from scratch on a CPU get slower."""
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+    if amp == "bf16" and not supported:
+        raise TrainingError(f"--amp bf16: this {device.type} has no native bfloat16 support, so autocast would be slower than fp32; use --amp none")
+    return amp == "bf16" or (amp == "auto" and supported and device.type == "cuda")
+
+
+def make_transforms(image_size: int, args) -> tuple[v2.Compose, v2.Compose]:
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]  # pixels in [-1, 1], as big_vision
+    policy = {"none": [], "trivialaugment": [v2.TrivialAugmentWide()], "randaugment": [v2.RandAugment()]}[args.augment]
+    train = v2.Compose([v2.RandomResizedCrop(image_size, scale=(args.crop_scale, 1.0)), v2.RandomHorizontalFlip(args.hflip), *policy, *to_tensor])
+    test = v2.Compose([v2.Resize(image_size * 8 // 7), v2.CenterCrop(image_size), *to_tensor])  # 256 -> 224, as torchvision's ImageNet transforms
+    return train, test
+
+
+def make_optimizer(model: ViT, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or name.endswith(NO_WEIGHT_DECAY) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))  # Table 3: Adam beta1 0.9, beta2 0.999
+
+
+def learning_rate(step: int, total_steps: int, args) -> float:
+    """Linear warmup to --lr, then cosine or linear decay to zero at the last step (Appendix B.1)."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    return args.lr * (0.5 * (1 + math.cos(math.pi * progress)) if args.schedule == "cosine" else 1 - progress)
+
+
+@torch.no_grad()
+def evaluate(model: ViT, loader: DataLoader, device: torch.device, autocast: bool) -> torch.Tensor:
+    """(summed loss, correct, count) over this process's share of the test set."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            logits = model(images)
+        totals += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum"), (logits.argmax(1) == labels).sum(), labels.new_tensor(len(labels))])
+    return totals
+
+
+def all_reduced(totals: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy over every process's samples."""
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss, correct, count = totals.tolist()
+    return loss / count, correct / count
+
+
+def parameters_sha256(state_dict: dict) -> str:
+    """A fingerprint of the weights, to check that every DDP replica holds the same model."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode() + state_dict[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, write) -> None:
+    """write(temporary path), then rename over `path`: a crash never leaves a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def read_safetensors(path: Path) -> tuple[dict, dict]:
+    with safe_open(path, "pt") as file:
+        return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
+
+
+def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args) -> None:
+    """model.safetensors + config.json: the trained model, rebuilt by load_checkpoint alone.
+    train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
+    the previous epoch's state whole. No pickle: the optimizer's tensors are stored as
+    "optimizer.<param index>.<name>" and its param groups as JSON metadata."""
+    weights, optimizer_state = model.state_dict(), optimizer.state_dict()
+    config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history),
+              "args": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}}
+    tensors = {f"model.{name}": value for name, value in weights.items()}
+    tensors |= {f"optimizer.{index}.{name}": value for index, entry in optimizer_state["state"].items() for name, value in entry.items()}
+    metadata = {"config": json.dumps(config), "param_groups": json.dumps(optimizer_state["param_groups"]), "history": json.dumps(history)}
+    write_atomically(out_dir / "train_state.safetensors", lambda p: save_file(tensors, p, metadata))
+    write_atomically(out_dir / "model.safetensors", lambda p: save_file(weights, p))
+    write_atomically(out_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2)))
+    write_atomically(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(history, indent=2)))
+
+
+def load_checkpoint(directory) -> tuple[ViT, dict]:
+    """Rebuild a trained model from its output folder alone: (model in eval mode, config.json)."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        model = ViT(ViTConfig(**config["vit_config"]))
+        model.load_state_dict(read_safetensors(directory / "model.safetensors")[0])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        raise TrainingError(f"{directory} does not hold a complete train_vit.py checkpoint (model.safetensors and config.json): {error}") from error
+    return model.eval(), config
+
+
+def resume(out_dir: Path, model: ViT, optimizer, class_names: list) -> list:
+    """Load train_state.safetensors into the freshly built model and optimizer; returns the metrics
+    history, whose length is the number of completed epochs."""
+    path = out_dir / "train_state.safetensors"
+    try:
+        tensors, metadata = read_safetensors(path)
+        config, history = json.loads(metadata["config"]), json.loads(metadata["history"])
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        raise TrainingError(f"--resume: cannot read {path} ({error}); it is written after every epoch, so this folder holds no "
+                            "finished epoch of a train_vit.py run: drop --resume to start afresh") from error
+    if config["vit_config"] != asdict(model.config) or config["class_names"] != class_names:
+        raise TrainingError(
+            f"--resume: the run in {out_dir} trained {config['vit_config']} on classes {config['class_names']}, "
+            f"but these flags and data give {asdict(model.config)} on {class_names}; pass the flags of the original run"
+        )
+    optimizer_state = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            index, name = key.removeprefix("optimizer.").split(".", 1)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    model.load_state_dict({key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")})
+    optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
+    return history
+
+
+def plot_curves(history: list, path: Path) -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, metric in zip(axes, ("loss", "acc")):
+        axis.plot(epochs, [row[f"train_{metric}"] for row in history], label=f"train_{metric}")
+        axis.plot(epochs, [row[f"test_{metric}"] for row in history], label=f"test_{metric}")
+        axis.set(xlabel="epoch", title="Loss" if metric == "loss" else "Accuracy")
+        axis.legend()
+    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
+
+
+def train(args) -> list:
+    rank, world_size, device = init_distributed(args.device)
+    if args.batch_size % world_size:
+        raise TrainingError(f"--batch-size {args.batch_size} does not split evenly across {world_size} processes; use a multiple of {world_size}")
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    if rank != 0:
+        dist.barrier()  # rank 0 downloads and extracts first; the others then find the folder in place
+    dataset_dir = prepare_dataset(args.data_dir, split=args.split, url=args.dataset_url, root=args.data_root)
+    if rank == 0 and world_size > 1:
+        dist.barrier()
+    train_set, test_set = ImageDataset(dataset_dir, "train"), ImageDataset(dataset_dir, "test")
+    class_names = train_set.class_names
+    torch.manual_seed(args.seed)
+    try:
+        model = build_vit(args.model, num_classes=len(class_names), **overrides).to(device)
+    except ValueError as error:
+        raise TrainingError(f"bad model configuration: {error}") from error
+    train_set.transform, test_set.transform = make_transforms(model.config.image_size, args)
+    # DistributedSampler in a single process too: it gives every epoch a data order fixed by (seed, epoch), which --resume relies on
+    sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
+    per_process_batch = args.batch_size // world_size
+    train_loader = DataLoader(train_set, per_process_batch, sampler=sampler, num_workers=args.workers, pin_memory=device.type == "cuda")
+    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), per_process_batch, num_workers=args.workers)
+    total_steps = args.epochs * len(train_loader)
+    if args.warmup_steps > total_steps:
+        raise TrainingError(f"--warmup-steps {args.warmup_steps} is longer than the whole run ({args.epochs} epochs x {len(train_loader)} steps = {total_steps}); lower it or train longer")
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    autocast = bf16_autocast(args.amp, device)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    history = []
+    if args.resume:
+        history = resume(args.out_dir, model, optimizer, class_names)
+        if rank == 0:
+            print(f"resuming {args.out_dir} after epoch {len(history)}")
+    elif (args.out_dir / "train_state.safetensors").exists():
+        raise TrainingError(f"{args.out_dir} already holds a checkpoint; continue it with --resume, or pick another --out-dir to start afresh")
+    ddp_model = DistributedDataParallel(model) if world_size > 1 else model
+    if rank == 0:
+        print(f"{args.model} {overrides}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set)} train / {len(test_set)} test images "
+              f"of {class_names}, {world_size} process(es) on {device}{', bf16 autocast' if autocast else ''}")
+
+    for epoch in range(len(history), args.epochs):
+        # Augmentation and dropout draws are a function of (seed, epoch, rank), so a resumed run repeats them exactly
+        torch.manual_seed(args.seed + epoch * world_size + rank)
+        sampler.set_epoch(epoch)
+        ddp_model.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        started = time.perf_counter()
+        for step, (images, labels) in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False),
+                                                start=epoch * len(train_loader)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, args)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                logits = ddp_model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            optimizer.step()
+            totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(), labels.new_tensor(len(labels))])
+        train_loss, train_acc = all_reduced(totals)
+        test_loss, test_acc = all_reduced(evaluate(model, test_loader, device, autocast))  # the bare model: DDP's forward syncs, and shares are uneven
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+        if rank == 0:
+            print(f"Epoch: {epoch + 1} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}")
+            save_checkpoint(args.out_dir, model, optimizer, class_names, history, args)
+            plot_curves(history, args.out_dir / "loss_curves.png")
+    if world_size > 1:  # every replica reports, so a divergence between them would show
+        print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)
+    if rank == 0:
+        print(f"saved {args.out_dir}/model.safetensors, config.json, metrics.json, loss_curves.png")
+    return history
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (TrainingError, DatasetError) as error:
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike; one message is enough
+            print(f"train_vit.py: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
