@@ -1,0 +1,308 @@
+"""FoodVision Mini: drop a food photo, see whether a Vision Transformer thinks it is pizza, steak or
+sushi, how long that took, and the image as the ViT sees it (its 16x16 patches, Figure 1 of
+Dosovitskiy et al. 2020, and where the class token looks in the last layer).
+
+    python app.py                                # http://127.0.0.1:7860
+    python app.py --checkpoint user/foodvision-mini --host 0.0.0.0
+    python predict.py examples/*.jpg --figures out/   # the same, without a browser
+
+The model is torchvision's ImageNet-pretrained vit_b_16, frozen, with the small head that
+train_head.py trains (checkpoint.py loads it from a folder or a Hugging Face Hub repo).
+The same file is the Hugging Face Space: `import app` builds nothing; `python app.py` serves.
+"""
+
+import argparse
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+
+import gradio as gr
+import torch
+import torchvision
+from PIL import Image
+
+from checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, CheckpointError, load_classifier
+from images import ImageError, attention_overlay, load_rgb, patch_grid, to_display
+from model import VIT_CONFIGS, WeightsUnavailableError
+
+APP_DIR = Path(__file__).resolve().parent
+EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the patch view's transforms while no checkpoint names its own
+# One forward pass at a time, using every core: on a CPU that gives the lowest latency per request
+# and bounds memory (one decoded photo and one set of activations in flight); the queue holds the rest.
+MODEL_CONCURRENCY = 1
+QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
+MAX_UPLOAD = "25mb"
+
+
+def available_cpus() -> int:
+    """Cores this process may really use: the affinity mask, capped by a cgroup CPU quota
+    (containers such as Hugging Face Spaces report the host's cores but grant only a few)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+class LastLayerAttention:
+    """Where the class token looks in the last encoder layer, averaged over heads: the row of the
+    attention matrix softmax(qk^T/sqrt(d)) for token 0, over the patch tokens.
+
+    A forward pre-hook on the last torchvision encoder block recomputes that block's attention
+    from its input (ln_1 then self_attention with need_weights=True), inside the same forward
+    pass: one attention layer of twelve extra, no second model. Results are kept per thread, as
+    requests may run concurrently."""
+
+    def __init__(self, model: torchvision.models.VisionTransformer):
+        self.latest = threading.local()
+        model.encoder.layers[-1].register_forward_pre_hook(self.record)
+
+    def record(self, block: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        tokens = block.ln_1(inputs[0])
+        _, weights = block.self_attention(tokens, tokens, tokens, need_weights=True, average_attn_weights=True)
+        self.latest.class_token = weights[:, 0, 1:]  # (batch, patches): drop the class token's self-attention
+
+    def class_token_attention(self) -> torch.Tensor:
+        return self.latest.class_token
+
+
+@dataclass
+class FoodVision:
+    """The classifier the page serves, or, when none could be loaded, why not (`problem`)."""
+
+    transforms: torch.nn.Module  # the weights' own preprocessing (resize, centre crop, normalise)
+    patch_size: int
+    model: torchvision.models.VisionTransformer | None = None
+    config: dict | None = None
+    source: str = ""
+    device: torch.device = torch.device("cpu")
+    problem: str | None = None
+
+    def __post_init__(self):
+        self.attention = LastLayerAttention(self.model) if self.model is not None else None
+
+    def preprocess(self, image_path: str) -> torch.Tensor:
+        """The (3, H, W) model input from an uploaded file, or a gr.Error saying what is wrong."""
+        try:
+            photo = load_rgb(image_path, min_size=self.transforms.resize_size[0])
+        except ImageError as error:
+            raise gr.Error(str(error), title="Cannot read this image") from None
+        return self.transforms(photo)
+
+    def patches(self, image: str | None) -> Image.Image | None:
+        """The preprocessed image cut into its grid of patches (needs no model)."""
+        if not image:
+            return None
+        shown = to_display(self.preprocess(image), self.transforms.mean, self.transforms.std)
+        return patch_grid(shown, self.patch_size)
+
+    def run_model(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch: the one place the network runs."""
+        with torch.inference_mode():
+            return self.model(pixels.to(self.device))
+
+    def classify(self, image_path: str) -> tuple[dict[str, float], torch.Tensor, float]:
+        """Class probabilities {name: p}, the model input and the model's time in ms; a gr.Error
+        when no model is serving or the file is not a usable photo."""
+        if self.model is None:
+            raise gr.Error(self.problem, title="No model is serving")
+        pixels = self.preprocess(image_path)
+        started = time.perf_counter()
+        logits = self.run_model(pixels.unsqueeze(0))
+        model_ms = (time.perf_counter() - started) * 1000
+        return dict(zip(self.config["class_names"], logits.float().softmax(dim=-1)[0].tolist())), pixels, model_ms
+
+    def predict(self, image: str | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
+        """The page's prediction: class probabilities (shown as the top 3), the timing, and the
+        last-layer class-token attention drawn over the preprocessed image."""
+        started = time.perf_counter()
+        if not image:  # the photo was removed from the page
+            return None, "", None
+        probabilities, pixels, model_ms = self.classify(image)
+        grid = self.transforms.crop_size[0] // self.patch_size
+        attention = self.attention.class_token_attention()[0].reshape(grid, grid)
+        overlay = attention_overlay(to_display(pixels, self.transforms.mean, self.transforms.std), attention)
+        total_ms = (time.perf_counter() - started) * 1000
+        timing = f"**Model:** {model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms (decode, preprocess, model, drawing; {self.device.type})"
+        return probabilities, timing, overlay
+
+    def describe(self) -> str:
+        """Markdown: what is serving (or what is missing and how to fix it)."""
+        if self.model is None:
+            return (
+                f"### No model is serving\n{self.problem}\n\n"
+                "The patch view works without a model; predictions need a trained head."
+            )
+        total = sum(parameter.numel() for parameter in self.model.parameters())
+        head = sum(parameter.numel() for parameter in self.model.heads.parameters())
+        metrics = self.config.get("metrics") or {}
+        lines = [
+            f"- **Backbone:** torchvision `vit_b_16`, weights `{self.config['weights']}` (frozen), "
+            f"{self.transforms.crop_size[0]} px input, {self.patch_size}x{self.patch_size} patches",
+            f"- **Head checkpoint:** `{self.source}`",
+            f"- **Classes:** {', '.join(self.config['class_names'])}",
+            f"- **Parameters:** {total:,} in all, of which {head:,} in the trained head",
+            f"- **Device:** {self.device}",
+        ]
+        if metrics:
+            lines.append("- **Training metrics:** " + ", ".join(f"{key} {format_metric(value)}" for key, value in metrics.items()))
+        if self.config.get("data"):
+            lines.append(f"- **Trained on:** {format_metric(self.config['data'])}")
+        return "\n".join(lines)
+
+
+def format_metric(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {format_metric(item)}" for key, item in value.items())
+    return str(value)
+
+
+def load(checkpoint: str | None, device: str) -> FoodVision:
+    """The served classifier from `checkpoint` (a folder or a Hub repo id; default
+    checkpoints/foodvision-mini). With no head at the default place yet, one is trained first
+    (train_head.py's defaults: needs the dataset and the pretrained weights, i.e. internet).
+    Anything unreachable leaves a FoodVision whose `problem` says what is missing and how to fix it."""
+    source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
+    try:
+        if checkpoint is None and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file():
+            train_default_head()
+        model, transforms, config = load_classifier(source)
+    except (CheckpointError, WeightsUnavailableError, TrainingUnavailable) as error:
+        transforms = torchvision.models.ViT_B_16_Weights[DEFAULT_WEIGHTS].transforms()
+        return FoodVision(transforms, VIT_CONFIGS["vit_b_16"].patch_size, source=source, problem=str(error))
+    return FoodVision(
+        transforms,
+        patch_size=model.patch_size,
+        model=model.to(device),
+        config=config,
+        source=source,
+        device=torch.device(device),
+    )
+
+
+class TrainingUnavailable(RuntimeError):
+    """No head exists yet and none could be trained here (no dataset or no pretrained weights)."""
+
+
+def train_default_head() -> None:
+    """A head with train_head.py's defaults (the course's 10% split and recipe), saved at the
+    default checkpoint place; tqdm shows the progress in the terminal."""
+    from data import DatasetError
+    from train_head import train_head
+
+    print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
+    try:
+        train_head(output_dir=DEFAULT_CHECKPOINT_DIR)
+    except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
+        raise TrainingUnavailable(
+            f"There is no trained head at `{DEFAULT_CHECKPOINT_DIR}`, and training one here failed: {error}\n\n"
+            "To fix it, either run `python train_head.py` where the dataset and the pretrained weights "
+            "can be downloaded (or are cached), then restart the app; or start it with "
+            "`--checkpoint FOLDER_OR_HUB_REPO` (or FOODVISION_CHECKPOINT) naming a trained head."
+        ) from None
+
+
+def build_demo(foodvision: FoodVision) -> gr.Blocks:
+    """The page; launching is left to the caller."""
+    size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
+    with gr.Blocks(title="FoodVision Mini") as demo:
+        gr.Markdown(
+            "# FoodVision Mini\nDrop a photo of **pizza, steak or sushi**. A Vision Transformer "
+            "(ViT-B/16, ImageNet-pretrained, with a head trained on Food-101 photos) names it "
+            "and shows the image the way it reads it: a sequence of patches."
+        )
+        if foodvision.model is None:
+            gr.Markdown(foodvision.describe(), elem_id="status")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="Food photo", sources=["upload", "webcam", "clipboard"], type="filepath", height=360)
+                gr.Examples(EXAMPLES, inputs=image, label="Real photos")
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="Prediction")
+                timing = gr.Markdown(label="Prediction time", elem_id="timing")
+        with gr.Row():
+            grid = gr.Image(label=f"Patches: {size // patch}x{size // patch} of {patch}x{patch} pixels", format="png", interactive=False)
+            attention = gr.Image(label="Attention: class token, last layer", format="png", interactive=False)
+        gr.Markdown(
+            f"Left: the {size}x{size} input the model receives (the weights' own resize and centre crop), "
+            f"cut into the sequence of {patch}x{patch} patches, the \"{patch}x{patch} words\" of the paper's title, "
+            "that the transformer embeds and reads. Right: how much the class token, whose final state "
+            "is classified, attends to each patch in the last layer (mean over the heads)."
+        )
+        if foodvision.model is not None:
+            with gr.Accordion("What model is serving", open=False):
+                gr.Markdown(foodvision.describe(), elem_id="model-info")
+        # The handlers take the upload undecoded (preprocess=False): gr.Image would open every file
+        # with Pillow itself and answer a non-image with an error users cannot read, while every
+        # upload here goes through images.load_rgb's guards and messages.
+        def patches(image: dict | None) -> Image.Image | None:
+            return foodvision.patches(uploaded_file(image))
+
+        def predict(image: dict | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
+            return foodvision.predict(uploaded_file(image))
+
+        image.change(patches, inputs=image, outputs=grid, preprocess=False, concurrency_limit=4).success(
+            predict,
+            inputs=image,
+            outputs=[label, timing, attention],
+            preprocess=False,
+            concurrency_limit=MODEL_CONCURRENCY,
+            concurrency_id="model",
+        )
+    return demo
+
+
+def uploaded_file(upload: dict | None) -> str | None:
+    """The path of an uploaded file, from gr.Image's undecoded payload (FileData)."""
+    if upload is None:
+        return None
+    if not upload.get("path"):
+        raise gr.Error("The upload arrived without a file; please upload the photo again.")
+    return upload["path"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --device, shared by the server and predict.py."""
+    parser.add_argument(
+        "--checkpoint",
+        default=os.environ.get("FOODVISION_CHECKPOINT"),
+        help="head checkpoint folder or Hugging Face Hub repo id (env FOODVISION_CHECKPOINT; "
+        "default checkpoints/foodvision-mini, trained first if missing)",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; locally the app stays private by default.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(available_cpus())
+    foodvision = load(args.checkpoint, args.device)
+    print(foodvision.describe(), flush=True)
+    demo = build_demo(foodvision)
+    demo.queue(max_size=QUEUE_SIZE).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,68 @@
+"""FoodVision Mini without a browser: the app's prediction for each image path given, printed as
+the top 3 classes with probabilities and the time it took; optionally saved as the course-style
+figure (the photo titled with its predicted class and probability).
+
+    python predict.py examples/*.jpg
+    python predict.py dinner.jpg --checkpoint user/foodvision-mini --figures predictions/
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt
+import torch
+
+from app import add_model_arguments, available_cpus, load
+from images import load_rgb
+
+
+def save_figure(image_path: str, label: str, probability: float, directory: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(6, 6))
+    axes.imshow(load_rgb(image_path))
+    axes.set_title(f"Pred: {label} | Prob: {probability:.3f}")
+    axes.axis("off")
+    path = directory / f"{Path(image_path).stem}.png"
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", help="image files to classify")
+    add_model_arguments(parser)
+    parser.add_argument("--figures", type=Path, help="also save <image name>.png figures in this folder")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(available_cpus())
+    foodvision = load(args.checkpoint, args.device)
+    if foodvision.model is None:
+        print(f"error: {foodvision.problem}", file=sys.stderr)
+        return 1
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for image_path in args.images:
+        started = time.perf_counter()
+        try:
+            probabilities, _, model_ms = foodvision.classify(image_path)
+        except gr.Error as error:
+            print(f"{image_path}: error: {error.message}", file=sys.stderr)
+            failures += 1
+            continue
+        total_ms = (time.perf_counter() - started) * 1000
+        top = sorted(probabilities.items(), key=lambda item: item[1], reverse=True)[:3]
+        print(f"{image_path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top) + f" | model {model_ms:.0f} ms, total {total_ms:.0f} ms")
+        if args.figures:
+            print(f"  figure: {save_figure(image_path, *top[0], args.figures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
