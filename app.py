@@ -175,7 +175,7 @@ def load(checkpoint: str | None, device: str) -> FoodVision:
     Anything unreachable leaves a FoodVision whose `problem` says what is missing and how to fix it."""
     source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
     try:
-        if checkpoint is None and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file():
+        if not checkpoint and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file():
             train_default_head()
         model, transforms, config = load_classifier(source)
     except (CheckpointError, WeightsUnavailableError, TrainingUnavailable) as error:
@@ -226,14 +226,14 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
             gr.Markdown(foodvision.describe(), elem_id="status")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Food photo", sources=["upload", "webcam", "clipboard"], type="filepath", height=360)
+                image = gr.Image(label="Food photo", sources=["upload", "webcam", "clipboard"], type="filepath", height=360, elem_id="photo")
                 gr.Examples(EXAMPLES, inputs=image, label="Real photos")
             with gr.Column():
-                label = gr.Label(num_top_classes=3, label="Prediction")
+                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
                 timing = gr.Markdown(label="Prediction time", elem_id="timing")
         with gr.Row():
-            grid = gr.Image(label=f"Patches: {size // patch}x{size // patch} of {patch}x{patch} pixels", format="png", interactive=False)
-            attention = gr.Image(label="Attention: class token, last layer", format="png", interactive=False)
+            grid = gr.Image(label=f"Patches: {size // patch}x{size // patch} of {patch}x{patch} pixels", format="png", interactive=False, height=300, elem_id="patches")
+            attention = gr.Image(label="Attention: class token, last layer", format="png", interactive=False, height=300, elem_id="attention")
         gr.Markdown(
             f"Left: the {size}x{size} input the model receives (the weights' own resize and centre crop), "
             f"cut into the sequence of {patch}x{patch} patches, the \"{patch}x{patch} words\" of the paper's title, "

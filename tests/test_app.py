@@ -1,0 +1,244 @@
+"""The app as users meet it: a real `python app.py` server on 127.0.0.1 driven by gradio_client,
+checked against the same prediction computed in this process; plus predict.py."""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import predict
+from app import EXAMPLES
+from checkpoint import load_classifier
+from images import load_rgb, patch_grid, to_display
+from test_images import encoded, png_declaring
+
+REPO = Path(__file__).resolve().parent.parent
+FULL_SIZE_PIZZA = REPO.parent / "shared" / "data" / "photos" / "pizza-dad.jpeg"  # 3024x4032, 2.9 MB
+PHOTOS = [Path(path) for path in EXAMPLES] + ([FULL_SIZE_PIZZA] if FULL_SIZE_PIZZA.is_file() else [])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180):
+    """`python app.py --port <free> *args` run from app_dir; yields (url, process) once the page
+    answers, and stops the server afterwards. Its console output is shown when it fails to start."""
+    port = free_port()
+    log = io.BytesIO()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), *args],
+        cwd=app_dir,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    log.write(process.communicate()[0])
+                    pytest.fail(f"app.py did not start (exit {process.returncode}):\n{log.getvalue().decode()}")
+                time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def served(trained_head_checkpoint, torch_home):
+    with app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_head_checkpoint, torch_home):
+    """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid)."""
+    model, transforms, config = load_classifier(trained_head_checkpoint)
+
+    def compute(path) -> tuple[dict[str, float], np.ndarray]:
+        pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))
+        with torch.inference_mode():
+            probabilities = model(pixels.unsqueeze(0)).softmax(dim=-1)[0].tolist()
+        grid = patch_grid(to_display(pixels, transforms.mean, transforms.std), model.patch_size)
+        return dict(zip(config["class_names"], probabilities)), np.asarray(grid)
+
+    return compute
+
+
+def probabilities_of(label: dict) -> dict[str, float]:
+    return {item["label"]: item["confidence"] for item in label["confidences"]}
+
+
+def assert_prediction(result, expected: dict[str, float]):
+    label, timing, attention = result
+    probabilities = probabilities_of(label)
+    assert set(probabilities) == set(expected) and len(probabilities) == 3
+    assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert probabilities == pytest.approx(expected, abs=1e-5)
+    assert label["label"] == max(expected, key=expected.get)
+    model_ms, total_ms = (float(ms) for ms in re.findall(r"(\d+) ms", timing))
+    assert 0 < model_ms <= total_ms
+    assert Image.open(attention).size == (224, 224)
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_real_photo_prediction_and_patch_grid(client, reference, photo):
+    expected_probabilities, expected_grid = reference(photo)
+    assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected_probabilities)
+
+    grid = np.asarray(Image.open(client.predict(handle_file(photo), api_name="/patches")).convert("RGB"))
+    assert np.array_equal(grid, expected_grid)
+    white_columns = np.flatnonzero((grid == 255).all(axis=(0, 2)))
+    separators = 1 + np.count_nonzero(np.diff(white_columns) > 1) if len(white_columns) else 0
+    assert separators == 224 // 16 - 1  # 14 columns of patches, 13 gaps between them
+
+
+def encoded_bytes(image: Image.Image, format: str, **options) -> bytes:
+    return encoded(image, format, **options).getvalue()
+
+
+def gradient() -> Image.Image:
+    return Image.merge("RGB", [Image.linear_gradient("L"), Image.linear_gradient("L").rotate(90), Image.new("L", (256, 256), 90)])
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded_bytes(gradient().resize((120, 80)), "JPEG", exif=exif)
+
+
+BAD_INPUTS = {
+    "truncated.jpg": (lambda: encoded_bytes(gradient(), "JPEG")[:3000], "damaged or truncated"),
+    "random-bytes.jpg": (lambda: np.random.default_rng(0).bytes(5000), "not an image"),
+    "notes.txt": (lambda: b"pizza, steak or sushi?\n" * 20, "not an image"),
+    "empty.png": (lambda: b"", "not an image"),
+    "bomb.png": (lambda: png_declaring(100_000, 100_000).getvalue(), "too large"),
+}
+ODD_BUT_VALID = {
+    "cmyk.jpg": lambda: encoded_bytes(gradient().convert("CMYK"), "JPEG"),
+    "16-bit.png": lambda: encoded_bytes(Image.fromarray((np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))), "PNG"),
+    "palette.gif": lambda: encoded_bytes(gradient().convert("P", palette=Image.Palette.ADAPTIVE), "GIF"),
+    "rgba.png": lambda: encoded_bytes(gradient().convert("RGBA").resize((64, 64)), "PNG"),
+    "exif-rotated.jpg": exif_rotated_jpeg,
+    "one-pixel.png": lambda: encoded_bytes(Image.new("RGB", (1, 1), (200, 120, 40)), "PNG"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_photo(reference):
+    photo = Path(EXAMPLES[0])
+    return photo, reference(photo)[0]
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good_photo, tmp_path, name):
+    make, message = BAD_INPUTS[name]
+    upload = tmp_path / name
+    upload.write_bytes(make())
+    for endpoint in ("/predict", "/patches"):
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(upload), api_name=endpoint)
+    photo, expected = good_photo
+    assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
+
+
+@pytest.mark.parametrize("name", ODD_BUT_VALID)
+def test_odd_but_valid_upload_is_classified_like_here(client, reference, good_photo, tmp_path, name):
+    upload = tmp_path / name
+    upload.write_bytes(ODD_BUT_VALID[name]())
+    assert_prediction(client.predict(handle_file(upload), api_name="/predict"), reference(upload)[0])
+    photo, expected = good_photo
+    assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
+
+
+def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, reference, served):
+    photos = [PHOTOS[index % len(PHOTOS)] for index in range(32)]
+    expected = {photo: reference(photo)[0] for photo in set(photos)}
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(lambda photo: client.predict(handle_file(photo), api_name="/predict"), photos))
+    for photo, result in zip(photos, results):
+        assert_prediction(result, expected[photo])
+    peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{served[1].pid}/status").read_text()).group(1))
+    assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
+
+
+def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
+    """No checkpoint, no cached weights, the dataset unreachable (every download goes to a closed
+    port): the page says so, predictions get that as an error, and the patch view still works."""
+    clone = tmp_path / "clone"
+    shutil.copytree(
+        REPO,
+        clone,
+        ignore=shutil.ignore_patterns(".git", ".venv", "checkpoints", "data", "tests", "test-artifacts", "__pycache__", "benchmarks"),
+    )
+    closed = f"http://127.0.0.1:{free_port()}"
+    offline = {
+        "TORCH_HOME": str(tmp_path / "empty-torch-home"),
+        "HTTP_PROXY": closed,
+        "HTTPS_PROXY": closed,
+        "http_proxy": closed,
+        "https_proxy": closed,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "HF_HUB_OFFLINE": "1",
+        "FOODVISION_CHECKPOINT": "",
+    }
+    with app_server(clone, env=offline) as (url, _):
+        page = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+        assert "No model is serving" in page and "pizza_steak_sushi" in page and "--checkpoint" in page
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="There is no trained head"):
+            client.predict(handle_file(EXAMPLES[0]), api_name="/predict")
+        grid = Image.open(client.predict(handle_file(EXAMPLES[0]), api_name="/patches"))
+        assert grid.width > 224 and grid.width == grid.height
+    assert not (clone / "checkpoints" / "foodvision-mini").exists()
+
+
+def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkpoint, torch_home, tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    status = predict.main([*EXAMPLES, str(bad), "--checkpoint", str(trained_head_checkpoint), "--figures", str(tmp_path / "figures")])
+    out, err = capsys.readouterr()
+    assert status == 1  # one input failed
+    assert "notes.txt: error: This file is not an image" in err
+    lines = [line for line in out.splitlines() if not line.startswith("  figure:")]
+    assert len(lines) == len(EXAMPLES)
+    for line, photo in zip(lines, EXAMPLES):
+        assert re.fullmatch(rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line)
+        figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
+        assert figure.width > 100 and figure.height > 100
