@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
@@ -41,7 +41,8 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from data import DATASET_URLS, DatasetError, ImageDataset, prepare_dataset
-from model import VIT_CONFIGS, ViT, ViTConfig, build_vit
+from model import VIT_CONFIGS, ViT, ViTConfig
+from train_head import DEFAULT_DATA_ROOT
 
 MODEL_FLAGS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "dropout", "attention_dropout")
 NO_WEIGHT_DECAY = ("class_token", "position_embedding")  # embeddings, like biases and LayerNorm, are not decayed (timm, big_vision)
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download --split")
     data.add_argument("--split", default="10_percent", choices=DATASET_URLS, help="pizza_steak_sushi subset of Food-101 to download")
     data.add_argument("--dataset-url", help="download this zip instead of --split's")
-    data.add_argument("--data-root", default="data", help="where downloads are extracted")
+    data.add_argument("--download-dir", default=DEFAULT_DATA_ROOT, type=Path, help="where downloaded datasets are kept")
     model = parser.add_argument_group("model (a Table 1 preset; the other flags override its fields for small runs)")
     model.add_argument("--model", default="vit_b_16", choices=VIT_CONFIGS)
     model.add_argument("--image-size", type=int, help="default: the preset's 224")
@@ -82,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     augment.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip: food has no handedness")
     augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"))
     run = parser.add_argument_group("run")
-    run.add_argument("--out-dir", default="runs/vit-from-scratch", type=Path)
-    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir")
+    run.add_argument("--output", default=Path(__file__).resolve().parent / "runs" / "vit-from-scratch", type=Path, help="checkpoint, metrics and curves folder")
+    run.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     run.add_argument("--seed", type=int, default=42, help="fixes initialisation, data order and augmentation")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
@@ -113,12 +114,18 @@ def bf16_autocast(amp: str, device: torch.device) -> bool:
     return amp == "bf16" or (amp == "auto" and supported and device.type == "cuda")
 
 
-def make_transforms(image_size: int, args) -> tuple[v2.Compose, v2.Compose]:
-    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]  # pixels in [-1, 1], as big_vision
+def train_transform(image_size: int, args) -> v2.Compose:
     policy = {"none": [], "trivialaugment": [v2.TrivialAugmentWide()], "randaugment": [v2.RandAugment()]}[args.augment]
-    train = v2.Compose([v2.RandomResizedCrop(image_size, scale=(args.crop_scale, 1.0)), v2.RandomHorizontalFlip(args.hflip), *policy, *to_tensor])
-    test = v2.Compose([v2.Resize(image_size * 8 // 7), v2.CenterCrop(image_size), *to_tensor])  # 256 -> 224, as torchvision's ImageNet transforms
-    return train, test
+    crop = v2.RandomResizedCrop(image_size, scale=(args.crop_scale, 1.0))
+    return v2.Compose([crop, v2.RandomHorizontalFlip(args.hflip), *policy, *to_tensor()])
+
+
+def eval_transform(image_size: int) -> v2.Compose:
+    return v2.Compose([v2.Resize(image_size * 8 // 7), v2.CenterCrop(image_size), *to_tensor()])  # 256 -> 224, as torchvision's ImageNet transforms
+
+
+def to_tensor() -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]  # pixels in [-1, 1], as big_vision
 
 
 def make_optimizer(model: ViT, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -170,6 +177,7 @@ def write_atomically(path: Path, write) -> None:
     """write(temporary path), then rename over `path`: a crash never leaves a half-written file."""
     temporary = path.with_name(f".{path.name}.tmp")
     write(temporary)
+    temporary.chmod(0o644)  # safetensors creates owner-only files
     os.replace(temporary, path)
 
 
@@ -183,6 +191,7 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
     train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
     the previous epoch's state whole. No pickle: the optimizer's tensors are stored as
     "optimizer.<param index>.<name>" and its param groups as JSON metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     weights, optimizer_state = model.state_dict(), optimizer.state_dict()
     config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history),
               "args": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}}
@@ -249,19 +258,20 @@ def train(args) -> list:
     if args.batch_size % world_size:
         raise TrainingError(f"--batch-size {args.batch_size} does not split evenly across {world_size} processes; use a multiple of {world_size}")
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    try:
+        config = replace(VIT_CONFIGS[args.model], **overrides)  # checked before any download
+    except ValueError as error:
+        raise TrainingError(f"bad model configuration: {error}") from error
     if rank != 0:
         dist.barrier()  # rank 0 downloads and extracts first; the others then find the folder in place
-    dataset_dir = prepare_dataset(args.data_dir, split=args.split, url=args.dataset_url, root=args.data_root)
+    dataset_dir = prepare_dataset(args.data_dir, split=args.split, url=args.dataset_url, root=args.download_dir)
     if rank == 0 and world_size > 1:
         dist.barrier()
     train_set, test_set = ImageDataset(dataset_dir, "train"), ImageDataset(dataset_dir, "test")
     class_names = train_set.class_names
     torch.manual_seed(args.seed)
-    try:
-        model = build_vit(args.model, num_classes=len(class_names), **overrides).to(device)
-    except ValueError as error:
-        raise TrainingError(f"bad model configuration: {error}") from error
-    train_set.transform, test_set.transform = make_transforms(model.config.image_size, args)
+    model = ViT(replace(config, num_classes=len(class_names))).to(device)
+    train_set.transform, test_set.transform = train_transform(config.image_size, args), eval_transform(config.image_size)
     # DistributedSampler in a single process too: it gives every epoch a data order fixed by (seed, epoch), which --resume relies on
     sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
     per_process_batch = args.batch_size // world_size
@@ -273,14 +283,13 @@ def train(args) -> list:
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     autocast = bf16_autocast(args.amp, device)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     history = []
     if args.resume:
-        history = resume(args.out_dir, model, optimizer, class_names)
+        history = resume(args.output, model, optimizer, class_names)
         if rank == 0:
-            print(f"resuming {args.out_dir} after epoch {len(history)}")
-    elif (args.out_dir / "train_state.safetensors").exists():
-        raise TrainingError(f"{args.out_dir} already holds a checkpoint; continue it with --resume, or pick another --out-dir to start afresh")
+            print(f"resuming {args.output} after epoch {len(history)}")
+    elif (args.output / "train_state.safetensors").exists():
+        raise TrainingError(f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh")
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     if rank == 0:
         print(f"{args.model} {overrides}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set)} train / {len(test_set)} test images "
@@ -313,12 +322,12 @@ def train(args) -> list:
                         "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
         if rank == 0:
             print(f"Epoch: {epoch + 1} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}")
-            save_checkpoint(args.out_dir, model, optimizer, class_names, history, args)
-            plot_curves(history, args.out_dir / "loss_curves.png")
+            save_checkpoint(args.output, model, optimizer, class_names, history, args)
+            plot_curves(history, args.output / "loss_curves.png")
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)
     if rank == 0:
-        print(f"saved {args.out_dir}/model.safetensors, config.json, metrics.json, loss_curves.png")
+        print(f"saved {args.output}/model.safetensors, config.json, metrics.json, loss_curves.png")
     return history
 
 
@@ -328,7 +337,7 @@ def main(argv=None) -> int:
         train(args)
     except (TrainingError, DatasetError) as error:
         if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike; one message is enough
-            print(f"train_vit.py: error: {error}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

@@ -1,0 +1,183 @@
+"""train_vit.py: a tiny ViT learns the generated pizza/steak/sushi images from scratch; two
+torchrun processes keep identical replicas and report metrics over the whole test set; a run
+killed mid-training and resumed ends with the same weights as an uninterrupted one; bad flags,
+configurations and data end in one clear message."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+import train_vit
+from data import ImageDataset
+from model import build_vit
+
+REPO = Path(__file__).resolve().parent.parent
+# A ViT small enough to train in seconds on a CPU (24k parameters, 16 patches of 8x8)
+TINY = ["--image-size", "32", "--patch-size", "8", "--num-layers", "2", "--hidden-dim", "32", "--mlp-dim", "64",
+        "--num-heads", "4", "--batch-size", "8", "--crop-scale", "0.5", "--lr", "3e-3", "--warmup-steps", "4", "--workers", "0"]
+MIN_TEST_ACCURACY = 0.85  # chance is 1/3; 15 epochs reached 1.0 with each of seeds 0-3 and 42
+SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """A model this small trains about 30x faster on one thread than on two that share the
+    machine's cores with other work; subprocesses get OMP_NUM_THREADS=1 for the same reason."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_run(dataset: Path, output: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(dataset), *TINY, "--output", str(output), *extra]
+
+
+def accuracy_on_test_split(model: torch.nn.Module, dataset: Path) -> float:
+    """Accuracy on the whole test split, computed here rather than by train_vit's own loop."""
+    test_set = ImageDataset(dataset, "test", train_vit.eval_transform(model.config.image_size))
+    correct = 0
+    with torch.no_grad():
+        for images, labels in DataLoader(test_set, batch_size=64):
+            correct += (model(images).argmax(1) == labels).sum().item()
+    return correct / len(test_set)
+
+
+@pytest.fixture(scope="module")
+def trained_run(pizza_steak_sushi_dataset, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("vit") / "run"
+    started = time.perf_counter()
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, output, "--epochs", "15")) == 0
+    print(f"tiny ViT, 15 epochs from scratch: {time.perf_counter() - started:.1f} s")
+    return output
+
+
+def test_tiny_vit_learns_from_scratch_and_rebuilds_from_its_checkpoint(trained_run, pizza_steak_sushi_dataset):
+    history = json.loads((trained_run / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 16))
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["test_acc"] >= MIN_TEST_ACCURACY
+    assert (trained_run / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+
+    model, config = train_vit.load_checkpoint(trained_run)
+    assert config["class_names"] == ["pizza", "steak", "sushi"]
+    assert (model.config.image_size, model.config.patch_size, model.config.num_layers, model.config.num_classes) == (32, 8, 2, 3)
+    assert accuracy_on_test_split(model, pizza_steak_sushi_dataset) == pytest.approx(history[-1]["test_acc"])
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_zero():
+    args = train_vit.parse_args(["--lr", "1.0", "--warmup-steps", "10", "--schedule", "cosine"])
+    cosine = [train_vit.learning_rate(step, 110, args) for step in range(110)]
+    assert cosine[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert cosine[10] == 1.0 and cosine[60] == pytest.approx(0.5) and cosine[-1] < 1e-3
+    assert all(later <= earlier for earlier, later in zip(cosine[10:], cosine[11:]))
+    args.schedule = "linear"
+    assert [train_vit.learning_rate(step, 110, args) for step in (10, 60, 109)] == pytest.approx([1.0, 0.5, 0.01])
+
+
+def test_weight_decay_skips_biases_layernorms_and_embeddings():
+    model = build_vit("vit_b_16", 3, image_size=32, patch_size=8, num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=4)
+    decay, no_decay = train_vit.make_optimizer(model, 1e-3, 0.1).param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert {names[id(p)] for p in decay["params"]} == {name for name, p in model.named_parameters() if name.endswith("weight") and p.ndim >= 2}
+    assert {"patch_embedding.class_token", "patch_embedding.position_embedding", "norm.weight", "head.bias"} <= {names[id(p)] for p in no_decay["params"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_keep_identical_replicas(pizza_steak_sushi_dataset, tmp_path):
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "train_vit.py", *tiny_run(pizza_steak_sushi_dataset, output, "--epochs", "3")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) on cpu" in result.stdout
+    checksums = dict(line.split(": parameters sha256 ") for line in result.stdout.splitlines() if "parameters sha256" in line)
+    assert set(checksums) == {"rank 0", "rank 1"}
+    assert checksums["rank 0"] == checksums["rank 1"] == train_vit.parameters_sha256(load_file(output / "model.safetensors"))
+
+    history = json.loads((output / "metrics.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # each process evaluates half of the test set: the all-reduced figure must be the whole set's
+    model, _ = train_vit.load_checkpoint(output)
+    assert accuracy_on_test_split(model, pizza_steak_sushi_dataset) == pytest.approx(history[-1]["test_acc"])
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(pizza_steak_sushi_dataset, tmp_path):
+    epochs = "5"  # the kill must land before the end: 4 epochs of margin
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, tmp_path / "uninterrupted", "--epochs", epochs)) == 0
+
+    interrupted = tmp_path / "interrupted"
+    flags = tiny_run(pizza_steak_sushi_dataset, interrupted, "--epochs", epochs)
+    process = subprocess.Popen([sys.executable, "train_vit.py", *flags], cwd=REPO, env=SINGLE_THREAD,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (interrupted / "config.json").exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()  # SIGKILL as soon as the first epoch is saved, as a preempted job would be
+    assert process.wait() == -9, "the run finished before it could be interrupted"
+    epochs_done = json.loads((interrupted / "config.json").read_text())["epoch"]
+    assert 1 <= epochs_done < int(epochs)
+
+    assert train_vit.main([*flags, "--resume"]) == 0
+    expected, resumed = load_file(tmp_path / "uninterrupted" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    without_time = lambda run: [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads((run / "metrics.json").read_text())]
+    assert without_time(interrupted) == without_time(tmp_path / "uninterrupted")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "30", "--patch-size", "8"], "image_size 30 is not divisible by patch_size 8"),
+    (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim 30 is not divisible by num_heads 4"),
+    (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["--warmup-steps", "1000", "--epochs", "2"], "--warmup-steps 1000 is longer than the whole run"),
+])
+def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_dataset, tmp_path, capsys):
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "run"), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_or_broken_data_is_one_clear_error(tmp_path, capsys):
+    assert train_vit.main(tiny_run(tmp_path / "nowhere", tmp_path / "run")) == 1
+    assert f"The data directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (tmp_path / "half" / "train" / "pizza").mkdir(parents=True)
+    assert train_vit.main(tiny_run(tmp_path / "half", tmp_path / "run")) == 1
+    assert "has no test/ folder" in capsys.readouterr().err
+
+
+def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_dataset, tmp_path, capsys):
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "empty"), "--resume"]) == 1
+    assert "drop --resume to start afresh" in capsys.readouterr().err
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, trained_run)) == 1
+    assert "already holds a checkpoint; continue it with --resume" in capsys.readouterr().err
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), "--hidden-dim", "64", "--resume"]) == 1
+    assert "pass the flags of the original run" in capsys.readouterr().err
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "train_state.safetensors").write_bytes(b"not a safetensors file")
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "corrupt"), "--resume"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train_vit.py", "--image-size", "100", "--output", str(tmp_path / "run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: bad model configuration: image_size 100 is not divisible by patch_size 16")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
