@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless the user turns it on
 
 import gradio as gr
 import torch
@@ -144,7 +144,6 @@ class FoodVision:
             )
         total = sum(parameter.numel() for parameter in self.model.parameters())
         head = sum(parameter.numel() for parameter in self.model.heads.parameters())
-        metrics = self.config.get("metrics") or {}
         lines = [
             f"- **Backbone:** torchvision `vit_b_16`, weights `{self.config['weights']}` (frozen), "
             f"{self.transforms.crop_size[0]} px input, {self.patch_size}x{self.patch_size} patches",
@@ -153,18 +152,18 @@ class FoodVision:
             f"- **Parameters:** {total:,} in all, of which {head:,} in the trained head",
             f"- **Device:** {self.device}",
         ]
-        if metrics:
-            lines.append("- **Training metrics:** " + ", ".join(f"{key} {format_metric(value)}" for key, value in metrics.items()))
-        if self.config.get("data"):
-            lines.append(f"- **Trained on:** {format_metric(self.config['data'])}")
+        for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
+            if self.config.get(key):
+                lines.append(f"- **{title}:** {format_metric(self.config[key])}")
         return "\n".join(lines)
 
 
 def format_metric(value) -> str:
+    """A config.json record as one line: floats to 4 significant digits, dicts as "key value, ..."."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{key} {format_metric(item)}" for key, item in value.items())
+        return ", ".join(f"{key} {format_metric(item)}" for key, item in value.items() if item is not None)
     return str(value)
 
 

@@ -63,6 +63,8 @@ def test_drop_a_photo_and_see_prediction_timing_and_patches(trained_head_checkpo
                 attention_width = page.evaluate("document.querySelector('#attention img').naturalWidth")
                 assert attention_width == 224 and patches_width > 224  # the 224 px input, spread out by the gaps
                 expect(page.locator(".toast-body")).to_have_count(0)  # no error was shown
+                page.get_by_text("What model is serving").click()
+                expect(page.locator("#model-info")).to_contain_text("85,800,963 in all, of which 2,307 in the trained head")
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
             finally:
