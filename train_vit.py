@@ -52,6 +52,16 @@ class TrainingError(Exception):
     """A bad flag, configuration or checkpoint; the message says what and how to fix it."""
 
 
+def at_least(minimum, kind=int):
+    """An argparse type: a number no smaller than `minimum`, else argparse's one-line usage error."""
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum}")
+        return value
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
@@ -61,41 +71,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--download-dir", default=DEFAULT_DATA_ROOT, type=Path, help="where downloaded datasets are kept")
     model = parser.add_argument_group("model (a Table 1 preset; the other flags override its fields for small runs)")
     model.add_argument("--model", default="vit_b_16", choices=VIT_CONFIGS)
-    model.add_argument("--image-size", type=int, help="default: the preset's 224")
-    model.add_argument("--patch-size", type=int)
-    model.add_argument("--num-layers", type=int)
-    model.add_argument("--hidden-dim", type=int)
-    model.add_argument("--mlp-dim", type=int)
-    model.add_argument("--num-heads", type=int)
+    model.add_argument("--image-size", type=at_least(1), help="default: the preset's 224")
+    model.add_argument("--patch-size", type=at_least(1))
+    model.add_argument("--num-layers", type=at_least(1))
+    model.add_argument("--hidden-dim", type=at_least(1))
+    model.add_argument("--mlp-dim", type=at_least(1))
+    model.add_argument("--num-heads", type=at_least(1))
     model.add_argument("--dropout", type=float, default=0.1, help="Table 3: 0.1 for ViT-B/L on ImageNet-size data")
     model.add_argument("--attention-dropout", type=float, help="not in the paper; default: the preset's 0.0")
     optim = parser.add_argument_group("optimisation (Section 4.1, Table 3)")
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--batch-size", type=int, default=32, help="global: split evenly across torchrun processes")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, reached after warmup")
-    optim.add_argument("--weight-decay", type=float, default=0.1, help="decoupled (AdamW), on weight matrices only")
-    optim.add_argument("--warmup-steps", type=int, default=10, help="linear warmup (paper: 10k steps of batch 4096)")
+    optim.add_argument("--epochs", type=at_least(1), default=10)
+    optim.add_argument("--batch-size", type=at_least(1), default=32, help="global: split evenly across torchrun processes")
+    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-3, help="peak learning rate, reached after warmup")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.1, help="decoupled (AdamW), on weight matrices only")
+    optim.add_argument("--warmup-steps", type=at_least(0), default=10, help="linear warmup (paper: 10k steps of batch 4096)")
     optim.add_argument("--schedule", default="cosine", choices=("cosine", "linear"), help="decay to zero after warmup")
-    optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="global-norm clipping; 0 turns it off")
-    optim.add_argument("--label-smoothing", type=float, default=0.0, help="DeiT uses 0.1 on small data")
+    optim.add_argument("--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="global-norm clipping; 0 turns it off")
+    optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.0, help="DeiT uses 0.1 on small data")
     augment = parser.add_argument_group("augmentation (training images only)")
     augment.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction RandomResizedCrop keeps (Inception, timm)")
     augment.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip: food has no handedness")
     augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"))
     run = parser.add_argument_group("run")
     run.add_argument("--output", default=Path(__file__).resolve().parent / "runs" / "vit-from-scratch", type=Path, help="checkpoint, metrics and curves folder")
-    run.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    run.add_argument("--resume", action="store_true", help="continue the run saved in --output (same flags: another --epochs changes the schedule)")
     run.add_argument("--seed", type=int, default=42, help="fixes initialisation, data order and augmentation")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
                      help="bf16 autocast; auto: on CUDA GPUs with bf16")
-    run.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    run.add_argument("--workers", type=at_least(0), default=2, help="data loading processes per training process")
     return parser.parse_args(argv)
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain run does not."""
-    device = torch.device(device_name)
+    try:
+        device = torch.device(device_name)
+    except RuntimeError as error:
+        raise TrainingError(f"--device {device_name!r} is not a device name such as cpu, cuda or cuda:1 ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {device_name}: this machine has no usable CUDA GPU; use --device cpu")
     if "RANK" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
@@ -108,7 +123,7 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 def bf16_autocast(amp: str, device: torch.device) -> bool:
     """--amp auto means bf16 on CUDA only: a CPU with AVX512-BF16/AMX runs ViT-B about 2x faster
     under autocast, but the tiny models one trains from scratch on a CPU get slower."""
-    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+    supported = {"cuda": torch.cuda.is_bf16_supported, "cpu": torch.cpu._is_avx512_bf16_supported}.get(device.type, bool)()
     if amp == "bf16" and not supported:
         raise TrainingError(f"--amp bf16: this {device.type} has no native bfloat16 support, so autocast would be slower than fp32; use --amp none")
     return amp == "bf16" or (amp == "auto" and supported and device.type == "cuda")

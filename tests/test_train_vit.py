@@ -147,11 +147,20 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(pizza_steak_sushi_data
     (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim 30 is not divisible by num_heads 4"),
     (["--dropout", "1.5"], "dropout must be in [0, 1)"),
     (["--warmup-steps", "1000", "--epochs", "2"], "--warmup-steps 1000 is longer than the whole run"),
+    (["--device", "gpu"], "--device 'gpu' is not a device name"),
 ])
 def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_dataset, tmp_path, capsys):
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "run"), *flags]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-8"), ("--lr", "-1e-3"), ("--num-layers", "0")])
+def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_vit.main([f"{flag}={value}"])
+    assert exit.value.code == 2
+    assert f"argument {flag}: {value} is below the minimum" in capsys.readouterr().err
 
 
 def test_missing_or_broken_data_is_one_clear_error(tmp_path, capsys):
