@@ -1,0 +1,132 @@
+"""What every benchmark shares: interleaved timing, the machine's description, result files, and
+the offline stand-ins for the pretrained backbone and a trained head.
+
+Timing: the variants of one comparison run in turns (A, B, C, A, B, C, ...) in one process, so a
+neighbour's load on a shared machine slows all of them alike; each figure is a median and each
+comparison a ratio of medians from the same run.
+"""
+
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project's modules and conftest's image generator
+
+
+def interleaved_ms(variants: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall-clock milliseconds of each zero-argument callable, `repeats` times each, in turns."""
+    for run in variants.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """A Markdown table, numbers rounded for reading."""
+    cells = [[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print()
+
+
+def machine() -> dict:
+    """Where the figures come from: CPU model, cores torch uses, versions and the load average."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def print_machine() -> dict:
+    info = machine()
+    print(f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
+          f"torchvision {info['torchvision']}, load {info['load_average_1_5_15']}, {info['date']}\n")
+    return info
+
+
+def save_results(name: str, results: dict) -> Path:
+    """benchmarks/results/<name>.json (not committed: figures go into BENCHMARKS.md by hand)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    return path
+
+
+def random_backbone_home(directory: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds a seeded random vit_b_16 state dict under the real
+    weights' file name, as tests/conftest.py's torch_home fixture makes (the real weights cannot be
+    downloaded here); os.environ["TORCH_HOME"] points at it from now on, for subprocesses too."""
+    cache_file = directory / "hub" / "checkpoints" / Path(torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url).name
+    if not cache_file.exists():
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(torchvision.models.vit_b_16().state_dict(), cache_file)
+    os.environ["TORCH_HOME"] = str(directory)
+    return directory
+
+
+def generated_head_checkpoint(directory: Path) -> Path:
+    """A head trained by train_head.py (its defaults) on conftest's generated pizza/steak/sushi
+    images over the random backbone: confident, non-uniform probabilities to compare paths with."""
+    checkpoint = directory / "foodvision-mini"
+    if (checkpoint / "config.json").is_file():
+        return checkpoint
+    random_backbone_home(directory / "torch_home")
+    from conftest import write_food_dataset
+    import train_head
+
+    dataset = directory / "pizza_steak_sushi"
+    if not dataset.exists():
+        write_food_dataset(dataset, train_per_class=20, test_per_class=10)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        status = train_head.main(["--data-dir", str(dataset), "--output", str(checkpoint)])
+    if status != 0:
+        raise RuntimeError(f"train_head.py failed with status {status}")
+    return checkpoint
+
+
+WORK_DIR = ROOT / "data" / "benchmarks"  # the cached backbone, dataset and head (data/ is git-ignored)
+
+
+def load_benchmark_classifier():
+    """(model, transforms, config) of the generated head over the random backbone."""
+    from checkpoint import load_classifier
+
+    checkpoint = generated_head_checkpoint(WORK_DIR)
+    random_backbone_home(WORK_DIR / "torch_home")
+    return load_classifier(checkpoint)
