@@ -44,8 +44,12 @@ from data import DATASET_URLS, DatasetError, ImageDataset, prepare_dataset
 from model import VIT_CONFIGS, ViT, ViTConfig
 from train_head import DEFAULT_DATA_ROOT
 
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "runs" / "vit-from-scratch"
+
+# ViTConfig fields that flags of the same name override
 MODEL_FLAGS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "dropout", "attention_dropout")
-NO_WEIGHT_DECAY = ("class_token", "position_embedding")  # embeddings, like biases and LayerNorm, are not decayed (timm, big_vision)
+# Like biases and LayerNorm parameters, the embeddings are not decayed (timm, big_vision)
+NO_WEIGHT_DECAY = ("class_token", "position_embedding")
 
 
 class TrainingError(Exception):
@@ -63,10 +67,12 @@ def at_least(minimum, kind=int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download --split")
-    data.add_argument("--split", default="10_percent", choices=DATASET_URLS, help="pizza_steak_sushi subset of Food-101 to download")
+    data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download")
+    data.add_argument("--split", default="10_percent", choices=DATASET_URLS, help="the course zip to download")
     data.add_argument("--dataset-url", help="download this zip instead of --split's")
     data.add_argument("--download-dir", default=DEFAULT_DATA_ROOT, type=Path, help="where downloaded datasets are kept")
     model = parser.add_argument_group("model (a Table 1 preset; the other flags override its fields for small runs)")
@@ -81,24 +87,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--attention-dropout", type=float, help="not in the paper; default: the preset's 0.0")
     optim = parser.add_argument_group("optimisation (Section 4.1, Table 3)")
     optim.add_argument("--epochs", type=at_least(1), default=10)
-    optim.add_argument("--batch-size", type=at_least(1), default=32, help="global: split evenly across torchrun processes")
+    optim.add_argument("--batch-size", type=at_least(1), default=32, help="global: split across torchrun processes")
     optim.add_argument("--lr", type=at_least(0.0, float), default=1e-3, help="peak learning rate, reached after warmup")
-    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.1, help="decoupled (AdamW), on weight matrices only")
-    optim.add_argument("--warmup-steps", type=at_least(0), default=10, help="linear warmup (paper: 10k steps of batch 4096)")
-    optim.add_argument("--schedule", default="cosine", choices=("cosine", "linear"), help="decay to zero after warmup")
-    optim.add_argument("--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="global-norm clipping; 0 turns it off")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.1, help="decoupled (AdamW), weights only")
+    optim.add_argument("--warmup-steps", type=at_least(0), default=10, help="linear (paper: 10k steps of batch 4096)")
+    optim.add_argument("--schedule", default="cosine", choices=("cosine", "linear"), help="decay to 0 after warmup")
+    optim.add_argument("--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="global norm; 0 turns it off")
     optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.0, help="DeiT uses 0.1 on small data")
     augment = parser.add_argument_group("augmentation (training images only)")
-    augment.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction RandomResizedCrop keeps (Inception, timm)")
-    augment.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip: food has no handedness")
+    augment.add_argument("--crop-scale", type=float, default=0.08, help="smallest area RandomResizedCrop keeps (timm)")
+    augment.add_argument("--hflip", type=float, default=0.5, help="flip probability: food has no handedness")
     augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"))
     run = parser.add_argument_group("run")
-    run.add_argument("--output", default=Path(__file__).resolve().parent / "runs" / "vit-from-scratch", type=Path, help="checkpoint, metrics and curves folder")
-    run.add_argument("--resume", action="store_true", help="continue the run saved in --output (same flags: another --epochs changes the schedule)")
+    run.add_argument("--output", default=DEFAULT_OUTPUT, type=Path, help="checkpoint, metrics and curves folder")
+    run.add_argument("--resume", action="store_true", help="continue the run in --output; pass its flags again")
     run.add_argument("--seed", type=int, default=42, help="fixes initialisation, data order and augmentation")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
-                     help="bf16 autocast; auto: on CUDA GPUs with bf16")
+    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="bf16 autocast; auto: on CUDA")
     run.add_argument("--workers", type=at_least(0), default=2, help="data loading processes per training process")
     return parser.parse_args(argv)
 
@@ -108,7 +113,7 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     try:
         device = torch.device(device_name)
     except RuntimeError as error:
-        raise TrainingError(f"--device {device_name!r} is not a device name such as cpu, cuda or cuda:1 ({error})") from error
+        raise TrainingError(f"--device {device_name!r} is not a device such as cpu, cuda or cuda:1 ({error})") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {device_name}: this machine has no usable CUDA GPU; use --device cpu")
     if "RANK" not in os.environ:
@@ -123,9 +128,12 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 def bf16_autocast(amp: str, device: torch.device) -> bool:
     """--amp auto means bf16 on CUDA only: a CPU with AVX512-BF16/AMX runs ViT-B about 2x faster
     under autocast, but the tiny models one trains from scratch on a CPU get slower."""
-    supported = {"cuda": torch.cuda.is_bf16_supported, "cpu": torch.cpu._is_avx512_bf16_supported}.get(device.type, bool)()
+    checks = {"cuda": torch.cuda.is_bf16_supported, "cpu": torch.cpu._is_avx512_bf16_supported}
+    supported = checks.get(device.type, bool)()
     if amp == "bf16" and not supported:
-        raise TrainingError(f"--amp bf16: this {device.type} has no native bfloat16 support, so autocast would be slower than fp32; use --amp none")
+        raise TrainingError(
+            f"--amp bf16: this {device.type} has no native bfloat16, so autocast would be slower than fp32; use --amp none"
+        )
     return amp == "bf16" or (amp == "auto" and supported and device.type == "cuda")
 
 
@@ -136,11 +144,13 @@ def train_transform(image_size: int, args) -> v2.Compose:
 
 
 def eval_transform(image_size: int) -> v2.Compose:
-    return v2.Compose([v2.Resize(image_size * 8 // 7), v2.CenterCrop(image_size), *to_tensor()])  # 256 -> 224, as torchvision's ImageNet transforms
+    # resize to 8/7 of the size, then centre-crop: 256 -> 224 as torchvision's ImageNet transforms
+    return v2.Compose([v2.Resize(image_size * 8 // 7), v2.CenterCrop(image_size), *to_tensor()])
 
 
 def to_tensor() -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]  # pixels in [-1, 1], as big_vision
+    # pixels in [-1, 1], as big_vision's value_range(-1, 1)
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
 
 
 def make_optimizer(model: ViT, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -168,8 +178,13 @@ def evaluate(model: ViT, loader: DataLoader, device: torch.device, autocast: boo
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
             logits = model(images)
-        totals += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum"), (logits.argmax(1) == labels).sum(), labels.new_tensor(len(labels))])
+        totals += batch_totals(F.cross_entropy(logits.float(), labels, reduction="sum"), logits, labels)
     return totals
+
+
+def batch_totals(summed_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(summed loss, correct predictions, count) of a batch: sums over batches and processes stay exact."""
+    return torch.stack([summed_loss, (logits.argmax(1) == labels).sum(), labels.new_tensor(len(labels))])
 
 
 def all_reduced(totals: torch.Tensor) -> tuple[float, float]:
@@ -184,7 +199,8 @@ def parameters_sha256(state_dict: dict) -> str:
     """A fingerprint of the weights, to check that every DDP replica holds the same model."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
-        digest.update(name.encode() + state_dict[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode() + tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -208,11 +224,16 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
     "optimizer.<param index>.<name>" and its param groups as JSON metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights, optimizer_state = model.state_dict(), optimizer.state_dict()
-    config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history),
-              "args": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}}
+    flags = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+    config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history), "args": flags}
     tensors = {f"model.{name}": value for name, value in weights.items()}
-    tensors |= {f"optimizer.{index}.{name}": value for index, entry in optimizer_state["state"].items() for name, value in entry.items()}
-    metadata = {"config": json.dumps(config), "param_groups": json.dumps(optimizer_state["param_groups"]), "history": json.dumps(history)}
+    for index, entry in optimizer_state["state"].items():
+        tensors |= {f"optimizer.{index}.{name}": value for name, value in entry.items()}
+    metadata = {
+        "config": json.dumps(config),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+        "history": json.dumps(history),
+    }
     write_atomically(out_dir / "train_state.safetensors", lambda p: save_file(tensors, p, metadata))
     write_atomically(out_dir / "model.safetensors", lambda p: save_file(weights, p))
     write_atomically(out_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2)))
@@ -227,7 +248,9 @@ def load_checkpoint(directory) -> tuple[ViT, dict]:
         model = ViT(ViTConfig(**config["vit_config"]))
         model.load_state_dict(read_safetensors(directory / "model.safetensors")[0])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
-        raise TrainingError(f"{directory} does not hold a complete train_vit.py checkpoint (model.safetensors and config.json): {error}") from error
+        raise TrainingError(
+            f"{directory} does not hold a complete train_vit.py checkpoint (model.safetensors and config.json): {error}"
+        ) from error
     return model.eval(), config
 
 
@@ -239,8 +262,10 @@ def resume(out_dir: Path, model: ViT, optimizer, class_names: list) -> list:
         tensors, metadata = read_safetensors(path)
         config, history = json.loads(metadata["config"]), json.loads(metadata["history"])
     except (OSError, ValueError, KeyError, SafetensorError) as error:
-        raise TrainingError(f"--resume: cannot read {path} ({error}); it is written after every epoch, so this folder holds no "
-                            "finished epoch of a train_vit.py run: drop --resume to start afresh") from error
+        raise TrainingError(
+            f"--resume: cannot read {path} ({error}); it is written after every epoch, so this folder holds no "
+            "finished epoch of a train_vit.py run: drop --resume to start afresh"
+        ) from error
     if config["vit_config"] != asdict(model.config) or config["class_names"] != class_names:
         raise TrainingError(
             f"--resume: the run in {out_dir} trained {config['vit_config']} on classes {config['class_names']}, "
@@ -251,7 +276,8 @@ def resume(out_dir: Path, model: ViT, optimizer, class_names: list) -> list:
         if key.startswith("optimizer."):
             index, name = key.removeprefix("optimizer.").split(".", 1)
             optimizer_state.setdefault(int(index), {})[name] = value
-    model.load_state_dict({key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")})
+    weights = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
+    model.load_state_dict(weights)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
     return history
 
@@ -271,7 +297,9 @@ def plot_curves(history: list, path: Path) -> None:
 def train(args) -> list:
     rank, world_size, device = init_distributed(args.device)
     if args.batch_size % world_size:
-        raise TrainingError(f"--batch-size {args.batch_size} does not split evenly across {world_size} processes; use a multiple of {world_size}")
+        raise TrainingError(
+            f"--batch-size {args.batch_size} does not split evenly across {world_size} processes; use a multiple of {world_size}"
+        )
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
     try:
         config = replace(VIT_CONFIGS[args.model], **overrides)  # checked before any download
@@ -286,15 +314,21 @@ def train(args) -> list:
     class_names = train_set.class_names
     torch.manual_seed(args.seed)
     model = ViT(replace(config, num_classes=len(class_names))).to(device)
-    train_set.transform, test_set.transform = train_transform(config.image_size, args), eval_transform(config.image_size)
-    # DistributedSampler in a single process too: it gives every epoch a data order fixed by (seed, epoch), which --resume relies on
+    train_set.transform = train_transform(config.image_size, args)
+    test_set.transform = eval_transform(config.image_size)
+    # DistributedSampler in a single process too: its order is fixed by (seed, epoch), which --resume relies on
     sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
-    per_process_batch = args.batch_size // world_size
-    train_loader = DataLoader(train_set, per_process_batch, sampler=sampler, num_workers=args.workers, pin_memory=device.type == "cuda")
-    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), per_process_batch, num_workers=args.workers)
+    batch_size = args.batch_size // world_size
+    pin_memory = device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size, sampler=sampler, num_workers=args.workers, pin_memory=pin_memory)
+    test_share = Subset(test_set, range(rank, len(test_set), world_size))
+    test_loader = DataLoader(test_share, batch_size, num_workers=args.workers, pin_memory=pin_memory)
     total_steps = args.epochs * len(train_loader)
     if args.warmup_steps > total_steps:
-        raise TrainingError(f"--warmup-steps {args.warmup_steps} is longer than the whole run ({args.epochs} epochs x {len(train_loader)} steps = {total_steps}); lower it or train longer")
+        raise TrainingError(
+            f"--warmup-steps {args.warmup_steps} is longer than the whole run ({args.epochs} epochs x "
+            f"{len(train_loader)} steps = {total_steps}); lower it or train longer"
+        )
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     autocast = bf16_autocast(args.amp, device)
 
@@ -304,21 +338,26 @@ def train(args) -> list:
         if rank == 0:
             print(f"resuming {args.output} after epoch {len(history)}")
     elif (args.output / "train_state.safetensors").exists():
-        raise TrainingError(f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh")
+        raise TrainingError(
+            f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh"
+        )
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     if rank == 0:
-        print(f"{args.model} {overrides}: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set)} train / {len(test_set)} test images "
-              f"of {class_names}, {world_size} process(es) on {device}{', bf16 autocast' if autocast else ''}")
+        print(
+            f"{args.model} {overrides}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"{len(train_set)} train / {len(test_set)} test images of {class_names}, "
+            f"{world_size} process(es) on {device}{', bf16 autocast' if autocast else ''}"
+        )
 
     for epoch in range(len(history), args.epochs):
-        # Augmentation and dropout draws are a function of (seed, epoch, rank), so a resumed run repeats them exactly
+        # augmentation and dropout draws depend on (seed, epoch, rank) only: a resumed run repeats them exactly
         torch.manual_seed(args.seed + epoch * world_size + rank)
         sampler.set_epoch(epoch)
         ddp_model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         started = time.perf_counter()
-        for step, (images, labels) in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False),
-                                                start=epoch * len(train_loader)):
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+        for step, (images, labels) in enumerate(batches, start=epoch * len(train_loader)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, args)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -330,13 +369,19 @@ def train(args) -> list:
             if args.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
             optimizer.step()
-            totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(), labels.new_tensor(len(labels))])
+            totals += batch_totals(loss.detach() * len(labels), logits, labels)
         train_loss, train_acc = all_reduced(totals)
-        test_loss, test_acc = all_reduced(evaluate(model, test_loader, device, autocast))  # the bare model: DDP's forward syncs, and shares are uneven
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+        # the bare model: DDP's forward would sync the replicas, and the test shares can differ by one batch
+        test_loss, test_acc = all_reduced(evaluate(model, test_loader, device, autocast))
+        history.append({
+            "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+        })
         if rank == 0:
-            print(f"Epoch: {epoch + 1} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}")
+            print(
+                f"Epoch: {epoch + 1} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | "
+                f"test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}"
+            )
             save_checkpoint(args.output, model, optimizer, class_names, history, args)
             plot_curves(history, args.output / "loss_curves.png")
     if world_size > 1:  # every replica reports, so a divergence between them would show
@@ -351,7 +396,7 @@ def main(argv=None) -> int:
     try:
         train(args)
     except (TrainingError, DatasetError) as error:
-        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike; one message is enough
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike: one message is enough
             print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
