@@ -1,10 +1,12 @@
 """train_vit.py: a tiny ViT learns the generated pizza/steak/sushi images from scratch; two
-torchrun processes keep identical replicas and report metrics over the whole test set; a run
-killed mid-training and resumed ends with the same weights as an uninterrupted one; bad flags,
-configurations and data end in one clear message."""
+torchrun processes download the dataset once (over HTTP on 127.0.0.1), keep identical replicas and
+report metrics over the whole test set; a run killed mid-training and resumed ends with the same
+weights as an uninterrupted one; bad flags, configurations and data end in one clear message."""
 
 import json
+import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 import train_vit
 from data import ImageDataset
@@ -98,20 +102,47 @@ def test_weight_decay_skips_biases_layernorms_and_embeddings():
     assert {"patch_embedding.class_token", "patch_embedding.position_embedding", "norm.weight", "head.bias"} <= undecayed
 
 
+def test_augmentation_flags_reach_the_training_transform():
+    args = train_vit.parse_args(["--crop-scale", "0.3", "--hflip", "0.25", "--augment", "trivialaugment"])
+    crop, flip, policy = train_vit.train_transform(48, args).transforms[:3]
+    assert (crop.size, crop.scale, flip.p) == ((48, 48), (0.3, 1.0), 0.25)
+    assert isinstance(policy, v2.TrivialAugmentWide)
+    args.augment = "randaugment"
+    assert isinstance(train_vit.train_transform(48, args).transforms[2], v2.RandAugment)
+    args.augment = "none"
+    policies = (v2.TrivialAugmentWide, v2.RandAugment)
+    assert not any(isinstance(t, policies) for t in train_vit.train_transform(48, args).transforms)
+    image = train_vit.eval_transform(48)(Image.new("RGB", (80, 60), (255, 0, 0)))
+    assert image.shape == (3, 48, 48) and image[0].min() == 1.0 and image[1].max() == -1.0  # pixels in [-1, 1]
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys):
+    flags = tiny_run(pizza_steak_sushi_dataset, tmp_path / "bf16", "--epochs", "2", "--amp", "bf16", "--label-smoothing", "0.1")
+    assert train_vit.main(flags) == 0
+    assert "bf16 autocast" in capsys.readouterr().out
+    history = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]) for row in history)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_keep_identical_replicas(pizza_steak_sushi_dataset, tmp_path):
-    output = tmp_path / "ddp"
+def test_torchrun_two_processes_download_once_and_keep_identical_replicas(pizza_steak_sushi_dataset, serve_bytes, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / "pizza_steak_sushi"), "zip", pizza_steak_sushi_dataset)
+    url = serve_bytes("pizza_steak_sushi.zip", Path(archive).read_bytes())
+    downloads, output = tmp_path / "downloads", tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]
-    command = [*torchrun, "train_vit.py", *tiny_run(pizza_steak_sushi_dataset, output, "--epochs", "3")]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+    flags = [*TINY, "--dataset-url", url, "--download-dir", str(downloads), "--output", str(output), "--epochs", "3"]
+    result = subprocess.run([*torchrun, "train_vit.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=SINGLE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es) on cpu" in result.stdout
+    assert [p.name for p in downloads.iterdir()] == ["pizza_steak_sushi"]  # rank 0 downloaded, rank 1 waited
     checksums = dict(line.split(": parameters sha256 ") for line in result.stdout.splitlines() if "sha256" in line)
     saved = train_vit.parameters_sha256(load_file(output / "model.safetensors"))
     assert checksums == {"rank 0": saved, "rank 1": saved}
@@ -120,7 +151,7 @@ def test_torchrun_two_processes_keep_identical_replicas(pizza_steak_sushi_datase
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     # each process evaluates half of the test set: the all-reduced figure must be the whole set's
     model, _ = train_vit.load_checkpoint(output)
-    assert accuracy_on_test_split(model, pizza_steak_sushi_dataset) == pytest.approx(history[-1]["test_acc"])
+    assert accuracy_on_test_split(model, downloads / "pizza_steak_sushi") == pytest.approx(history[-1]["test_acc"])
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(pizza_steak_sushi_dataset, tmp_path):
