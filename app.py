@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless the user turns it on
 
@@ -75,6 +76,13 @@ class LastLayerAttention:
         return self.latest.class_token
 
 
+class Prediction(NamedTuple):
+    probabilities: dict[str, float]  # {class name: probability}, in the checkpoint's class order
+    pixels: torch.Tensor  # (3, H, W) model input, normalised
+    attention: torch.Tensor  # (patches,) last-layer class-token attention, mean over heads
+    model_ms: float
+
+
 @dataclass
 class FoodVision:
     """The classifier the page serves, or, when none could be loaded, why not (`problem`)."""
@@ -105,21 +113,24 @@ class FoodVision:
         shown = to_display(self.preprocess(image), self.transforms.mean, self.transforms.std)
         return patch_grid(shown, self.patch_size)
 
-    def run_model(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch: the one place the network runs."""
+    def run_model(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and the last layer's class-token attention over the patches
+        (B, patches) for a batch of model inputs: the one place the network runs."""
         with torch.inference_mode():
-            return self.model(pixels.to(self.device))
+            logits = self.model(pixels.to(self.device))
+        return logits, self.attention.class_token_attention()
 
-    def classify(self, image_path: str) -> tuple[dict[str, float], torch.Tensor, float]:
-        """Class probabilities {name: p}, the model input and the model's time in ms; a gr.Error
-        when no model is serving or the file is not a usable photo."""
+    def classify(self, image_path: str) -> Prediction:
+        """The prediction for one image file; a gr.Error when no model is serving or the file is
+        not a usable photo."""
         if self.model is None:
             raise gr.Error(self.problem, title="No model is serving")
         pixels = self.preprocess(image_path)
         started = time.perf_counter()
-        logits = self.run_model(pixels.unsqueeze(0))
+        logits, attention = self.run_model(pixels.unsqueeze(0))
         model_ms = (time.perf_counter() - started) * 1000
-        return dict(zip(self.config["class_names"], logits.float().softmax(dim=-1)[0].tolist())), pixels, model_ms
+        probabilities = logits.float().softmax(dim=-1)[0].tolist()
+        return Prediction(dict(zip(self.config["class_names"], probabilities)), pixels, attention[0], model_ms)
 
     def predict(self, image: str | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
         """The page's prediction: class probabilities (shown as the top 3), the timing, and the
@@ -127,13 +138,15 @@ class FoodVision:
         started = time.perf_counter()
         if not image:  # the photo was removed from the page
             return None, "", None
-        probabilities, pixels, model_ms = self.classify(image)
+        prediction = self.classify(image)
         grid = self.transforms.crop_size[0] // self.patch_size
-        attention = self.attention.class_token_attention()[0].reshape(grid, grid)
-        overlay = attention_overlay(to_display(pixels, self.transforms.mean, self.transforms.std), attention)
+        overlay = attention_overlay(
+            to_display(prediction.pixels, self.transforms.mean, self.transforms.std),
+            prediction.attention.reshape(grid, grid),
+        )
         total_ms = (time.perf_counter() - started) * 1000
-        timing = f"**Model:** {model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms (decode, preprocess, model, drawing; {self.device.type})"
-        return probabilities, timing, overlay
+        timing = f"**Model:** {prediction.model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms (decode, preprocess, model, drawing; {self.device.type})"
+        return prediction.probabilities, timing, overlay
 
     def describe(self) -> str:
         """Markdown: what is serving (or what is missing and how to fix it)."""

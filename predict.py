@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     for image_path in args.images:
         started = time.perf_counter()
         try:
-            probabilities, _, model_ms = foodvision.classify(image_path)
+            prediction = foodvision.classify(image_path)
         except gr.Error as error:
             print(f"{image_path}: error: {error.message}", file=sys.stderr)
             failures += 1
             continue
         total_ms = (time.perf_counter() - started) * 1000
-        top = sorted(probabilities.items(), key=lambda item: item[1], reverse=True)[:3]
-        print(f"{image_path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top) + f" | model {model_ms:.0f} ms, total {total_ms:.0f} ms")
+        top = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)[:3]
+        print(f"{image_path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top) + f" | model {prediction.model_ms:.0f} ms, total {total_ms:.0f} ms")
         if args.figures:
             print(f"  figure: {save_figure(image_path, *top[0], args.figures)}")
     return 1 if failures else 0
