@@ -1,0 +1,63 @@
+"""Draw benchmarks/latency.png from the JSON results the other scripts leave in benchmarks/results/.
+
+    python benchmarks/plot.py
+"""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from common import RESULTS, median
+
+OUTPUT = RESULTS.parent / "latency.png"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def bars(axis, title: str, times: dict[str, list[float]], unit: str = "ms", per: int = 1) -> None:
+    names = list(times)
+    values = [median(times[name]) / per for name in names]
+    axis.barh(names[::-1], values[::-1], color=["tab:blue"] * (len(names) - 1) + ["tab:gray"])
+    reference = values[0]
+    for y, value in enumerate(values[::-1]):
+        axis.text(value, y, f" {value:,.0f} {unit} ({reference / value:.2f}x)", va="center", fontsize=8)
+    axis.set_title(title, fontsize=10)
+    axis.set_xlim(0, max(values) * 1.45)
+    axis.tick_params(axis="y", labelsize=8)
+
+
+def main() -> None:
+    panels = []
+    latency = load("latency")
+    if latency:
+        for batch, times in latency["latency_ms"].items():
+            panels.append((f"Classifier, batch {batch}: ms per image (speed-up vs fp32 eager)", times, int(batch)))
+    implementations = load("vit_implementations")
+    if implementations:
+        first = next(iter(implementations["inference_ms"]))
+        panels.append((f"ViT-B/16 implementations: inference, batch {first}", implementations["inference_ms"][first], 1))
+        panels.append(("ViT-B/16 implementations: one training step", implementations["train_step_ms"], 1))
+    decode = load("decode")
+    if decode:
+        panels.append(("12 MP JPEG to model input", decode["to_input_ms"], 1))
+    if not panels:
+        raise SystemExit(f"no results in {RESULTS}: run the benchmark scripts first")
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.1 * len(panels)), squeeze=False)
+    for axis, (title, times, per) in zip(axes[:, 0], panels):
+        bars(axis, title, times, per=per)
+    machine = (latency or implementations or decode)["machine"]
+    figure.suptitle(f"FoodVision Mini on {machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']} "
+                    f"(medians; ratios vs the first bar of each panel)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(OUTPUT, dpi=110)
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()
