@@ -14,6 +14,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import predict
-from app import EXAMPLES, LastLayerAttention
+from app import EXAMPLES, MAX_UPLOAD, LastLayerAttention
 from checkpoint import load_classifier
 from images import load_rgb, patch_grid, to_display
 from model import build_vit, convert_torchvision_state_dict
@@ -175,6 +176,14 @@ def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good
     for endpoint in ("/predict", "/patches"):
         with pytest.raises(AppError, match=message):
             client.predict(handle_file(upload), api_name=endpoint)
+    photo, expected = good_photo
+    assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
+
+
+def test_oversized_upload_is_refused_at_the_door(client, served, good_photo):
+    limit = int(MAX_UPLOAD.removesuffix("mb")) * 1024 * 1024
+    response = httpx.post(served[0] + "gradio_api/upload", files={"files": ("huge.jpg", bytes(limit + 1), "image/jpeg")}, timeout=60)
+    assert response.status_code == 413 and f"maximum allowed size of {limit} bytes" in response.text
     photo, expected = good_photo
     assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
 
