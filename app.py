@@ -218,10 +218,10 @@ def train_default_head() -> None:
         train_head(output_dir=DEFAULT_CHECKPOINT_DIR)
     except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
         raise TrainingUnavailable(
-            f"There is no trained head at `{DEFAULT_CHECKPOINT_DIR}`, and training one here failed: {error}\n\n"
-            "To fix it, either run `python train_head.py` where the dataset and the pretrained weights "
+            f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
+            "To fix it, either run python train_head.py where the dataset and the pretrained weights "
             "can be downloaded (or are cached), then restart the app; or start it with "
-            "`--checkpoint FOLDER_OR_HUB_REPO` (or FOODVISION_CHECKPOINT) naming a trained head."
+            "--checkpoint FOLDER_OR_HUB_REPO (or FOODVISION_CHECKPOINT) naming a trained head."
         ) from None
 
 
