@@ -17,7 +17,7 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from model import build_feature_extractor
 
@@ -28,6 +28,7 @@ DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "food
 REQUIRED_KEYS = ("backbone", "weights", "image_size", "class_names")
 BACKBONE = "vit_b_16"  # the only backbone model.build_feature_extractor builds
 REPO_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")
+RETRAIN = "Train the head again with `python train_head.py`."
 
 
 class CheckpointError(Exception):
@@ -46,25 +47,35 @@ def save_head(
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write the head, `config` and `extra_files` (reports) to `directory` atomically: everything
-    goes into a temp folder beside it that is renamed into place, so a crash leaves either the old
-    checkpoint or the new one, never a mix. Only an earlier checkpoint folder (or an empty one) is
-    replaced, so a mistyped --output cannot delete unrelated files."""
+    goes into a temp folder beside it that is renamed into place, so no reader ever sees a
+    half-written checkpoint. Only an earlier checkpoint folder (or an empty one) is replaced, so a
+    mistyped --output cannot delete unrelated files."""
     directory = Path(directory)
     if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
         raise CheckpointError(
             f"{directory} already exists and is not a checkpoint folder (it has no {CONFIG_FILE}); "
             "refusing to replace it. Choose another output folder."
         )
+    try:
+        replace_folder(directory, {
+            WEIGHTS_FILE: save(head_state_dict(model), metadata={"format": "pt"}),
+            CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
+            **(extra_files or {}),
+        })
+    except OSError as error:
+        raise CheckpointError(f"Could not write the checkpoint to {directory} ({error}). Choose a writable folder.") from None
+    return directory
+
+
+def replace_folder(directory: Path, files: dict[str, bytes]) -> None:
+    """Make `directory` hold exactly `files`: they are written to a temp folder beside it, which
+    then takes its place by rename (the old folder is moved aside first, then deleted)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
     try:
-        save_file(head_state_dict(model), temp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (temp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        for name, content in (extra_files or {}).items():
+        for name, content in files.items():
             (temp / name).write_bytes(content)
-        for path in temp.iterdir():  # mkdtemp and safetensors create owner-only files
-            path.chmod(0o644)
-        temp.chmod(0o755)
+        temp.chmod(0o755)  # mkdtemp makes it owner-only
         if directory.exists():
             old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
             directory.rename(old / directory.name)
@@ -74,7 +85,6 @@ def save_head(
             temp.rename(directory)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return directory
 
 
 def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
@@ -84,7 +94,7 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
     path = Path(path_or_repo_id)
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{path} is a file; a checkpoint is a folder holding {WEIGHTS_FILE} and {CONFIG_FILE}.")
+            raise CheckpointError(f"{path} is a file; a checkpoint is a folder with {WEIGHTS_FILE} and {CONFIG_FILE}.")
         return path
     how_to_fix = (
         "Train one with `python train_head.py` (it writes checkpoints/foodvision-mini), or pass a "
@@ -104,32 +114,28 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
 
 def read_config(path: Path) -> dict:
     """config.json, checked for the keys that rebuilding the model needs."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: a checkpoint folder needs {WEIGHTS_FILE} and {CONFIG_FILE}. Train the head again.")
     try:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is corrupt. Train the head again.") from None
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is corrupt. {RETRAIN}") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds {type(config).__name__}, not a JSON object; the checkpoint is corrupt.")
+        raise CheckpointError(f"{path} holds {type(config).__name__}, not a JSON object; the checkpoint is corrupt. {RETRAIN}")
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by train_head.py. Train the head again.")
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by train_head.py. {RETRAIN}")
     names = config["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)):
         raise CheckpointError(f"{path}: class_names must be a non-empty list of distinct strings, got {names!r}.")
     if config["backbone"] != BACKBONE:
-        raise CheckpointError(f"{path}: backbone {config['backbone']!r} is not supported; only {BACKBONE} heads can be loaded.")
+        raise CheckpointError(f"{path}: backbone {config['backbone']!r} is not supported; only {BACKBONE} heads load.")
     return config
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: a checkpoint folder needs {WEIGHTS_FILE} and {CONFIG_FILE}. Train the head again.")
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); the checkpoint is corrupt. Train the head again.") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); the checkpoint is corrupt. {RETRAIN}") from None
 
 
 def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revision: str | None = None):
@@ -139,6 +145,9 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
     model.build_feature_extractor, which raises WeightsUnavailableError when torchvision's
     weights file can be neither found in the cache nor downloaded."""
     directory = checkpoint_files(path_or_repo_id, revision)
+    for path in (directory / CONFIG_FILE, directory / WEIGHTS_FILE):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: a checkpoint folder needs {WEIGHTS_FILE} and {CONFIG_FILE}. {RETRAIN}")
     config = read_config(directory / CONFIG_FILE)
     state_dict = read_weights(directory / WEIGHTS_FILE)
     try:
@@ -159,6 +168,22 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
         )
     model.heads.load_state_dict({name.removeprefix("heads."): tensor for name, tensor in state_dict.items()})
     return model.eval(), transforms, config
+
+
+def model_card(config: dict) -> str:
+    """README.md for the Hub page: what the head is, its test metrics and how to load it."""
+    metrics = config.get("metrics", {})
+    data = config.get("data", {})
+    return (
+        "---\nlibrary_name: pytorch\npipeline_tag: image-classification\ntags: [vision-transformer, foodvision-mini]\n---\n\n"
+        f"# FoodVision Mini head: {', '.join(config['class_names'])}\n\n"
+        f"A {len(config['class_names'])}-class head for torchvision's frozen `{config['backbone']}` "
+        f"(weights `{config['weights']}`, {config['image_size']} px), trained by FoodVision Mini's train_head.py "
+        f"on {data.get('train_images', '?')} images from {data.get('source', '?')}. "
+        f"Test accuracy {metrics.get('test_acc', float('nan')):.4f} on {data.get('test_images', '?')} images.\n\n"
+        "```python\nfrom checkpoint import load_classifier  # FoodVision Mini's checkpoint.py\n"
+        "model, transforms, config = load_classifier(\"<this repo id>\")\n```\n"
+    )
 
 
 def push_to_hub(directory: str | Path, repo_id: str, private: bool | None = None) -> str:

@@ -30,6 +30,7 @@ DATASET_URLS = {
     "10_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
     "20_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi_20_percent.zip",
 }
+DEFAULT_ROOT = Path(__file__).resolve().parent / "data"  # git-ignored; beside the code, not the working directory
 SUBSETS = ("train", "test")
 # torchvision's ImageFolder list, so a folder reads the same here and there.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -45,7 +46,7 @@ def prepare_dataset(
     data_dir: str | Path | None = None,
     split: str = "10_percent",
     url: str | None = None,
-    root: str | Path = "data",
+    root: str | Path = DEFAULT_ROOT,
 ) -> Path:
     """Return a checked dataset folder: `data_dir` itself when given, else the download of `url`
     (default: the course zip of `split`) kept under `root`, downloaded only if not there yet."""
@@ -72,19 +73,25 @@ def prepare_dataset(
 def download_dataset(url: str, dataset_dir: Path) -> None:
     """Download the zip at `url`, extract and check it in a temp dir beside `dataset_dir`, then
     rename it into place: the one step that makes it visible is atomic."""
-    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=f".{dataset_dir.name}-") as temp:
-        archive = Path(temp) / "download.zip"
-        download(url, archive)
-        extracted = Path(temp) / "extracted"
-        extract_zip(archive, extracted, url)
-        found = dataset_root_in(extracted, url)
-        check_dataset(found)
-        try:
-            found.rename(dataset_dir)
-        except OSError:
-            if not dataset_dir.is_dir():  # else another run finished the same download first
-                raise
+    try:
+        dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=f".{dataset_dir.name}-") as temp:
+            archive = Path(temp) / "download.zip"
+            download(url, archive)
+            extracted = Path(temp) / "extracted"
+            extract_zip(archive, extracted, url)
+            found = dataset_root_in(extracted, url)
+            check_dataset(found)
+            try:
+                found.rename(dataset_dir)
+            except OSError:
+                if not dataset_dir.is_dir():  # else another run finished the same download first
+                    raise
+    except OSError as error:
+        raise DatasetError(
+            f"Could not store the dataset from {url} in {dataset_dir.parent} ({error}). Choose a writable "
+            "--download-dir with enough free space."
+        ) from None
 
 
 def download(url: str, destination: Path) -> None:

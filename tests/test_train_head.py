@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -89,7 +90,10 @@ def test_reloaded_checkpoint_predicts_what_training_predicted(trained_head_check
     torch.testing.assert_close(probabilities, expected, atol=1e-4, rtol=0)
 
 
-def test_main_downloads_trains_and_saves(serve_bytes, pizza_steak_sushi_dataset, torch_home, tmp_path, capsys):
+def test_main_downloads_trains_saves_and_reports_a_failed_push(serve_bytes, pizza_steak_sushi_dataset, torch_home, tmp_path, capsys, monkeypatch):
+    """The whole command line path: download over HTTP, train with every flag set, save; then the
+    Hub upload fails (a closed local port stands in for an unreachable huggingface.co, so no test
+    run can publish anything) and says the checkpoint is kept."""
     small = tmp_path / "small"
     for subset, count in (("train", 2), ("test", 1)):
         for folder in sorted((pizza_steak_sushi_dataset / subset).iterdir()):
@@ -97,16 +101,20 @@ def test_main_downloads_trains_and_saves(serve_bytes, pizza_steak_sushi_dataset,
             for image in sorted(folder.iterdir())[:count]:
                 shutil.copy(image, small / subset / folder.name)
     url = serve_bytes("pizza_steak_sushi.zip", Path(shutil.make_archive(tmp_path / "small", "zip", small)).read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     output = tmp_path / "checkpoint"
-    argv = ["--dataset-url", url, "--download-dir", str(tmp_path / "data"), "--output", str(output),
-            "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--seed", "1"]
-    assert train_head.main(argv) == 0
-    assert "Epoch: 2 | train_loss:" in capsys.readouterr().out
+    argv = ["--dataset-url", url, "--download-dir", str(tmp_path / "data"), "--output", str(output), "--epochs", "2",
+            "--batch-size", "4", "--lr", "0.01", "--seed", "1", "--device", "cpu", "--push-to-hub", "someone/foodvision-mini"]
+    assert train_head.main(argv) == 1
+    printed = capsys.readouterr()
+    assert "Epoch: 2 | train_loss:" in printed.out
+    assert f"the checkpoint is saved in {output}, but publishing it to the Hugging Face Hub repo someone/foodvision-mini failed" in printed.err
     assert sorted(p.name for p in (tmp_path / "data" / "pizza_steak_sushi" / "test").iterdir()) == ["pizza", "steak", "sushi"]
     config = read_json(output / CONFIG_FILE)
     assert config["data"] == dict(source=url, split=None, train_images=6, test_images=3)
     assert config["training"] | dict(epochs=2, batch_size=4, lr=0.01, seed=1) == config["training"]
     assert len(read_json(output / "metrics.json")["history"]) == 2
+    assert f"Test accuracy {config['metrics']['test_acc']:.4f} on 3 images" in (output / "README.md").read_text()
 
 
 def test_hub_repo_id_loads_from_the_offline_cache(trained_head_checkpoint, torch_home, tmp_path):
