@@ -75,6 +75,9 @@ def test_corrupt_zip(serve_bytes, dataset_zip, tmp_path, capsys):
     url = serve_bytes("pizza_steak_sushi.zip", bytes(corrupt))
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert f"The file downloaded from {url} is not a valid zip archive" in message
+    url = serve_bytes("cut.zip", dataset_zip[: len(dataset_zip) // 2])  # cut short, with a matching length
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert f"The file downloaded from {url} is not a valid zip archive" in message
     url = serve_bytes("page.zip", b"<html>Not Found</html>")
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert "not a valid zip archive (File is not a zip file)" in message
