@@ -4,6 +4,7 @@ behind that a later run could mistake for a complete dataset."""
 
 import io
 import shutil
+import socket
 import zipfile
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def test_download_extracts_and_reuses_the_dataset(serve_bytes, dataset_zip, pizz
     assert prepare_dataset(url=url, root=tmp_path) == dataset_dir
 
 
+def test_a_split_already_downloaded_is_not_fetched_again(pizza_steak_sushi_dataset, tmp_path):
+    """The 20% split lives in root/pizza_steak_sushi_20_percent (named after its zip); once there,
+    it is checked and used without any download."""
+    shutil.copytree(pizza_steak_sushi_dataset, tmp_path / "pizza_steak_sushi_20_percent")
+    assert prepare_dataset(split="20_percent", root=tmp_path) == tmp_path / "pizza_steak_sushi_20_percent"
+
+
 def test_zip_of_a_wrapping_folder_is_accepted(serve_bytes, pizza_steak_sushi_dataset, tmp_path):
     url = serve_bytes("wrapped.zip", zip_bytes(pizza_steak_sushi_dataset, prefix="pizza_steak_sushi/"))
     dataset_dir = prepare_dataset(url=url, root=tmp_path)
@@ -95,7 +103,10 @@ def test_zip_slip_entry_is_refused(serve_bytes, dataset_zip, tmp_path, capsys):
 
 
 def test_unreachable_url_names_it_and_the_fixes(tmp_path, capsys):
-    url = "http://127.0.0.1:9/pizza_steak_sushi.zip"  # the discard port: nothing listens there
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/pizza_steak_sushi.zip"
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert f"Could not reach {url}" in message
     assert "--data-dir" in message and "--dataset-url" in message
