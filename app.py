@@ -180,7 +180,7 @@ def format_metric(value) -> str:
     return str(value)
 
 
-def load(checkpoint: str | None, device: str) -> FoodVision:
+def load(checkpoint: str | None, device: torch.device | str = "cpu") -> FoodVision:
     """The served classifier from `checkpoint` (a folder or a Hub repo id; default
     checkpoints/foodvision-mini). With no head at the default place yet, one is trained first
     (train_head.py's defaults: needs the dataset and the pretrained weights, i.e. internet).
@@ -284,6 +284,16 @@ def uploaded_file(upload: dict | None) -> str | None:
     return upload["path"]
 
 
+def usable_device(name: str) -> torch.device:
+    """argparse type: a torch device this machine can really allocate on."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, NotImplementedError) as error:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a usable torch device here ({str(error).splitlines()[0]})") from None
+    return device
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint and --device, shared by the server and predict.py."""
     parser.add_argument(
@@ -292,7 +302,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="head checkpoint folder or Hugging Face Hub repo id (env FOODVISION_CHECKPOINT; "
         "default checkpoints/foodvision-mini, trained first if missing)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device",
+        type=usable_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

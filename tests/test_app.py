@@ -24,7 +24,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import predict
-from app import EXAMPLES, MAX_UPLOAD, LastLayerAttention
+from app import EXAMPLES, MAX_UPLOAD, LastLayerAttention, parse_args
 from checkpoint import load_classifier
 from images import load_rgb, patch_grid, to_display
 from model import build_vit, convert_torchvision_state_dict
@@ -274,3 +274,12 @@ def test_attention_map_is_the_last_layers_class_token_attention():
     expected = attentions[-1][:, :, 0, 1:].mean(dim=1)  # (batch, patches)
     assert probe.class_token_attention().shape == (2, (32 // 8) ** 2)
     assert torch.allclose(probe.class_token_attention(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["tpu9", "cuda"])
+def test_unusable_device_is_refused_with_a_clear_message(device, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        parse_args(["--device", device])
+    assert f"argument --device: '{device}' is not a usable torch device here" in capsys.readouterr().err
