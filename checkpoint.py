@@ -106,9 +106,10 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
         hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, revision=revision)
         return Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, revision=revision)).parent
     except (OSError, EntryNotFoundError, ValueError) as error:
+        reason = " ".join(str(error).split())  # huggingface_hub's messages span several lines
         raise CheckpointError(
             f"There is no checkpoint folder {path}, and the Hugging Face Hub repo {path_or_repo_id} could "
-            f"not provide {WEIGHTS_FILE} and {CONFIG_FILE} ({type(error).__name__}: {error}). {how_to_fix}"
+            f"not provide {WEIGHTS_FILE} and {CONFIG_FILE} ({type(error).__name__}: {reason}). {how_to_fix}"
         ) from None
 
 

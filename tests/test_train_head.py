@@ -3,12 +3,15 @@ really learns, the reports agree with each other, the tiny checkpoint reloads (f
 from a Hub repo id in an offline cache) and predicts what the trained model predicted, and broken
 checkpoints raise CheckpointError saying which file and what is wrong."""
 
+import hashlib
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import huggingface_hub
@@ -117,30 +120,78 @@ def test_main_downloads_trains_saves_and_reports_a_failed_push(serve_bytes, pizz
     assert f"Test accuracy {config['metrics']['test_acc']:.4f} on 3 images" in (output / "README.md").read_text()
 
 
-def test_hub_repo_id_loads_from_the_offline_cache(trained_head_checkpoint, torch_home, tmp_path):
-    """The Hub path runs for real up to the network: hf_hub_download resolves a repo id from a
-    Hugging Face cache laid out as a download leaves it (models--owner--name/snapshots/<commit>)."""
-    repo = tmp_path / "hub" / "models--someone--foodvision-mini"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(trained_head_checkpoint, repo / "snapshots" / commit)
+class FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    """Answers huggingface_hub's file requests (HEAD and GET /<repo>/resolve/<revision>/<file>)
+    from the server's `repos` {repo_id: folder}, with the headers the real Hub sends."""
+
+    def do_HEAD(self):
+        self.answer(send_body=False)
+
+    def do_GET(self):
+        self.answer(send_body=True)
+
+    def answer(self, send_body: bool):
+        repo_id, _, rest = self.path.lstrip("/").partition("/resolve/")
+        folder = self.server.repos.get(repo_id)
+        path = folder / rest.split("/", 1)[-1] if folder else None
+        if path is None or not path.is_file():
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound" if folder is None else "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+def load_in_subprocess(repo_id: str, env: dict, local: Path) -> subprocess.CompletedProcess:
+    """load_classifier(repo_id) in a fresh interpreter (huggingface_hub reads HF_* variables at
+    import); it checks the head equals the local checkpoint's and prints any CheckpointError."""
     script = (
         "import sys, torch\n"
         "from checkpoint import CheckpointError, load_classifier\n"
-        "hub, *_ = load_classifier('someone/foodvision-mini')\n"
-        "local, *_ = load_classifier(sys.argv[1])\n"
-        "assert all(torch.equal(a, b) for a, b in zip(hub.heads.state_dict().values(), local.heads.state_dict().values()))\n"
         "try:\n"
-        "    load_classifier('someone/not-there')\n"
+        "    hub, *_ = load_classifier(sys.argv[1])\n"
         "except CheckpointError as error:\n"
-        "    print(error)\n"
+        "    sys.exit(f'CheckpointError: {error}')\n"
+        "local, *_ = load_classifier(sys.argv[2])\n"
+        "assert all(torch.equal(a, b) for a, b in zip(hub.heads.state_dict().values(), local.heads.state_dict().values()))\n"
     )
-    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", TORCH_HOME=str(torch_home))
-    result = subprocess.run([sys.executable, "-c", script, str(trained_head_checkpoint)], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script, repo_id, str(local)], cwd=REPO_ROOT,
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=300)
+
+
+def test_hub_repo_id_downloads_then_loads_offline(trained_head_checkpoint, torch_home, tmp_path):
+    """huggingface_hub's real download code runs against a stand-in Hub on 127.0.0.1 (HF_ENDPOINT)
+    and fills a fresh cache; with HF_HUB_OFFLINE=1 the same repo id then loads from that cache.
+    Publishing (--push-to-hub) needs the real Hub and a token: not tested here."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHubHandler)
+    server.repos = {"someone/foodvision-mini": trained_head_checkpoint}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = dict(HF_HUB_CACHE=str(tmp_path / "hub"), TORCH_HOME=str(torch_home), HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        online = dict(env, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+        result = load_in_subprocess("someone/foodvision-mini", online, trained_head_checkpoint)
+        assert result.returncode == 0, result.stderr
+        missing = load_in_subprocess("someone/not-there", online, trained_head_checkpoint)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in missing.stderr
+    assert list((tmp_path / "hub").glob("models--someone--foodvision-mini/snapshots/*/config.json"))
+    offline = dict(env, HF_HUB_OFFLINE="1")
+    result = load_in_subprocess("someone/foodvision-mini", offline, trained_head_checkpoint)
     assert result.returncode == 0, result.stderr
-    assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in result.stdout
 
 
 @pytest.fixture
