@@ -150,7 +150,8 @@ BAD_INPUTS = {
     "random-bytes.jpg": (lambda: np.random.default_rng(0).bytes(5000), "not an image"),
     "notes.txt": (lambda: b"pizza, steak or sushi?\n" * 20, "not an image"),
     "empty.png": (lambda: b"", "not an image"),
-    "bomb.png": (lambda: png_declaring(100_000, 100_000).getvalue(), "too large"),
+    "bomb-10-gigapixels.png": (lambda: png_declaring(100_000, 100_000).getvalue(), "too large to decode safely"),
+    "bomb-72-megapixels.png": (lambda: png_declaring(9000, 8000).getvalue(), "9000x8000 pixels .72 megapixels.; the limit is 67"),
 }
 ODD_BUT_VALID = {
     "cmyk.jpg": lambda: encoded_bytes(gradient().convert("CMYK"), "JPEG"),
