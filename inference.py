@@ -15,6 +15,7 @@ precision="fp32" runs the extractor itself, untouched (bitwise the same logits a
 """
 
 import math
+import threading
 import warnings
 
 import torch
@@ -138,9 +139,11 @@ class Predictor:
     def _torchvision(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The untouched extractor's logits; a pre-hook on its last encoder block recomputes that
         block's attention weights from the block's input (nn.MultiheadAttention, need_weights)."""
-        recorded = []
+        recorded, caller = [], threading.get_ident()
 
         def record(block: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+            if threading.get_ident() != caller:  # another request's forward pass on the same model
+                return
             tokens = block.ln_1(inputs[0])
             _, weights = block.self_attention(tokens, tokens, tokens, need_weights=True, average_attn_weights=True)
             recorded.append(weights[:, 0, 1:])

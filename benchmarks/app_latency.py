@@ -27,6 +27,7 @@ FULL_SIZE_PIZZA = Path("/work/shared/data/photos/pizza-dad.jpeg")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=8, help="timed requests per photo and server")
+    parser.add_argument("--app-dir", type=Path, default=ROOT, help="the folder whose app.py is served (default: this repository)")
     parser.add_argument("--precisions", nargs="*", default=["fp32", "auto"],
                         help="one server each, when app.py has --precision (else one server as app.py is)")
     args = parser.parse_args()
@@ -35,11 +36,11 @@ def main() -> None:
     checkpoint = generated_head_checkpoint(WORK_DIR)
     random_backbone_home(WORK_DIR / "torch_home")
     photos = sorted((ROOT / "examples").glob("*.jp*g")) + ([FULL_SIZE_PIZZA] if FULL_SIZE_PIZZA.is_file() else [])
-    has_precision = "--precision" in subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    has_precision = "--precision" in subprocess.run([sys.executable, "app.py", "--help"], cwd=args.app_dir, capture_output=True, text=True).stdout
     configs = {p: ["--precision", p] for p in args.precisions} if has_precision else {"app.py as it is": []}
 
     with ExitStack() as stack:
-        clients = {name: Client(stack.enter_context(app_server(ROOT, "--checkpoint", str(checkpoint), *extra))[0], verbose=False)
+        clients = {name: Client(stack.enter_context(app_server(args.app_dir, "--checkpoint", str(checkpoint), *extra))[0], verbose=False)
                    for name, extra in configs.items()}
         total = {name: [] for name in clients}
         model = {name: [] for name in clients}
