@@ -14,35 +14,16 @@ from torch import nn
 
 from common import interleaved_ms, median, print_machine, print_table, save_results
 from course_vit import CourseViT
-from inference import last_block_class_token
 from model import build_vit
 
 NUM_CLASSES = 3
 REFERENCE = "torchvision vit_b_16"
 
 
-class ClassTokenLastBlock(nn.Module):
-    """A proposal for model.py, measured here: the same ViT, its last block run for the class
-    token only (inference.last_block_class_token), since Eq. 4 reads nothing else. Same outputs
-    and gradients with dropout 0, as here."""
-
-    def __init__(self, vit: nn.Module):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.vit.patch_embedding(images)
-        for block in self.vit.blocks[:-1]:
-            z = block(z)
-        class_token, _ = last_block_class_token(self.vit.blocks[-1], z, return_attention=False)
-        return self.vit.forward_head(self.vit.norm(class_token))
-
-
 def implementations() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {
         "model.py ViT": build_vit("vit_b_16", num_classes=NUM_CLASSES),
-        "model.py ViT, last block for the class token only (proposal)": ClassTokenLastBlock(build_vit("vit_b_16", num_classes=NUM_CLASSES)),
         REFERENCE: torchvision.models.vit_b_16(num_classes=NUM_CLASSES),
         # the course's dropout defaults (0.1) would add work the other two do not do
         "course ViT (nn.MultiheadAttention)": CourseViT(num_classes=NUM_CLASSES, mlp_dropout=0.0, embedding_dropout=0.0),

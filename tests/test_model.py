@@ -117,6 +117,27 @@ def test_attention_weights_of_every_layer(encoder_block):
         torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4, 17))
 
 
+@pytest.mark.parametrize("encoder_block", ["paper", "torch"])
+def test_last_block_for_the_class_token_only_changes_nothing(encoder_block):
+    model = tiny_vit(encoder_block=encoder_block).train()  # dropout 0: training mode, same maths
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    images = torch.randn(3, 3, 32, 32)
+
+    def every_token_to_the_end(images):
+        z = model.patch_embedding(images)
+        for block in model.blocks:
+            z = block(z)
+        return model.forward_head(model.norm(z[:, 0]))
+
+    expected = every_token_to_the_end(images)
+    logits = model(images)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
+    grads = torch.autograd.grad(logits.sum(), list(model.parameters()))
+    for expected_grad, grad in zip(expected_grads, grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("field", ["dropout", "attention_dropout"])
 @pytest.mark.parametrize("encoder_block, fused", [("paper", True), ("paper", False), ("torch", True)])
 def test_every_dropout_is_used(field, encoder_block, fused):
