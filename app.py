@@ -14,7 +14,6 @@ The same file is the Hugging Face Space: `import app` builds nothing; `python ap
 import argparse
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 
 from checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, CheckpointError, load_classifier
 from images import ImageError, attention_overlay, load_rgb, patch_grid, to_display
+from inference import PRECISIONS, Predictor
 from model import VIT_CONFIGS, WeightsUnavailableError
 
 APP_DIR = Path(__file__).resolve().parent
@@ -54,28 +54,6 @@ def available_cpus() -> int:
     return cpus
 
 
-class LastLayerAttention:
-    """Where the class token looks in the last encoder layer, averaged over heads: the row of the
-    attention matrix softmax(qk^T/sqrt(d)) for token 0, over the patch tokens.
-
-    A forward pre-hook on the last torchvision encoder block recomputes that block's attention
-    from its input (ln_1 then self_attention with need_weights=True), inside the same forward
-    pass: one attention layer of twelve extra, no second model. Results are kept per thread, as
-    requests may run concurrently."""
-
-    def __init__(self, model: torchvision.models.VisionTransformer):
-        self.latest = threading.local()
-        model.encoder.layers[-1].register_forward_pre_hook(self.record)
-
-    def record(self, block: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
-        tokens = block.ln_1(inputs[0])
-        _, weights = block.self_attention(tokens, tokens, tokens, need_weights=True, average_attn_weights=True)
-        self.latest.class_token = weights[:, 0, 1:]  # (batch, patches): drop the class token's self-attention
-
-    def class_token_attention(self) -> torch.Tensor:
-        return self.latest.class_token
-
-
 class Prediction(NamedTuple):
     probabilities: dict[str, float]  # {class name: probability}, in the checkpoint's class order
     pixels: torch.Tensor  # (3, H, W) model input, normalised
@@ -94,9 +72,10 @@ class FoodVision:
     source: str = ""
     device: torch.device = torch.device("cpu")
     problem: str | None = None
+    precision: str = "auto"  # inference.Predictor: "auto" (int8 on x86 CPUs), "fp32", "int8" or "bf16"
 
     def __post_init__(self):
-        self.attention = LastLayerAttention(self.model) if self.model is not None else None
+        self.predictor = Predictor(self.model, self.precision) if self.model is not None else None
 
     def preprocess(self, image_path: str) -> torch.Tensor:
         """The (3, H, W) model input from an uploaded file, or a gr.Error saying what is wrong."""
@@ -116,9 +95,7 @@ class FoodVision:
     def run_model(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, classes) and the last layer's class-token attention over the patches
         (B, patches) for a batch of model inputs: the one place the network runs."""
-        with torch.inference_mode():
-            logits = self.model(pixels.to(self.device))
-        return logits, self.attention.class_token_attention()
+        return self.predictor(pixels.to(self.device), return_attention=True)
 
     def classify(self, image_path: str) -> Prediction:
         """The prediction for one image file; a gr.Error when no model is serving or the file is
@@ -163,7 +140,8 @@ class FoodVision:
             f"- **Head checkpoint:** `{self.source}`",
             f"- **Classes:** {', '.join(self.config['class_names'])}",
             f"- **Parameters:** {total:,} in all, of which {head:,} in the trained head",
-            f"- **Device:** {self.device}",
+            f"- **Device:** {self.device}, inference in {self.predictor.precision}"
+            f"{' (model.py ViT, int8 dynamic quantization: see BENCHMARKS.md)' if self.predictor.precision == 'int8' else ''}",
         ]
         for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
             if self.config.get(key):
@@ -180,7 +158,7 @@ def format_metric(value) -> str:
     return str(value)
 
 
-def load(checkpoint: str | None, device: torch.device | str = "cpu") -> FoodVision:
+def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto") -> FoodVision:
     """The served classifier from `checkpoint` (a folder or a Hub repo id; default
     checkpoints/foodvision-mini). With no head at the default place yet, one is trained first
     (train_head.py's defaults: needs the dataset and the pretrained weights, i.e. internet).
@@ -200,6 +178,7 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu") -> FoodVisi
         config=config,
         source=source,
         device=torch.device(device),
+        precision=precision,
     )
 
 
@@ -229,10 +208,11 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
     """The page; launching is left to the caller."""
     size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
     with gr.Blocks(title="FoodVision Mini") as demo:
+        classes = " or ".join(f"**{name}**" for name in foodvision.config["class_names"]) if foodvision.config else "food"
         gr.Markdown(
-            "# FoodVision Mini\nDrop a photo of **pizza, steak or sushi**. A Vision Transformer "
-            "(ViT-B/16, ImageNet-pretrained, with a head trained on Food-101 photos) names it "
-            "and shows the image the way it reads it: a sequence of patches."
+            f"# FoodVision Mini\nDrop a photo of {classes}. A Vision Transformer (ViT-B/16, "
+            "ImageNet-pretrained and frozen, with a small trained head) names it and shows the image "
+            "the way it reads it: a sequence of patches."
         )
         if foodvision.model is None:
             gr.Markdown(foodvision.describe(), elem_id="status")
@@ -308,6 +288,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (default: cuda if available, else cpu)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("FOODVISION_PRECISION", "auto"),
+        help="inference path (env FOODVISION_PRECISION; default auto: int8 on x86 CPUs, 2.6x faster than fp32, see BENCHMARKS.md)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -323,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(available_cpus())
-    foodvision = load(args.checkpoint, args.device)
+    foodvision = load(args.checkpoint, args.device, args.precision)
     print(foodvision.describe(), flush=True)
     demo = build_demo(foodvision)
     demo.queue(max_size=QUEUE_SIZE).launch(

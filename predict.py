@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(available_cpus())
-    foodvision = load(args.checkpoint, args.device)
+    foodvision = load(args.checkpoint, args.device, args.precision)
     if foodvision.model is None:
         print(f"error: {foodvision.problem}", file=sys.stderr)
         return 1

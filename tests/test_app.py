@@ -18,16 +18,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import torchvision
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import predict
-from app import EXAMPLES, MAX_UPLOAD, LastLayerAttention, parse_args
+from app import EXAMPLES, MAX_UPLOAD, parse_args
 from checkpoint import load_classifier
 from images import load_rgb, patch_grid, to_display
-from model import build_vit, convert_torchvision_state_dict
+from inference import Predictor
 from test_images import encoded, png_declaring
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,11 +91,11 @@ def client(served):
 def reference(trained_head_checkpoint, torch_home):
     """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid)."""
     model, transforms, config = load_classifier(trained_head_checkpoint)
+    predictor = Predictor(model)  # the app's default inference path
 
     def compute(path) -> tuple[dict[str, float], np.ndarray]:
         pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))
-        with torch.inference_mode():
-            probabilities = model(pixels.unsqueeze(0)).softmax(dim=-1)[0].tolist()
+        probabilities = predictor(pixels.unsqueeze(0)).softmax(dim=-1)[0].tolist()
         grid = patch_grid(to_display(pixels, transforms.mean, transforms.std), model.patch_size)
         return dict(zip(config["class_names"], probabilities)), np.asarray(grid)
 
@@ -254,27 +253,6 @@ def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkp
         assert re.fullmatch(rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line)
         figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
         assert figure.width > 100 and figure.height > 100
-
-
-def test_attention_map_is_the_last_layers_class_token_attention():
-    """The app's hook on torchvision's last encoder block gives exactly the attention that the
-    paper ViT of model.py reports for its last layer (class-token row, mean over heads), on a tiny
-    random torchvision ViT converted to ours."""
-    size = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
-    torch.manual_seed(0)
-    torchvision_vit = torchvision.models.VisionTransformer(**size, num_classes=3).eval()
-    probe = LastLayerAttention(torchvision_vit)
-    paper_vit = build_vit("vit_b_16", num_classes=3, fused_attention=False, **size).eval()
-    paper_vit.load_state_dict(convert_torchvision_state_dict(torchvision_vit.state_dict()))
-    images = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        logits = torchvision_vit(images)
-        features, attentions = paper_vit.forward_features(images, return_attention=True)
-        paper_logits = paper_vit.forward_head(features)
-    assert torch.allclose(logits, paper_logits, atol=1e-5)  # the two models agree
-    expected = attentions[-1][:, :, 0, 1:].mean(dim=1)  # (batch, patches)
-    assert probe.class_token_attention().shape == (2, (32 // 8) ** 2)
-    assert torch.allclose(probe.class_token_attention(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", ["tpu9", "cuda"])

@@ -14,6 +14,7 @@ from checkpoint import load_classifier
 from conftest import draw_food_image
 from images import load_rgb
 from inference import Predictor
+from model import build_vit, convert_torchvision_state_dict
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jp*g"))
 # The issue's agreement thresholds (benchmarks/latency.py checks them over >= 100 inputs).
@@ -21,10 +22,13 @@ MIN_TOP1_AGREEMENT = 0.99
 MAX_PROBABILITY_DIFFERENCE = 0.02
 
 
+TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+
+
 def tiny_extractor(seed: int = 0) -> nn.Module:
     """A torchvision VisionTransformer small enough for structural checks in milliseconds."""
     torch.manual_seed(seed)
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    model = torchvision.models.VisionTransformer(**TINY)
     model.heads = nn.Linear(16, 3)
     return model.eval()
 
@@ -105,3 +109,22 @@ def test_auto_falls_back_to_fp32_without_int8_kernels_or_bf16(monkeypatch):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, int8, bf16"):
         Predictor(tiny_extractor(), precision="fp16")
+
+
+def test_attention_is_the_last_layers_class_token_attention():
+    """What the app draws: the class token's row of the last layer's attention over the patches,
+    mean over heads. The fp32 path's hook on torchvision's block and the fast path's class-token-only
+    last block both give what model.py's full ViT reports, on a tiny random torchvision ViT."""
+    model = tiny_extractor()
+    paper_vit = build_vit("vit_b_16", num_classes=3, **TINY).eval()
+    paper_vit.load_state_dict(convert_torchvision_state_dict(model.state_dict()))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        _, attentions = paper_vit.forward_features(images, return_attention=True)
+    expected = attentions[-1][:, :, 0, 1:].mean(dim=1)  # (batch, patches)
+    _, hooked = Predictor(model, precision="fp32")(images, return_attention=True)
+    torch.testing.assert_close(hooked, expected, atol=1e-6, rtol=0)
+    fast = Predictor(model, precision="fp32")
+    fast.fast = inference.vit_from_torchvision(model)  # the fast path's code, unquantized
+    _, class_token_only = fast(images, return_attention=True)
+    torch.testing.assert_close(class_token_only, expected, atol=1e-6, rtol=0)
