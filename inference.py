@@ -12,8 +12,7 @@ run at about 800 GFLOPS in int8 against 250 in fp32 (AVX-512 VNNI), and at about
 same path: nn.MultiheadAttention keeps its qkv and output projections, a third of the encoder's
 multiply-adds, out of reach of quantize_dynamic; model.py's blocks are plain nn.Linear layers.
 precision="fp32" runs the extractor itself, untouched (bitwise the same logits as calling it).
-Measured (BENCHMARKS.md): int8 60.6 ms against fp32's 156.3 at batch 1 (2.58x), same top-1 class
-and probabilities within 0.015 of fp32's over 120 real and generated images.
+Speed and agreement with fp32 are measured in benchmarks/latency.py (figures in BENCHMARKS.md).
 """
 
 import threading
@@ -40,9 +39,19 @@ def int8_engine_available() -> bool:
     return torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
+def auto_precision() -> str:
+    """int8 where the CPU adds int8 products in int32 (AVX-512 VNNI): the full 8-bit range keeps
+    the probabilities within the app's 0.02 of fp32's, while the 7-bit range that other CPUs need
+    drifted up to 0.021 (tests/test_inference.py). bf16 only with AMX tiles: AVX512-BF16 alone ran
+    slower than fp32 (benchmarks/matmul.py). Otherwise fp32."""
+    if int8_engine_available() and torch.cpu._is_vnni_supported():
+        return "int8"
+    return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision Predictor will really run: "auto" picks int8 on x86 CPUs, else bf16 where the
-    CPU has native bf16, else fp32; a precision the CPU cannot run falls back to fp32 with a warning."""
+    """The precision Predictor will really run ("auto": see auto_precision); a precision the CPU
+    cannot run falls back to fp32 with a warning."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device.type != "cpu":
@@ -50,7 +59,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ValueError(f"precision {precision!r} is a CPU path; the model is on {device}. Use 'fp32' or 'auto'.")
         return "fp32"
     if precision == "auto":
-        return "int8" if int8_engine_available() else "bf16" if cpu_supports_bf16() else "fp32"
+        return auto_precision()
     supported = {"int8": int8_engine_available, "bf16": cpu_supports_bf16}.get(precision)
     if supported is not None and not supported():
         warnings.warn(f"this CPU has no native {precision} support; running in fp32 instead", stacklevel=3)

@@ -40,6 +40,10 @@ class ViTConfig:
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the readable maths
 
     def __post_init__(self):
+        sizes = ("image_size", "patch_size", "in_channels", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "num_classes")
+        for name in sizes:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "

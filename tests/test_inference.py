@@ -98,12 +98,33 @@ def test_without_native_bf16_the_bf16_flag_runs_plain_fp32(monkeypatch):
         assert torch.equal(predictor(images), model(images))
 
 
-def test_auto_falls_back_to_fp32_without_int8_kernels_or_bf16(monkeypatch):
-    monkeypatch.setattr(inference, "int8_engine_available", lambda: False)
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+def test_auto_picks_int8_only_with_vnni_and_bf16_only_with_amx(monkeypatch):
+    monkeypatch.setattr(inference, "int8_engine_available", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+    assert Predictor(tiny_extractor()).precision == "int8"
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)  # 7-bit activations: too coarse
     assert Predictor(tiny_extractor()).precision == "fp32"
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert Predictor(tiny_extractor()).precision == "bf16"
+    monkeypatch.setattr(inference, "int8_engine_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+    assert Predictor(tiny_extractor()).precision == "bf16"
+
+
+def test_without_vnni_int8_would_miss_the_agreement_bound(trained_head_checkpoint, monkeypatch):
+    """Why auto_precision wants VNNI: the 7-bit activations of quantize_dynamic's default Linear
+    move the probabilities further from fp32's than the full-range path does."""
+    model, transforms, _ = load_classifier(trained_head_checkpoint)
+    images = torch.stack([transforms(load_rgb(path, min_size=transforms.resize_size[0])) for path in EXAMPLES])
+    reference = Predictor(model, precision="fp32")(images).softmax(dim=-1)
+    differences = {}
+    for vnni in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
+        predictor = Predictor(model, precision="int8")
+        fast = torch.cat([predictor(image[None]) for image in images]).softmax(dim=-1)
+        differences[vnni] = (fast - reference).abs().max().item()
+    assert differences[True] < differences[False]
 
 
 def test_unknown_precision_is_refused():

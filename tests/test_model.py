@@ -2,6 +2,7 @@
 Most checks use a tiny config (image 32, patch 8, width 32) so they run in milliseconds; parity
 and the feature extractor use the real vit_b_16 shapes."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ from model import (
 )
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=4)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once the socket closes
 
 
 def tiny_vit(**overrides) -> ViT:
@@ -228,6 +235,11 @@ def test_vit_b_16_runs_at_384_px():
         (lambda: ViTConfig(hidden_dim=100, num_heads=12), r"hidden_dim 100 is not divisible by num_heads 12"),
         (lambda: ViTConfig(encoder_block="keras"), r"'keras' is not one of \('paper', 'torch'\)"),
         (lambda: ViTConfig(dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
+        (lambda: ViTConfig(patch_size=0), r"patch_size must be a positive integer, got 0"),
+        (lambda: ViTConfig(num_heads=0), r"num_heads must be a positive integer, got 0"),
+        (lambda: ViTConfig(num_layers=0), r"num_layers must be a positive integer, got 0"),
+        (lambda: ViTConfig(image_size=-16), r"image_size must be a positive integer, got -16"),
+        (lambda: ViTConfig(hidden_dim=76.8), r"hidden_dim must be a positive integer, got 76.8"),
         (lambda: build_vit("vit_s_16"), r"unknown ViT variant 'vit_s_16'; choose one of vit_b_16, vit_b_32"),
         (lambda: build_vit("vit_b_16", depth=3), r"unknown ViTConfig fields \['depth'\]; valid: image_size"),
         (lambda: tiny_vit().set_image_size(50), r"image_size 50 is not divisible by patch_size 8"),
@@ -279,7 +291,9 @@ def test_swag_384_weights_load_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_missing_weights_error_names_file_url_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache, and no network on CI
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):  # and no network, even where there is one
+        monkeypatch.setenv(proxy, f"http://127.0.0.1:{closed_port()}")
     url = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url
     with pytest.raises(WeightsUnavailableError) as error:
         build_feature_extractor()
