@@ -1,12 +1,14 @@
 """Head checkpoints: a folder with the trained head's weights (model.safetensors, a few KB) and
 config.json (class names, backbone and weights name, image size, metrics, training data), which
 together rebuild the classifier with no outside knowledge. The frozen backbone is not saved: it
-is torchvision's published vit_b_16, so the course's 327 MB pickle shrinks to about 12 KB.
+is torchvision's published vit_b_16, so only the head is stored, not the course's pickle of the
+whole model.
 
 The same folder loads from disk or from a Hugging Face Hub model repo (`user/foodvision-mini`).
 No pickle is involved: safetensors holds only tensors, JSON only data.
 """
 
+import contextlib
 import json
 import re
 import shutil
@@ -63,28 +65,61 @@ def save_head(
             **(extra_files or {}),
         })
     except OSError as error:
-        raise CheckpointError(f"Could not write the checkpoint to {directory} ({error}). Choose a writable folder.") from None
+        raise CheckpointError(
+            f"Could not write the checkpoint to {directory} ({error}); an earlier checkpoint there is kept. "
+            "Choose a writable folder with free space."
+        ) from None
     return directory
 
 
 def replace_folder(directory: Path, files: dict[str, bytes]) -> None:
     """Make `directory` hold exactly `files`: they are written to a temp folder beside it, which
-    then takes its place by rename (the old folder is moved aside first, then deleted)."""
+    then takes its place. An existing folder is first renamed aside, so between the two renames no
+    folder is at `directory`; if the second rename fails, the old folder is renamed back, and a
+    save killed in between is repaired by the next save (`recover_replaced_folder`)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    recover_replaced_folder(directory)
+    temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-new-"))
     try:
         for name, content in files.items():
             (temp / name).write_bytes(content)
         temp.chmod(0o755)  # mkdtemp makes it owner-only
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
-            directory.rename(old / directory.name)
+        if not directory.exists():
             temp.rename(directory)
-            shutil.rmtree(old)
-        else:
+            return
+        # the old folder goes one level down in a fresh unique folder: a rename onto an existing
+        # name would fail (or, for an empty folder, replace it)
+        aside = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
+        previous = aside / directory.name
+        directory.rename(previous)
+        try:
             temp.rename(directory)
+        except BaseException as error:
+            try:
+                previous.rename(directory)
+            except OSError:
+                raise CheckpointError(
+                    f"Could not move the new checkpoint into {directory} ({error}), nor the previous one back: "
+                    f"it is in {previous}. Move it to {directory} by hand (the next save also does)."
+                ) from None
+            with contextlib.suppress(OSError):
+                aside.rmdir()  # empty now; rmdir never deletes a checkpoint
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def recover_replaced_folder(directory: Path) -> None:
+    """Repair what a save killed between its two renames leaves: the previous folder inside a
+    `.<name>-old-*` folder and nothing at `directory`. It is renamed back; once `directory` exists,
+    such folders hold superseded checkpoints and are deleted."""
+    prefix = f".{directory.name}-old-"
+    for aside in sorted(path for path in directory.parent.iterdir() if path.name.startswith(prefix)):
+        previous = aside / directory.name
+        if previous.is_dir() and not directory.exists():
+            previous.rename(directory)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -> Path:

@@ -248,3 +248,47 @@ def test_save_head_replaces_only_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="is not a checkpoint folder"):
         save_head(model, tmp_path / "notes", config)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def fail_rename_number(monkeypatch, number: int) -> None:
+    """From now on, the `number`th Path.rename raises OSError, as a full disk would."""
+    real_rename, calls = Path.rename, []
+
+    def rename(self, target):
+        calls.append(self)
+        if len(calls) == number:
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_failed_replace_keeps_the_previous_checkpoint(trained_head_checkpoint, torch_home, tmp_path, monkeypatch):
+    target = Path(shutil.copytree(trained_head_checkpoint, tmp_path / "checkpoint"))
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    model = nn.Module()
+    model.heads = nn.Linear(768, 3)
+    fail_rename_number(monkeypatch, 2)  # the first moves the old checkpoint aside, the second the new one in
+    with pytest.raises(CheckpointError, match="No space left on device.*an earlier checkpoint there is kept"):
+        save_head(model, target, read_json(target / CONFIG_FILE))
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # neither the new files nor an empty -old- folder
+    _, _, config = load_classifier(target)
+    assert config["class_names"] == ["pizza", "steak", "sushi"]
+
+
+def test_next_save_restores_a_checkpoint_left_aside_by_a_killed_save(tmp_path):
+    model = nn.Module()
+    model.heads = nn.Linear(768, 3)
+    config = dict(backbone="vit_b_16", weights="IMAGENET1K_V1", image_size=224, class_names=["a", "b", "c"])
+    target = save_head(model, tmp_path / "checkpoint", config)
+    before = (target / WEIGHTS_FILE).read_bytes()
+    (tmp_path / ".checkpoint-old-killed").mkdir()
+    target.rename(tmp_path / ".checkpoint-old-killed" / "checkpoint")  # where a save killed mid-swap leaves it
+    (tmp_path / ".checkpoint-old-empty").mkdir()  # killed before the first rename
+    with pytest.raises(CheckpointError, match="Could not write the checkpoint"):
+        save_head(model, target, config, {"no/such/folder.json": b"{}"})  # fails after the repair, while writing
+    assert (target / WEIGHTS_FILE).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
