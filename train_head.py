@@ -16,6 +16,7 @@ which --push-to-hub publishes as it is.
 """
 
 import argparse
+import inspect
 import io
 import json
 import sys
@@ -33,6 +34,7 @@ from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare
 from model import WeightsUnavailableError, build_feature_extractor
 
 WEIGHTS_CHOICES = ("IMAGENET1K_V1", "IMAGENET1K_SWAG_E2E_V1")  # 224 px / 384 px
+DEFAULT_WEIGHTS = inspect.signature(build_feature_extractor).parameters["weights"].default
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
 
 
@@ -156,7 +158,7 @@ def train_head(
     dataset_url: str | None = None,
     split: str = "10_percent",
     output_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
-    weights: str = "IMAGENET1K_V1",
+    weights: str = DEFAULT_WEIGHTS,
     epochs: int = 10,
     lr: float = 1e-3,
     batch_size: int = 32,
@@ -221,24 +223,28 @@ def train_head(
     return output_dir
 
 
+# The command line's defaults are train_head's, so the two cannot disagree.
+DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train_head).parameters.items()}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", help="a local dataset folder (train/<class>/*.jpg, test/<class>/*.jpg); no download")
     data.add_argument("--dataset-url", help="the dataset zip to download (default: the course's zip of --split)")
-    data.add_argument("--split", default="10_percent", choices=list(DATASET_URLS), help="which course split to download")
-    data.add_argument("--download-dir", default=DEFAULT_ROOT, type=Path,
+    data.add_argument("--split", default=DEFAULTS["split"], choices=list(DATASET_URLS), help="which course split to download")
+    data.add_argument("--download-dir", default=DEFAULTS["download_dir"], type=Path,
                       help="where downloaded datasets are kept (default: %(default)s)")
     training = parser.add_argument_group("training (defaults: the course's)")
-    training.add_argument("--weights", default="IMAGENET1K_V1", choices=WEIGHTS_CHOICES,
+    training.add_argument("--weights", default=DEFAULTS["weights"], choices=WEIGHTS_CHOICES,
                           help="torchvision vit_b_16 weights: IMAGENET1K_V1 (224 px) or IMAGENET1K_SWAG_E2E_V1 (384 px)")
-    training.add_argument("--epochs", type=int, default=10)
-    training.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    training.add_argument("--batch-size", type=int, default=32)
-    training.add_argument("--seed", type=int, default=42)
+    training.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="%(default)s")
+    training.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (%(default)s)")
+    training.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="%(default)s")
+    training.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="%(default)s")
     training.add_argument("--device", help="where the backbone runs, e.g. cpu or cuda (default: cuda when available)")
     output = parser.add_argument_group("output")
-    output.add_argument("--output", default=DEFAULT_CHECKPOINT_DIR, type=Path,
+    output.add_argument("--output", default=DEFAULTS["output_dir"], type=Path,
                         help="checkpoint folder (default: %(default)s)")
     output.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish the checkpoint as this Hugging Face Hub repo")
     return parser.parse_args(argv)

@@ -4,6 +4,7 @@ from a Hub repo id in an offline cache) and predicts what the trained model pred
 checkpoints raise CheckpointError saying which file and what is wrong."""
 
 import hashlib
+import inspect
 import http.server
 import json
 import os
@@ -23,6 +24,7 @@ from torch import nn
 import train_head
 from checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_classifier, save_head
 from data import load_image
+from model import build_feature_extractor
 
 # Measured: 1.00 (24/24) with conftest's seeded data and random backbone, 0.96 with data seed 1;
 # chance is 1/3. The margin allows for other torch builds' rounding, not for a head that fails.
@@ -292,3 +294,11 @@ def test_next_save_restores_a_checkpoint_left_aside_by_a_killed_save(tmp_path):
     assert (target / WEIGHTS_FILE).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
 
+
+def test_command_line_defaults_are_train_heads():
+    parameters = inspect.signature(train_head.train_head).parameters
+    args = vars(train_head.parse_args([]))
+    for name in ("split", "weights", "epochs", "lr", "batch_size", "seed", "download_dir", "device"):
+        assert args[name] == parameters[name].default, name
+    assert args["output"] == parameters["output_dir"].default
+    assert parameters["weights"].default == inspect.signature(build_feature_extractor).parameters["weights"].default
