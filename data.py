@@ -3,7 +3,8 @@
 `prepare_dataset` downloads a course zip (or takes a local folder) and returns a folder in the
 layout train/<class>/*.jpg, test/<class>/*.jpg. A dataset becomes visible under its final name
 only after it was fully downloaded, extracted and checked (temp dir + rename), so an interrupted
-run never leaves a folder that a later run would mistake for complete.
+run never leaves a folder that a later run would mistake for complete; it records the URL it came
+from, so a different URL with the same file name is not answered with the earlier download.
 
 Every problem with the data raises `DatasetError`, whose message is one paragraph saying what is
 wrong, where, and how to fix it; scripts print it and exit non-zero instead of a traceback.
@@ -34,6 +35,8 @@ DEFAULT_ROOT = Path(__file__).resolve().parent / "data"  # git-ignored; beside t
 SUBSETS = ("train", "test")
 # torchvision's ImageFolder list, so a folder reads the same here and there.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Written into a downloaded dataset folder: the URL it came from (see check_source).
+SOURCE_FILE = "source_url.txt"
 # How many unreadable files an error message names before it only counts the rest.
 MAX_LISTED_FILES = 10
 
@@ -66,8 +69,32 @@ def prepare_dataset(
     dataset_dir = Path(root) / Path(urlparse(url).path).stem
     if not dataset_dir.is_dir():
         download_dataset(url, dataset_dir)
+    check_source(dataset_dir, url)
     check_dataset(dataset_dir)
     return dataset_dir
+
+
+def check_source(dataset_dir: Path, url: str) -> None:
+    """Downloads are kept under the zip's file name, which two URLs can share: the URL recorded at
+    download time must be `url`, or the data would not be what config.json says it trained on. A
+    folder without the record (a copy put there by hand, or an older version's download) is taken
+    for the course's data: it is used for the course's URLs only."""
+    try:
+        recorded = (dataset_dir / SOURCE_FILE).read_text().strip()
+    except FileNotFoundError:
+        if url in DATASET_URLS.values():
+            return
+        raise DatasetError(
+            f"{dataset_dir} has no record of where it came from ({SOURCE_FILE}), so it cannot stand for {url}. Pass another "
+            f"--download-dir for {url}, or delete {dataset_dir} to download it in its place."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"Cannot read {dataset_dir / SOURCE_FILE} ({error}). Delete {dataset_dir} to download it again.") from None
+    if recorded != url:
+        raise DatasetError(
+            f"{dataset_dir} holds the dataset downloaded from {recorded}, not from {url} (both zips have the "
+            f"same file name). Pass another --download-dir for {url}, or delete {dataset_dir} to download it in its place."
+        )
 
 
 def download_dataset(url: str, dataset_dir: Path) -> None:
@@ -82,6 +109,7 @@ def download_dataset(url: str, dataset_dir: Path) -> None:
             extract_zip(archive, extracted, url)
             found = dataset_root_in(extracted, url)
             check_dataset(found)
+            (found / SOURCE_FILE).write_text(url + "\n")
             try:
                 found.rename(dataset_dir)
             except OSError:

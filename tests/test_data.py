@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import train_head
-from data import DatasetError, ImageDataset, class_names_of, prepare_dataset
+from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, prepare_dataset
 
 
 def zip_bytes(folder: Path, prefix: str = "") -> bytes:
@@ -55,6 +55,27 @@ def test_download_extracts_and_reuses_the_dataset(serve_bytes, dataset_zip, pizz
     assert sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*.jpg")) == originals
     serve_bytes("pizza_steak_sushi.zip", b"", claimed_length=0)  # a second download would now fail
     assert prepare_dataset(url=url, root=tmp_path) == dataset_dir
+
+
+def test_another_url_with_the_same_file_name_is_not_answered_with_the_earlier_download(
+    serve_bytes, dataset_zip, tmp_path, capsys
+):
+    first = serve_bytes("pizza_steak_sushi.zip", dataset_zip)
+    dataset_dir = prepare_dataset(url=first, root=tmp_path)
+    assert (dataset_dir / SOURCE_FILE).read_text().strip() == first
+    second = serve_bytes("mirror/pizza_steak_sushi.zip", dataset_zip)
+    message = fails_cleanly(capsys, ["--dataset-url", second, "--download-dir", str(tmp_path)])
+    assert f"{dataset_dir} holds the dataset downloaded from {first}, not from {second}" in message
+    assert "Pass another --download-dir" in message
+    assert prepare_dataset(url=second, root=tmp_path / "elsewhere") == tmp_path / "elsewhere" / "pizza_steak_sushi"
+    assert prepare_dataset(url=first, root=tmp_path) == dataset_dir  # the earlier download is kept and still used
+
+
+def test_a_folder_without_a_source_record_serves_only_the_course_urls(pizza_steak_sushi_dataset, tmp_path):
+    shutil.copytree(pizza_steak_sushi_dataset, tmp_path / "pizza_steak_sushi")
+    with pytest.raises(DatasetError, match=r"has no record of where it came from \(source_url\.txt\), so it cannot stand for"):
+        prepare_dataset(url="http://127.0.0.1:9/pizza_steak_sushi.zip", root=tmp_path)
+    assert prepare_dataset(split="10_percent", root=tmp_path) == tmp_path / "pizza_steak_sushi"
 
 
 def test_a_split_already_downloaded_is_not_fetched_again(pizza_steak_sushi_dataset, tmp_path):
