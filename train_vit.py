@@ -49,6 +49,10 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "runs" / "vit-from-scratch"
 MODEL_FLAGS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "dropout", "attention_dropout")
 # Like biases and LayerNorm parameters, the embeddings are not decayed (timm, big_vision)
 NO_WEIGHT_DECAY = ("class_token", "position_embedding")
+# Flags besides the model's that shape the run's schedule, data order or updates: --resume continues
+# a run only with the values it started with
+RESUME_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "clip_grad_norm",
+                "label_smoothing", "crop_scale", "hflip", "augment", "seed")
 
 
 class TrainingError(Exception):
@@ -61,6 +65,18 @@ def at_least(minimum, kind=int):
         value = kind(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum}")
+        return value
+    return parse
+
+
+def fraction(low_open: bool):
+    """An argparse type: a float in [0, 1], or in (0, 1] when `low_open`; else argparse's usage error."""
+    interval = "(0, 1]" if low_open else "[0, 1]"
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (0 < value <= 1 if low_open else 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
         return value
     return parse
 
@@ -88,15 +104,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="%(default)s (global norm); 0: off")
     optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.0, help="%(default)s; DeiT uses 0.1")
     augment = parser.add_argument_group("augmentation (training images only)")
-    augment.add_argument("--crop-scale", type=float, default=0.08, help="%(default)s: smallest area RandomResizedCrop keeps")
-    augment.add_argument("--hflip", type=float, default=0.5, help="%(default)s: flip probability; food has no handedness")
+    augment.add_argument("--crop-scale", type=fraction(low_open=True), default=0.08, help="%(default)s: smallest area RandomResizedCrop keeps")
+    augment.add_argument("--hflip", type=fraction(low_open=False), default=0.5, help="%(default)s: flip probability; food has no handedness")
     augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"), help="%(default)s")
     run = parser.add_argument_group("run")
     run.add_argument("--output", default=DEFAULT_OUTPUT, type=Path, help="checkpoints, metrics, curves (%(default)s)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output; pass its flags again")
     run.add_argument("--seed", type=int, default=42, help="%(default)s: fixes initialisation, data order, augmentation")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="%(default)s")
-    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="bf16 autocast; auto: where native")
+    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
+                     help="bf16 autocast; auto: on CUDA GPUs with bf16 and CPUs with AMX, else fp32")
     run.add_argument("--workers", type=at_least(0), default=2, help="%(default)s data loading processes per process")
     return parser.parse_args(argv)
 
@@ -119,16 +136,16 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def bf16_autocast(amp: str, device: torch.device) -> bool:
-    """--amp auto: bf16 wherever the hardware has it natively, CUDA GPUs or CPUs with AVX512-BF16/AMX.
-    Measured on a 2-core AVX512-BF16 CPU, a ViT-B/16 training step (batch 8) took about 7 s in bf16
-    against 30 s in fp32, while a 24k-parameter ViT ran 1.35x slower: use --amp none for those."""
-    checks = {"cuda": torch.cuda.is_bf16_supported, "cpu": torch.cpu._is_avx512_bf16_supported}
-    supported = checks.get(device.type, bool)()
-    if amp == "bf16" and not supported:
-        raise TrainingError(
-            f"--amp bf16: this {device.type} has no native bfloat16, so autocast would be slower than fp32; use --amp none"
-        )
-    return amp == "bf16" or (amp == "auto" and supported)
+    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with AMX tiles, fp32 elsewhere. CPUs
+    with only AVX512-BF16 run bf16 Linears slower than fp32 (benchmarks/matmul.py, BENCHMARKS.md),
+    so there bf16 is the explicit --amp bf16. A CUDA GPU without bf16 cannot autocast to it at all."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if amp == "bf16":
+            raise TrainingError(f"--amp bf16: the GPU {device} has no bfloat16 support; use --amp none")
+        return False
+    if amp == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported())
+    return amp == "bf16"
 
 
 def train_transform(image_size: int, args) -> v2.Compose:
@@ -248,9 +265,10 @@ def load_checkpoint(directory) -> tuple[ViT, dict]:
     return model.eval(), config
 
 
-def resume(out_dir: Path, model: ViT, optimizer, class_names: list) -> list:
-    """Load train_state.safetensors into the freshly built model and optimizer; returns the metrics
-    history, whose length is the number of completed epochs."""
+def resume(args, model: ViT, optimizer, class_names: list) -> list:
+    """Load train_state.safetensors of the run in --output into the freshly built model and
+    optimizer; returns the metrics history, whose length is the number of completed epochs."""
+    out_dir = args.output
     path = out_dir / "train_state.safetensors"
     try:
         tensors, metadata = read_safetensors(path)
@@ -264,6 +282,17 @@ def resume(out_dir: Path, model: ViT, optimizer, class_names: list) -> list:
         raise TrainingError(
             f"--resume: the run in {out_dir} trained {config['vit_config']} on classes {config['class_names']}, "
             f"but these flags and data give {asdict(model.config)} on {class_names}; pass the flags of the original run"
+        )
+    started_with = config.get("args", {})
+    changed = [
+        f"--{name.replace('_', '-')} {started_with[name]} (now {getattr(args, name)})"
+        for name in RESUME_FLAGS if name in started_with and started_with[name] != getattr(args, name)
+    ]
+    if changed:
+        raise TrainingError(
+            f"--resume: the run in {out_dir} started with {', '.join(changed)}; continuing it with other values would "
+            "change its schedule or data. Pass the original flags to continue it, or drop --resume and choose another "
+            "--output to start afresh"
         )
     optimizer_state = {}
     for key, value in tensors.items():
@@ -328,7 +357,7 @@ def train(args) -> list:
 
     history = []
     if args.resume:
-        history = resume(args.output, model, optimizer, class_names)
+        history = resume(args, model, optimizer, class_names)
         if rank == 0:
             print(f"resuming {args.output} after epoch {len(history)}")
     elif (args.output / "train_state.safetensors").exists():

@@ -117,7 +117,21 @@ def test_augmentation_flags_reach_the_training_transform():
     assert image.shape == (3, 48, 48) and image[0].min() == 1.0 and image[1].max() == -1.0  # pixels in [-1, 1]
 
 
-@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="this CPU has no native bfloat16")
+def test_amp_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert train_vit.bf16_autocast("auto", cpu) is amx
+        assert train_vit.bf16_autocast("bf16", cpu) is True  # forced, even where it is slower than fp32
+        assert train_vit.bf16_autocast("none", cpu) is False
+    for bf16_gpu in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
+        assert train_vit.bf16_autocast("auto", cuda) is bf16_gpu
+        assert train_vit.bf16_autocast("none", cuda) is False
+    with pytest.raises(train_vit.TrainingError, match="--amp bf16: the GPU cuda has no bfloat16 support; use --amp none"):
+        train_vit.bf16_autocast("bf16", cuda)
+
+
 def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys):
     flags = tiny_run(pizza_steak_sushi_dataset, tmp_path / "bf16", "--epochs", "2", "--amp", "bf16", "--label-smoothing", "0.1")
     assert train_vit.main(flags) == 0
@@ -196,12 +210,26 @@ def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-8"), ("--lr", "-1e-3"), ("--num-heads", "0")])
-def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, capsys):
+@pytest.mark.parametrize("flag, value, reason", [
+    ("--epochs", "0", "is below the minimum 1"),
+    ("--batch-size", "-8", "is below the minimum 1"),
+    ("--lr", "-1e-3", "is below the minimum 0.0"),
+    ("--num-heads", "0", "is below the minimum 1"),
+    ("--crop-scale", "0", "is outside (0, 1]"),
+    ("--crop-scale", "1.5", "is outside (0, 1]"),
+    ("--hflip", "-0.1", "is outside [0, 1]"),
+    ("--hflip", "2", "is outside [0, 1]"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, reason, capsys):
     with pytest.raises(SystemExit) as exit:
         train_vit.main([f"{flag}={value}"])
     assert exit.value.code == 2
-    assert f"argument {flag}: {value} is below the minimum" in capsys.readouterr().err
+    assert f"argument {flag}: {value} {reason}" in capsys.readouterr().err
+
+
+def test_range_ends_are_accepted():
+    args = train_vit.parse_args(["--crop-scale", "1", "--hflip", "0"])
+    assert (args.crop_scale, args.hflip) == (1.0, 0.0)
 
 
 def test_missing_or_broken_data_is_one_clear_error(tmp_path, capsys):
@@ -219,6 +247,12 @@ def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_d
     assert "already holds a checkpoint; continue it with --resume" in capsys.readouterr().err
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), "--hidden-dim", "64", "--resume"]) == 1
     assert "pass the flags of the original run" in capsys.readouterr().err
+    changed = ["--epochs", "20", "--lr", "0.01", "--schedule", "linear", "--hflip", "0.5", "--amp", "bf16", "--workers", "1"]
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), *changed, "--resume"]) == 1
+    error = capsys.readouterr().err
+    assert "started with --epochs 15 (now 20), --lr 0.003 (now 0.01), --schedule cosine (now linear);" in error
+    assert "Pass the original flags to continue it, or drop --resume" in error
+    assert len(json.loads((trained_run / "metrics.json").read_text())) == 15  # nothing was trained or saved
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "train_state.safetensors").write_bytes(b"not a safetensors file")
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "corrupt"), "--resume"]) == 1
