@@ -1,13 +1,20 @@
 """Shared fixtures. The pretrained backbone cannot be downloaded on the CI machines, so the
 `torch_home` fixture writes a randomly initialised vit_b_16 state dict where torchvision's
-weights loader looks first; everything downstream runs the real loading code."""
+weights loader looks first; everything downstream runs the real loading code. Nor can the
+dataset: `pizza_steak_sushi_dataset` draws one, and `serve_bytes` serves zips over HTTP."""
 
+import contextlib
+import http.server
+import io
 import os
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image, ImageDraw
 
 
 @pytest.fixture(scope="session")
@@ -26,17 +33,6 @@ def torch_home(tmp_path_factory) -> Path:
     else:
         os.environ["TORCH_HOME"] = previous
 
-
-# --- training helper's fixtures: generated dataset and trained head checkpoint -------------------
-# Owned by the training helper (data.py, train_head.py); appended here so every test file can use them.
-
-import contextlib
-import http.server
-import io
-import threading
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 # Strongly different colours and shapes per class, so that even a randomly initialised backbone
 # gives separable features; jitter and noise keep the task from being trivial.
@@ -144,6 +140,3 @@ def serve_bytes():
     server.shutdown()
     server.server_close()
     thread.join()
-
-
-# --- end of the training helper's fixtures --------------------------------------------------------
