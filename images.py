@@ -19,6 +19,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own guard (Image.MAX_IMAGE_PIXELS, 89 MP warning, 179 MP error) stays in place behind it.
 MAX_PIXELS = 8192 * 8192
 
+# A photo whose long side is more than this many times its short side is refused, also on the
+# header. The weights' transforms resize the short side to 256 pixels, so a long thin strip (a
+# 1,000,000x4 PNG is 12 KB and 4 megapixels) would become a 64,000,000x256 image, about 49 GB.
+# Refusing is simpler than pre-cropping to what the centre crop keeps, and exact: pre-cropping
+# would change the resized width's rounding and so the pixels the model sees. 20:1 still takes
+# phone panoramas (about 4:1 to 10:1) and bounds the resized long side at 20 x 256 pixels.
+MAX_ASPECT_RATIO = 20
+
 # Modes Pillow stores 16-bit (or wider) grey levels in; its convert() clips them at 255.
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -45,12 +53,20 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
         ) from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"This image is too large to decode safely: {error}") from None
+    except OSError as error:  # a folder, a file without read permission, a read failure
+        raise ImageError(f"Cannot read {source}: {error.strerror or error}.") from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise ImageError(
                 f"This image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
                 f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Please downscale it and try again."
+            )
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ImageError(
+                f"This image is {width}x{height} pixels: its long side is {max(width, height) / min(width, height):,.0f} "
+                f"times its short side, and the limit is {MAX_ASPECT_RATIO} times. The model sees only the middle "
+                "square of a photo: please crop it to the food and try again."
             )
         if min_size is not None:
             image.draft("RGB", (min_size, min_size))  # JPEG only; a no-op for other formats

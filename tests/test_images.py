@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from images import MAX_PIXELS, ImageError, attention_overlay, load_rgb, patch_grid, to_display
+from images import MAX_ASPECT_RATIO, MAX_PIXELS, ImageError, attention_overlay, load_rgb, patch_grid, to_display
 
 
 def encoded(image: Image.Image, format: str, **options) -> io.BytesIO:
@@ -105,6 +105,18 @@ def test_decompression_bomb_is_refused_before_decoding(width, height):
         load_rgb(png_declaring(width, height))
 
 
+@pytest.mark.parametrize("width, height", [(1_000_000, 4), (4, 1_000_000), (21 * 50, 50)])
+def test_extreme_aspect_ratio_is_refused_before_decoding(width, height):
+    """A thin strip would be resized to a 256-pixel short side: 1,000,000x4 to 64,000,000x256."""
+    with pytest.raises(ImageError, match=rf"{width}x{height} pixels: .* the limit is {MAX_ASPECT_RATIO} times"):
+        load_rgb(encoded(Image.new("RGB", (width, height)), "PNG"), min_size=256)
+
+
+def test_panorama_at_the_aspect_ratio_limit_is_accepted():
+    image = load_rgb(encoded(Image.new("RGB", (MAX_ASPECT_RATIO * 50, 50), (9, 8, 7)), "PNG"), min_size=256)
+    assert image.size == (MAX_ASPECT_RATIO * 50, 50) and pixel(image) == (9, 8, 7)
+
+
 def test_truncated_jpeg():
     data = encoded(Image.linear_gradient("L").convert("RGB"), "JPEG").getvalue()
     with pytest.raises(ImageError, match="damaged or truncated"):
@@ -122,6 +134,11 @@ def test_non_images(data):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="No such file"):
         load_rgb(tmp_path / "missing.jpg")
+
+
+def test_folder_instead_of_a_file(tmp_path):
+    with pytest.raises(ImageError, match=f"Cannot read {tmp_path}: Is a directory"):
+        load_rgb(tmp_path)
 
 
 def test_to_display_undoes_normalisation():
