@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,17 +29,22 @@ from PIL import Image
 
 from checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, CheckpointError, load_classifier
 from images import ImageError, attention_overlay, load_rgb, patch_grid, to_display
-from inference import PRECISIONS, Predictor
+from inference import PRECISIONS, Predictor, resolve_precision
 from model import VIT_CONFIGS, WeightsUnavailableError
 
 APP_DIR = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the patch view's transforms while no checkpoint names its own
-# One forward pass at a time, using every core: on a CPU that gives the lowest latency per request
-# and bounds memory (one decoded photo and one set of activations in flight); the queue holds the rest.
+# One request at a time, using every core: on a CPU that gives the lowest latency per request and
+# bounds memory. The patch view decodes the upload too, so it runs in the same group as the model:
+# one decoded photo and one set of activations in flight in all; the queue holds the rest.
 MODEL_CONCURRENCY = 1
+ONE_AT_A_TIME = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 MAX_UPLOAD = "25mb"
+# Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill
+# its disk. Every hour, the files more than an hour old are deleted (the examples are kept).
+DELETE_CACHE = (3600, 3600)  # (how often, minimum age), in seconds
 
 
 def available_cpus() -> int:
@@ -72,7 +78,7 @@ class FoodVision:
     source: str = ""
     device: torch.device = torch.device("cpu")
     problem: str | None = None
-    precision: str = "auto"  # inference.Predictor: "auto" (int8 on x86 CPUs), "fp32", "int8" or "bf16"
+    precision: str = "auto"  # inference.Predictor's, one of inference.PRECISIONS
 
     def __post_init__(self):
         self.predictor = Predictor(self.model, self.precision) if self.model is not None else None
@@ -207,7 +213,7 @@ def train_default_head() -> None:
 def build_demo(foodvision: FoodVision) -> gr.Blocks:
     """The page; launching is left to the caller."""
     size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
-    with gr.Blocks(title="FoodVision Mini") as demo:
+    with gr.Blocks(title="FoodVision Mini", delete_cache=DELETE_CACHE) as demo:
         classes = " or ".join(f"**{name}**" for name in foodvision.config["class_names"]) if foodvision.config else "food"
         gr.Markdown(
             f"# FoodVision Mini\nDrop a photo of {classes}. A Vision Transformer (ViT-B/16, "
@@ -244,13 +250,8 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
         def predict(image: dict | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
             return foodvision.predict(uploaded_file(image))
 
-        image.change(patches, inputs=image, outputs=grid, preprocess=False, concurrency_limit=4).success(
-            predict,
-            inputs=image,
-            outputs=[label, timing, attention],
-            preprocess=False,
-            concurrency_limit=MODEL_CONCURRENCY,
-            concurrency_id="model",
+        image.change(patches, inputs=image, outputs=grid, preprocess=False, **ONE_AT_A_TIME).success(
+            predict, inputs=image, outputs=[label, timing, attention], preprocess=False, **ONE_AT_A_TIME
         )
     return demo
 
@@ -275,7 +276,8 @@ def usable_device(name: str) -> torch.device:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint and --device, shared by the server and predict.py."""
+    """--checkpoint, --device and --precision, shared by the server and predict.py; check the
+    parsed values with check_model_arguments."""
     parser.add_argument(
         "--checkpoint",
         default=os.environ.get("FOODVISION_CHECKPOINT"),
@@ -292,8 +294,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=os.environ.get("FOODVISION_PRECISION", "auto"),
-        help="inference path (env FOODVISION_PRECISION; default auto: int8 on x86 CPUs, 2.6x faster than fp32, see BENCHMARKS.md)",
+        help="inference path (env FOODVISION_PRECISION; default auto: the fastest path this CPU runs "
+        "accurately, chosen by inference.resolve_precision; figures in BENCHMARKS.md)",
     )
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """args, or a clear parser error for a precision that cannot run: argparse checks `choices` only
+    for a value typed on the command line, not for a default from FOODVISION_PRECISION, and
+    inference.resolve_precision is the one place that knows which precision runs on which device."""
+    try:
+        with warnings.catch_warnings():  # a CPU fallback to fp32 is reported once, when the model loads
+            warnings.simplefilter("ignore")
+            resolve_precision(args.precision, args.device)
+    except ValueError as error:
+        parser.error(f"argument --precision (or env FOODVISION_PRECISION): {error}")
+    return args
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -303,7 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
-    return parser.parse_args(argv)
+    return check_model_arguments(parser, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:

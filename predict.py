@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import torch
 
-from app import add_model_arguments, available_cpus, load
+from app import add_model_arguments, available_cpus, check_model_arguments, load
 from images import load_rgb
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files to classify")
     add_model_arguments(parser)
     parser.add_argument("--figures", type=Path, help="also save <image name>.png figures in this folder")
-    args = parser.parse_args(argv)
+    args = check_model_arguments(parser, parser.parse_args(argv))
 
     torch.set_num_threads(available_cpus())
     foodvision = load(args.checkpoint, args.device, args.precision)

@@ -29,8 +29,9 @@ from images import load_rgb, patch_grid, to_display
 from inference import Predictor
 from test_images import encoded, png_declaring
 
-REPO = Path(__file__).resolve().parent.parent
-FULL_SIZE_PIZZA = REPO.parent / "shared" / "data" / "photos" / "pizza-dad.jpeg"  # 3024x4032, 2.9 MB
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"  # CI clones the repo with shared/ beside it
+FULL_SIZE_PIZZA = SHARED_PHOTOS / "pizza-dad.jpeg"  # 3024x4032, 2.9 MB
 PHOTOS = [Path(path) for path in EXAMPLES] + ([FULL_SIZE_PIZZA] if FULL_SIZE_PIZZA.is_file() else [])
 
 
@@ -151,6 +152,8 @@ BAD_INPUTS = {
     "empty.png": (lambda: b"", "not an image"),
     "bomb-10-gigapixels.png": (lambda: png_declaring(100_000, 100_000).getvalue(), "too large to decode safely"),
     "bomb-72-megapixels.png": (lambda: png_declaring(9000, 8000).getvalue(), "9000x8000 pixels .72 megapixels.; the limit is 67"),
+    # 12 KB and 4 megapixels, but resized to a 256-pixel short side it would be 64,000,000x256 (49 GB)
+    "strip-1000000x4.png": (lambda: encoded_bytes(Image.new("RGB", (1_000_000, 4)), "PNG"), "1000000x4 pixels: .* the limit is 20 times"),
 }
 ODD_BUT_VALID = {
     "cmyk.jpg": lambda: encoded_bytes(gradient().convert("CMYK"), "JPEG"),
@@ -198,12 +201,16 @@ def test_odd_but_valid_upload_is_classified_like_here(client, reference, good_ph
 
 
 def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, reference, served):
-    photos = [PHOTOS[index % len(PHOTOS)] for index in range(32)]
-    expected = {photo: reference(photo)[0] for photo in set(photos)}
+    """Predictions and patch views mixed, as the page sends them (both decode the upload)."""
+    requests = [(PHOTOS[index % len(PHOTOS)], ("/predict", "/patches")[index // len(PHOTOS) % 2]) for index in range(32)]
+    expected = {photo: reference(photo) for photo, _ in requests}
     with ThreadPoolExecutor(max_workers=32) as pool:
-        results = list(pool.map(lambda photo: client.predict(handle_file(photo), api_name="/predict"), photos))
-    for photo, result in zip(photos, results):
-        assert_prediction(result, expected[photo])
+        results = list(pool.map(lambda request: client.predict(handle_file(request[0]), api_name=request[1]), requests))
+    for (photo, endpoint), result in zip(requests, results):
+        if endpoint == "/predict":
+            assert_prediction(result, expected[photo][0])
+        else:
+            assert np.array_equal(np.asarray(Image.open(result).convert("RGB")), expected[photo][1])
     peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{served[1].pid}/status").read_text()).group(1))
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
 
@@ -243,10 +250,13 @@ def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
 def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkpoint, torch_home, tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    status = predict.main([*EXAMPLES, str(bad), "--checkpoint", str(trained_head_checkpoint), "--figures", str(tmp_path / "figures")])
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    status = predict.main([*EXAMPLES, str(bad), str(folder), "--checkpoint", str(trained_head_checkpoint), "--figures", str(tmp_path / "figures")])
     out, err = capsys.readouterr()
-    assert status == 1  # one input failed
+    assert status == 1  # two inputs failed
     assert "notes.txt: error: This file is not an image" in err
+    assert f"{folder}: error: Cannot read {folder}: Is a directory" in err
     lines = [line for line in out.splitlines() if not line.startswith("  figure:")]
     assert len(lines) == len(EXAMPLES)
     for line, photo in zip(lines, EXAMPLES):
@@ -262,3 +272,22 @@ def test_unusable_device_is_refused_with_a_clear_message(device, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", device])
     assert f"argument --device: '{device}' is not a usable torch device here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        ([], {"FOODVISION_PRECISION": "garbage"}, "precision must be one of auto, fp32, int8, bf16, got 'garbage'"),
+        # a device other than the CPU (meta allocates nothing; the same rule refuses cuda)
+        (["--device", "meta", "--precision", "int8"], {}, "precision 'int8' is a CPU path; the model is on meta"),
+    ],
+    ids=["unknown-from-env", "int8-off-cpu"],
+)
+@pytest.mark.parametrize("parse", [parse_args, lambda argv: predict.main(["photo.jpg", *argv])], ids=["app", "predict"])
+def test_precision_that_cannot_run_is_refused_with_a_clear_message(parse, argv, env, message, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as refused:
+        parse(argv)
+    assert refused.value.code == 2
+    assert f"argument --precision (or env FOODVISION_PRECISION): {message}" in capsys.readouterr().err
