@@ -30,11 +30,10 @@ from PIL import Image
 from checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, CheckpointError, load_classifier
 from images import ImageError, attention_overlay, load_rgb, patch_grid, to_display
 from inference import PRECISIONS, Predictor, resolve_precision
-from model import VIT_CONFIGS, WeightsUnavailableError
+from model import DEFAULT_WEIGHTS, VIT_CONFIGS, WeightsUnavailableError
 
 APP_DIR = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the patch view's transforms while no checkpoint names its own
 # One request at a time, using every core: on a CPU that gives the lowest latency per request and
 # bounds memory. The patch view decodes the upload too, so it runs in the same group as the model:
 # one decoded photo and one set of activations in flight in all; the queue holds the rest.

@@ -332,11 +332,14 @@ def convert_to_torchvision_state_dict(state_dict: dict, encoder_block: str = "pa
     return _rename(state_dict, _full_names(num_layers, encoder_block))
 
 
+DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the course's: 224 px, ImageNet-1k acc@1 81.1
+
+
 class WeightsUnavailableError(RuntimeError):
     """The pretrained weights file is neither in the torch hub cache nor downloadable."""
 
 
-def build_feature_extractor(weights: str = "IMAGENET1K_V1", class_names=("pizza", "steak", "sushi")):
+def build_feature_extractor(weights: str = DEFAULT_WEIGHTS, class_names=("pizza", "steak", "sushi")):
     """torchvision's ImageNet-pretrained vit_b_16 with every backbone parameter frozen and a new,
     trainable head Linear(D, len(class_names)). Returns (model, the weights' own transforms).
 

@@ -31,10 +31,9 @@ from tqdm.auto import tqdm
 
 from checkpoint import BACKBONE, DEFAULT_CHECKPOINT_DIR, CheckpointError, model_card, push_to_hub, save_head
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
-from model import WeightsUnavailableError, build_feature_extractor
+from model import DEFAULT_WEIGHTS, WeightsUnavailableError, build_feature_extractor
 
 WEIGHTS_CHOICES = ("IMAGENET1K_V1", "IMAGENET1K_SWAG_E2E_V1")  # 224 px / 384 px
-DEFAULT_WEIGHTS = inspect.signature(build_feature_extractor).parameters["weights"].default
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
 
 
