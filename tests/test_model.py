@@ -3,6 +3,7 @@ Most checks use a tiny config (image 32, patch 8, width 32) so they run in milli
 and the feature extractor use the real vit_b_16 shapes."""
 
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,8 @@ def test_missing_weights_error_names_file_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
     for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):  # and no network, even where there is one
         monkeypatch.setenv(proxy, f"http://127.0.0.1:{closed_port()}")
+    # urlopen keeps the opener, proxies included, that its first call builds: let this test's go with it
+    monkeypatch.setattr(urllib.request, "_opener", None)
     url = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url
     with pytest.raises(WeightsUnavailableError) as error:
         build_feature_extractor()
