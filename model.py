@@ -136,7 +136,7 @@ class MultiHeadSelfAttentionBlock(nn.Module):
             p = self.attention_dropout.p if self.training else 0.0
             heads = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:  # Eq. 6-7: A = softmax(q k^T / sqrt(D_h)), SA(z) = A v
-            attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, heads, N, N)
+            attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, heads, queries, N)
             heads = self.attention_dropout(attention) @ v
         msa = self.projection(heads.transpose(1, 2).reshape(B, q.shape[2], D))  # Eq. 8: concatenate heads, project
         z = z + self.dropout(msa)
@@ -227,7 +227,8 @@ class ViT(nn.Module):
         for block in self.blocks[:-1]:
             z = block(z)
         # Eq. 4 reads z_L^0 alone, so the last block computes the class token's output only:
-        # the same y for ~8% less work (its queries, MLP and projection for 1 token, not 1+N).
+        # the same y for less work (its queries, MLP and projection for 1 token, not 1+N;
+        # benchmarks/vit_implementations.py).
         z = self.blocks[-1](z, class_token_only=True)
         return self.norm(z[:, 0])  # Eq. 4: LN acts per token, so on the class token only
 
