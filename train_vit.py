@@ -26,10 +26,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed: the curves go to a PNG
-import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -42,6 +38,7 @@ from tqdm.auto import tqdm
 
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
 from model import VIT_CONFIGS, ViT, ViTConfig
+from train_head import plot_curves
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "runs" / "vit-from-scratch"
 
@@ -305,18 +302,6 @@ def resume(args, model: ViT, optimizer, class_names: list) -> list:
     return history
 
 
-def plot_curves(history: list, path: Path) -> None:
-    epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, metric in zip(axes, ("loss", "acc")):
-        axis.plot(epochs, [row[f"train_{metric}"] for row in history], label=f"train_{metric}")
-        axis.plot(epochs, [row[f"test_{metric}"] for row in history], label=f"test_{metric}")
-        axis.set(xlabel="epoch", title="Loss" if metric == "loss" else "Accuracy")
-        axis.legend()
-    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)
-
-
 def train(args) -> list:
     rank, world_size, device = init_distributed(args.device)
     if args.batch_size % world_size:
@@ -406,7 +391,7 @@ def train(args) -> list:
                 f"test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}"
             )
             save_checkpoint(args.output, model, optimizer, class_names, history, args)
-            plot_curves(history, args.output / "loss_curves.png")
+            write_atomically(args.output / "loss_curves.png", lambda p: p.write_bytes(plot_curves(history)))
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)
     if rank == 0:
