@@ -91,11 +91,9 @@ def random_backbone_home(directory: Path) -> Path:
     """A TORCH_HOME whose hub cache holds a seeded random vit_b_16 state dict under the real
     weights' file name, as tests/conftest.py's torch_home fixture makes (the real weights cannot be
     downloaded here); os.environ["TORCH_HOME"] points at it from now on, for subprocesses too."""
-    cache_file = directory / "hub" / "checkpoints" / Path(torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url).name
-    if not cache_file.exists():
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        torch.save(torchvision.models.vit_b_16().state_dict(), cache_file)
+    from conftest import write_random_backbone
+
+    write_random_backbone(directory)
     os.environ["TORCH_HOME"] = str(directory)
     return directory
 
