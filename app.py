@@ -4,7 +4,7 @@ Dosovitskiy et al. 2020, and where the class token looks in the last layer).
 
     python app.py                                # http://127.0.0.1:7860
     python app.py --checkpoint user/foodvision-mini --host 0.0.0.0
-    python predict.py examples/*.jpg --figures out/   # the same, without a browser
+    python predict.py examples/* --figures out/      # the same, without a browser
 
 The model is torchvision's ImageNet-pretrained vit_b_16, frozen, with the small head that
 train_head.py trains (checkpoint.py loads it from a folder or a Hugging Face Hub repo).
@@ -140,7 +140,7 @@ class FoodVision:
         total = sum(parameter.numel() for parameter in self.model.parameters())
         head = sum(parameter.numel() for parameter in self.model.heads.parameters())
         lines = [
-            f"- **Backbone:** torchvision `vit_b_16`, weights `{self.config['weights']}` (frozen), "
+            f"- **Backbone:** torchvision `{self.config['backbone']}`, weights `{self.config['weights']}` (frozen), "
             f"{self.transforms.crop_size[0]} px input, {self.patch_size}x{self.patch_size} patches",
             f"- **Head checkpoint:** `{self.source}`",
             f"- **Classes:** {', '.join(self.config['class_names'])}",

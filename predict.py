@@ -2,7 +2,7 @@
 the top 3 classes with probabilities and the time it took; optionally saved as the course-style
 figure (the photo titled with its predicted class and probability).
 
-    python predict.py examples/*.jpg
+    python predict.py examples/*
     python predict.py dinner.jpg --checkpoint user/foodvision-mini --figures predictions/
 """
 
