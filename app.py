@@ -1,258 +1,214 @@
-"""FoodVision Mini: drop a food photo, see whether a Vision Transformer thinks it is pizza, steak or
-sushi, how long that took, and the image as the ViT sees it (its 16x16 patches, Figure 1 of
-Dosovitskiy et al. 2020, and where the class token looks in the last layer).
+"""FoodVision Mini's page: drop a food photo, see whether a Vision Transformer thinks it is pizza, steak or sushi,
+how long that took, the image as the ViT sees it (its 16x16 patches, Figure 1 of Dosovitskiy et al. 2020) and
+the paper's own analyses of the served model on this photo (Figures 6 and 7, the walk through Eqs. 1-4).
 
     python app.py                                # http://127.0.0.1:7860
     python app.py --checkpoint user/foodvision-mini --host 0.0.0.0
-    python predict.py examples/* --figures out/      # the same, without a browser
+    python predict.py examples/* --figures out/  # the same, without a browser
 
-The model is torchvision's ImageNet-pretrained vit_b_16, frozen, with the small head that
-train_head.py trains (checkpoint.py loads it from a folder or a Hugging Face Hub repo).
-The same file is the Hugging Face Space: `import app` builds nothing; `python app.py` serves.
+The model and everything about serving it live in serving.py; this file holds the components, the event wiring,
+the translation of serving errors into messages on the page, and `main`. It is also the Hugging Face Space, on
+every hardware: on ZeroGPU the prediction runs inside a `@spaces.GPU` function, elsewhere that decorator changes
+nothing, and without the `spaces` package there is none. `import app` builds nothing; `python app.py` serves.
 """
 
 import argparse
 import os
 import sys
+import tempfile
+import threading
 import time
-import warnings
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
-from typing import NamedTuple
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless the user turns it on
 
+try:  # Hugging Face's ZeroGPU helper, imported before anything can touch CUDA (spaces-zerogpu docs)
+    import spaces
+except ImportError:  # a laptop or a server without it: nothing to decorate
+    spaces = None
+
 import gradio as gr
 import torch
-import torchvision
 from PIL import Image
 
-from checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, CheckpointError, load_classifier
-from images import ImageError, attention_overlay, load_rgb, patch_grid, to_display
-from inference import PRECISIONS, Predictor, resolve_precision
-from model import DEFAULT_WEIGHTS, VIT_CONFIGS, WeightsUnavailableError
+from devices import available_cpus
+from figures import (
+    attention_rollout,
+    draw_attention_distance,
+    draw_filters,
+    draw_head_maps,
+    draw_patch_similarity,
+    draw_rollout,
+    embedding_filters,
+    equation_walk,
+    mean_attention_distance,
+    patch_under,
+    position_embedding_similarity,
+    similarity_picture,
+)
+from images import IMAGE_EXTENSIONS, attention_overlay, patch_grid, to_display
+from serving import (
+    DEFAULT_CHECKPOINT_DIR,
+    FoodVision,
+    Prediction,
+    ServingError,
+    TrainingUnavailable,
+    add_model_arguments,
+    check_model_arguments,
+    load,
+    needs_first_training,
+    train_default_head,
+    unavailable,
+)
 
 APP_DIR = Path(__file__).resolve().parent
-EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-# One request at a time, using every core: on a CPU that gives the lowest latency per request and
-# bounds memory. The patch view decodes the upload too, so it runs in the same group as the model:
-# one decoded photo and one set of activations in flight in all; the queue holds the rest.
-MODEL_CONCURRENCY = 1
-ONE_AT_A_TIME = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
+EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+# One request at a time, using every core: on a CPU that gives the lowest latency per request and bounds memory;
+# the queue holds the rest.
+ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 MAX_UPLOAD = "25mb"
-# Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill
-# its disk. Every hour, the files more than an hour old are deleted (the examples are kept).
+# Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill its disk.
+# Every hour, the files more than an hour old are deleted (the examples are kept).
 DELETE_CACHE = (3600, 3600)  # (how often, minimum age), in seconds
+# ZeroGPU lends a GPU for each call of a @spaces.GPU function for at most this many seconds; shorter durations
+# queue sooner. A prediction needs well under one.
+GPU_SECONDS = 10
+SIMILARITY_SCALE, SIMILARITY_GAP = 3, 1  # Figure 7 (centre) on the page: pixels per cell, cells between maps
 
 
-def available_cpus() -> int:
-    """Cores this process may really use: the affinity mask, capped by a cgroup CPU quota
-    (containers such as Hugging Face Spaces report the host's cores but grant only a few)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
+def gpu(function):
+    """`function` as a ZeroGPU task where the `spaces` package is installed (outside ZeroGPU its decorator returns
+    the function as it is)."""
+    return spaces.GPU(duration=GPU_SECONDS)(function) if spaces is not None else function
 
 
-class Prediction(NamedTuple):
-    probabilities: dict[str, float]  # {class name: probability}, in the checkpoint's class order
-    pixels: torch.Tensor  # (3, H, W) model input, normalised
-    attention: torch.Tensor  # (patches,) last-layer class-token attention, mean over heads
-    model_ms: float
+def on_the_page(serve):
+    """`serve` with ServingError shown on the page as an error message (gr.Error) under its title."""
 
-
-@dataclass
-class FoodVision:
-    """The classifier the page serves, or, when none could be loaded, why not (`problem`)."""
-
-    transforms: torch.nn.Module  # the weights' own preprocessing (resize, centre crop, normalise)
-    patch_size: int
-    model: torchvision.models.VisionTransformer | None = None
-    config: dict | None = None
-    source: str = ""
-    device: torch.device = torch.device("cpu")
-    problem: str | None = None
-    precision: str = "auto"  # inference.Predictor's, one of inference.PRECISIONS
-
-    def __post_init__(self):
-        self.predictor = Predictor(self.model, self.precision) if self.model is not None else None
-
-    def preprocess(self, image_path: str) -> torch.Tensor:
-        """The (3, H, W) model input from an uploaded file, or a gr.Error saying what is wrong."""
+    def call(*args):
         try:
-            photo = load_rgb(image_path, min_size=self.transforms.resize_size[0])
-        except ImageError as error:
-            raise gr.Error(str(error), title="Cannot read this image") from None
-        return self.transforms(photo)
+            return serve(*args)
+        except ServingError as error:
+            raise gr.Error(str(error), title=error.title) from None
 
-    def patches(self, image: str | None) -> Image.Image | None:
-        """The preprocessed image cut into its grid of patches (needs no model)."""
-        if not image:
-            return None
-        shown = to_display(self.preprocess(image), self.transforms.mean, self.transforms.std)
-        return patch_grid(shown, self.patch_size)
-
-    def run_model(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, classes) and the last layer's class-token attention over the patches
-        (B, patches) for a batch of model inputs: the one place the network runs."""
-        return self.predictor(pixels.to(self.device), return_attention=True)
-
-    def classify(self, image_path: str) -> Prediction:
-        """The prediction for one image file; a gr.Error when no model is serving or the file is
-        not a usable photo."""
-        if self.model is None:
-            raise gr.Error(self.problem, title="No model is serving")
-        pixels = self.preprocess(image_path)
-        started = time.perf_counter()
-        logits, attention = self.run_model(pixels.unsqueeze(0))
-        model_ms = (time.perf_counter() - started) * 1000
-        probabilities = logits.float().softmax(dim=-1)[0].tolist()
-        return Prediction(dict(zip(self.config["class_names"], probabilities)), pixels, attention[0], model_ms)
-
-    def predict(self, image: str | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
-        """The page's prediction: class probabilities (shown as the top 3), the timing, and the
-        last-layer class-token attention drawn over the preprocessed image."""
-        started = time.perf_counter()
-        if not image:  # the photo was removed from the page
-            return None, "", None
-        prediction = self.classify(image)
-        grid = self.transforms.crop_size[0] // self.patch_size
-        overlay = attention_overlay(
-            to_display(prediction.pixels, self.transforms.mean, self.transforms.std),
-            prediction.attention.reshape(grid, grid),
-        )
-        total_ms = (time.perf_counter() - started) * 1000
-        timing = f"**Model:** {prediction.model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms (decode, preprocess, model, drawing; {self.device.type})"
-        return prediction.probabilities, timing, overlay
-
-    def describe(self) -> str:
-        """Markdown: what is serving (or what is missing and how to fix it)."""
-        if self.model is None:
-            return (
-                f"### No model is serving\n{self.problem}\n\n"
-                "The patch view works without a model; predictions need a trained head."
-            )
-        total = sum(parameter.numel() for parameter in self.model.parameters())
-        head = sum(parameter.numel() for parameter in self.model.heads.parameters())
-        lines = [
-            f"- **Backbone:** torchvision `{self.config['backbone']}`, weights `{self.config['weights']}` (frozen), "
-            f"{self.transforms.crop_size[0]} px input, {self.patch_size}x{self.patch_size} patches",
-            f"- **Head checkpoint:** `{self.source}`",
-            f"- **Classes:** {', '.join(self.config['class_names'])}",
-            f"- **Parameters:** {total:,} in all, of which {head:,} in the trained head",
-            f"- **Device:** {self.device}, inference in {self.predictor.precision}"
-            f"{' (model.py ViT, int8 dynamic quantization: see BENCHMARKS.md)' if self.predictor.precision == 'int8' else ''}",
-        ]
-        for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
-            if self.config.get(key):
-                lines.append(f"- **{title}:** {format_metric(self.config[key])}")
-        return "\n".join(lines)
+    call.__name__ = serve.__name__
+    return call
 
 
-def format_metric(value) -> str:
-    """A config.json record as one line: floats to 4 significant digits, dicts as "key value, ..."."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {format_metric(item)}" for key, item in value.items() if item is not None)
-    return str(value)
+class Pictures:
+    """PNG files for the page, each written under a new name and renamed into place. Gradio copies a returned file
+    into its cache atomically; a returned PIL image it writes in place under a name made of the image's hash, so
+    two visitors getting the same picture at once could read a half-written file (tests/test_app.py). Files older
+    than a minute are deleted: Gradio has copied them by then."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="foodvision-pictures-"))
+
+    def save(self, picture, name: str) -> str:
+        now = time.time()
+        for old in self.folder.glob("*.png"):
+            if now - old.stat().st_mtime > 60:
+                old.unlink(missing_ok=True)
+        path = self.folder / f"{uuid.uuid4().hex}-{name}.png"
+        partial = path.with_suffix(".partial")
+        if isinstance(picture, Image.Image):
+            picture.save(partial, format="png")
+        else:  # a matplotlib Figure
+            picture.savefig(partial, format="png", dpi=110)
+        partial.rename(path)
+        return str(path)
 
 
-def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto") -> FoodVision:
-    """The served classifier from `checkpoint` (a folder or a Hub repo id; default
-    checkpoints/foodvision-mini). With no head at the default place yet, one is trained first
-    (train_head.py's defaults: needs the dataset and the pretrained weights, i.e. internet).
-    Anything unreachable leaves a FoodVision whose `problem` says what is missing and how to fix it."""
-    source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
-    try:
-        if not checkpoint and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file():
-            train_default_head()
-        model, transforms, config = load_classifier(source)
-    except (CheckpointError, WeightsUnavailableError, TrainingUnavailable) as error:
-        transforms = torchvision.models.ViT_B_16_Weights[DEFAULT_WEIGHTS].transforms()
-        return FoodVision(transforms, VIT_CONFIGS["vit_b_16"].patch_size, source=source, problem=str(error))
-    return FoodVision(
-        transforms,
-        patch_size=model.patch_size,
-        model=model.to(device),
-        config=config,
-        source=source,
-        device=torch.device(device),
-        precision=precision,
-    )
+class Page:
+    """What the page computes for a photo, from one decode and one model pass (serving.FoodVision.classify)."""
 
-
-class TrainingUnavailable(RuntimeError):
-    """No head exists yet and none could be trained here (no dataset or no pretrained weights)."""
-
-
-def train_default_head() -> None:
-    """A head with train_head.py's defaults (the course's 10% split and recipe), saved at the
-    default checkpoint place; tqdm shows the progress in the terminal."""
-    from data import DatasetError
-    from train_head import train_head
-
-    print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
-    try:
-        train_head(output_dir=DEFAULT_CHECKPOINT_DIR)
-    except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
-        raise TrainingUnavailable(
-            f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
-            "To fix it, either run python train_head.py where the dataset and the pretrained weights "
-            "can be downloaded (or are cached), then restart the app; or start it with "
-            "--checkpoint FOLDER_OR_HUB_REPO (or FOODVISION_CHECKPOINT) naming a trained head."
-        ) from None
-
-
-def build_demo(foodvision: FoodVision) -> gr.Blocks:
-    """The page; launching is left to the caller."""
-    size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
-    with gr.Blocks(title="FoodVision Mini", delete_cache=DELETE_CACHE) as demo:
-        classes = " or ".join(f"**{name}**" for name in foodvision.config["class_names"]) if foodvision.config else "food"
-        gr.Markdown(
-            f"# FoodVision Mini\nDrop a photo of {classes}. A Vision Transformer (ViT-B/16, "
-            "ImageNet-pretrained and frozen, with a small trained head) names it and shows the image "
-            "the way it reads it: a sequence of patches."
-        )
-        if foodvision.model is None:
-            gr.Markdown(foodvision.describe(), elem_id="status")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(label="Food photo", sources=["upload", "webcam", "clipboard"], type="filepath", height=360, elem_id="photo")
-                gr.Examples(EXAMPLES, inputs=image, label="Real photos")
-            with gr.Column():
-                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
-                timing = gr.Markdown(label="Prediction time", elem_id="timing")
-        with gr.Row():
-            grid = gr.Image(label=f"Patches: {size // patch}x{size // patch} of {patch}x{patch} pixels", format="png", interactive=False, height=300, elem_id="patches")
-            attention = gr.Image(label="Attention: class token, last layer", format="png", interactive=False, height=300, elem_id="attention")
-        gr.Markdown(
-            f"Left: the {size}x{size} input the model receives (the weights' own resize and centre crop), "
-            f"cut into the sequence of {patch}x{patch} patches, the \"{patch}x{patch} words\" of the paper's title, "
-            "that the transformer embeds and reads. Right: how much the class token, whose final state "
-            "is classified, attends to each patch in the last layer (mean over the heads)."
-        )
+    def __init__(self, foodvision: FoodVision):
+        self.foodvision = foodvision
+        self.pictures = Pictures()
+        transforms = foodvision.transforms
+        self.mean, self.std = transforms.mean, transforms.std
+        self.reference_distances = None  # the examples' attention distances, from the first prediction on
         if foodvision.model is not None:
-            with gr.Accordion("What model is serving", open=False):
-                gr.Markdown(foodvision.describe(), elem_id="model-info")
-        # The handlers take the upload undecoded (preprocess=False): gr.Image would open every file
-        # with Pillow itself and answer a non-image with an error users cannot read, while every
-        # upload here goes through images.load_rgb's guards and messages.
-        def patches(image: dict | None) -> Image.Image | None:
-            return foodvision.patches(uploaded_file(image))
+            # Figure 7 (left and centre) depend on the weights alone: computed once, at start
+            embedding = foodvision.patch_embedding
+            self.filters = self.pictures.save(draw_filters(embedding_filters(embedding.projection.weight)), "filters")
+            self.similarity = position_embedding_similarity(embedding.position_embedding)
+            self.similarity_map = self.pictures.save(
+                similarity_picture(self.similarity, SIMILARITY_SCALE, SIMILARITY_GAP), "similarity"
+            )
+            if foodvision.device.type == "cpu":  # elsewhere (ZeroGPU) the model runs only inside predict
+                self.reference_distances = self.examples_attention_distance()
 
-        def predict(image: dict | None) -> tuple[dict[str, float] | None, str, Image.Image | None]:
-            return foodvision.predict(uploaded_file(image))
+    def examples_attention_distance(self) -> torch.Tensor | None:
+        """The mean attention distance per head over the bundled example photos: the reference each visitor's photo
+        is drawn against."""
+        distances = [
+            mean_attention_distance([m[None] for m in self.foodvision.classify(path).attention_maps], self.patch)
+            for path in EXAMPLES
+        ]
+        return torch.stack(distances).mean(dim=0) if distances else None
 
-        image.change(patches, inputs=image, outputs=grid, preprocess=False, **ONE_AT_A_TIME).success(
-            predict, inputs=image, outputs=[label, timing, attention], preprocess=False, **ONE_AT_A_TIME
+    @property
+    def patch(self) -> int:
+        return self.foodvision.patch_size
+
+    def patches(self, image_path: str | None) -> str | None:
+        """The preprocessed image cut into its grid of patches (needs no model)."""
+        if not image_path:
+            return None
+        shown = to_display(self.foodvision.preprocess(image_path), self.mean, self.std)
+        return self.pictures.save(patch_grid(shown, self.patch), "patches")
+
+    def predict(self, image_path: str | None):
+        """The prediction (top 3), the timing, the patch grid, the last layer's class-token attention, Figure 6's
+        rollout, and the prediction itself for the deeper views that follow."""
+        if not image_path:  # the photo was removed from the page
+            return None, "", None, None, None, None
+        started = time.perf_counter()
+        prediction = self.foodvision.classify(image_path)
+        if self.reference_distances is None:
+            self.reference_distances = self.examples_attention_distance()
+        shown = to_display(prediction.pixels, self.mean, self.std)
+        grid = self.foodvision.grid_size
+        overlay = attention_overlay(shown, prediction.last_layer_attention.reshape(grid, grid))
+        rollout = attention_rollout([attention[None] for attention in prediction.attention_maps])[0]
+        pictures = [
+            self.pictures.save(patch_grid(shown, self.patch), "patches"),
+            self.pictures.save(overlay, "attention"),
+            self.pictures.save(draw_rollout(shown, rollout), "rollout"),
+        ]
+        total_ms = (time.perf_counter() - started) * 1000
+        timing = (
+            f"**Model:** {prediction.model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms "
+            f"(decode, preprocess, model, drawing; {self.foodvision.device.type})"
         )
-    return demo
+        return prediction.probabilities, timing, *pictures, prediction
+
+    def inside(self, prediction: Prediction | None, layer: int):
+        """The deeper views of a prediction: one layer's attention per head, the attention distance per head
+        against depth (Figure 7, right) with the examples' for reference, and the Eq. 1-4 walk."""
+        if prediction is None:
+            return None, None, ""
+        maps = [attention[None] for attention in prediction.attention_maps]
+        shown = to_display(prediction.pixels, self.mean, self.std)
+        heads = self.pictures.save(draw_head_maps(maps[layer - 1][0], shown), f"heads-layer-{layer}")
+        distances = mean_attention_distance(maps, self.patch)
+        distance_plot = draw_attention_distance(distances, self.reference_distances, "average over the examples")
+        logits = torch.tensor([list(prediction.probabilities.values())]).log()  # log-probabilities: same softmax
+        walk = equation_walk(
+            self.foodvision.patch_embedding, prediction.pixels, logits, list(prediction.probabilities), maps
+        )
+        return heads, self.pictures.save(distance_plot, "distance"), walk
+
+    def patch_similarity(self, selected: gr.SelectData) -> str | None:
+        """The position-embedding similarity map of the patch clicked on Figure 7 (centre)."""
+        x, y = selected.index
+        patch = patch_under(x, y, self.foodvision.grid_size, SIMILARITY_SCALE, SIMILARITY_GAP)
+        if patch is None:
+            return None
+        return self.pictures.save(draw_patch_similarity(self.similarity, patch), f"similarity-{patch}")
 
 
 def uploaded_file(upload: dict | None) -> str | None:
@@ -260,71 +216,173 @@ def uploaded_file(upload: dict | None) -> str | None:
     if upload is None:
         return None
     if not upload.get("path"):
-        raise gr.Error("The upload arrived without a file; please upload the photo again.")
+        raise ServingError("The upload arrived without a file; please upload the photo again.", title="Upload failed")
     return upload["path"]
 
 
-def usable_device(name: str) -> torch.device:
-    """argparse type: a torch device this machine can really allocate on."""
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, NotImplementedError) as error:
-        raise argparse.ArgumentTypeError(f"{name!r} is not a usable torch device here ({str(error).splitlines()[0]})") from None
-    return device
+def build_demo(foodvision: FoodVision) -> gr.Blocks:
+    """The page; launching is left to the caller."""
+    page = Page(foodvision)
+    size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
+    grid = size // patch
+    with gr.Blocks(title="FoodVision Mini", delete_cache=DELETE_CACHE) as demo:
+        names = foodvision.config["class_names"] if foodvision.config else ["food"]
+        gr.Markdown(
+            f"# FoodVision Mini\nDrop a photo of {' or '.join(f'**{name}**' for name in names)}. "
+            "A Vision Transformer (ViT-B/16, ImageNet-pretrained and frozen, with a small trained head) names it "
+            "and shows the image the way it reads it: a sequence of patches."
+        )
+        gr.Markdown(foodvision.status(), elem_id="status")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    label="Food photo",
+                    sources=["upload", "webcam", "clipboard"],
+                    type="filepath",
+                    height=360,
+                    elem_id="photo",
+                )
+                gr.Examples(EXAMPLES, inputs=image, label="Real photos")
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
+                timing = gr.Markdown(label="Prediction time", elem_id="timing")
+        with gr.Row():
+            picture = dict(format="png", interactive=False, height=260)
+            patches = gr.Image(label=f"Patches: {grid}x{grid} of {patch}x{patch} pixels", elem_id="patches", **picture)
+            attention = gr.Image(label="Attention: class token, last layer", elem_id="attention", **picture)
+            rollout = gr.Image(label="Attention rollout, all layers (Figure 6)", elem_id="rollout", **picture)
+        gr.Markdown(
+            f"Left: the {size}x{size} input the model receives (the weights' own resize and centre crop), cut into "
+            f'the sequence of {patch}x{patch} patches, the "{patch}x{patch} words" of the paper\'s title. Middle: '
+            "how much the class token, whose final state is classified, attends to each patch in the last layer "
+            "(mean over the heads). Right: attention rollout (Figure 6, Appendix D.8), the attention of all layers "
+            "multiplied through, with the residual connections: what of each patch reaches the class token."
+        )
+        prediction = gr.State()
+        if foodvision.model is not None:
+            layers = foodvision.predictor.vit.config.num_layers
+            with gr.Accordion("Inside the ViT: the paper's figures for this photo and these weights", open=True):
+                walk = gr.Markdown(elem_id="walk")
+                with gr.Row():
+                    with gr.Column():
+                        layer = gr.Slider(1, layers, value=layers, step=1, label="Layer", elem_id="layer")
+                        heads = gr.Image(label="The class token's attention, head by head", elem_id="heads", **picture)
+                    distance = gr.Image(
+                        label="Mean attention distance per head (Figure 7, right)", elem_id="distance", **picture
+                    )
+                with gr.Row():
+                    gr.Image(
+                        page.filters,
+                        label="Embedding filters E: first 28 principal components (Figure 7, left)",
+                        elem_id="filters",
+                        **picture,
+                    )
+                    similarity = gr.Image(
+                        page.similarity_map,
+                        label="Position embedding similarity (Figure 7, centre): click a patch",
+                        elem_id="position-similarity",
+                        **picture,
+                    )
+                    chosen = gr.Image(
+                        label="The clicked patch's similarity to every patch", elem_id="chosen", **picture
+                    )
+                gr.Markdown(
+                    "Figure 7 (right): each dot is one head's mean attention distance, the pixels across which it "
+                    "gathers information; in the paper some heads attend globally already in the lowest layers and "
+                    "the distance grows with depth. Figure 7 (centre): the position embeddings learn the 2D grid, "
+                    "each patch's embedding most similar to its own row and column. With stand-in weights (see the "
+                    "status above) these figures are not the paper's."
+                )
+            with gr.Accordion("What model is serving", open=False):
+                gr.Markdown(foodvision.describe(), elem_id="model-info")
 
+        # The handlers take the upload undecoded (preprocess=False): gr.Image would open every file with Pillow
+        # itself and answer a non-image with an error users cannot read, while every upload here goes through
+        # images.load_rgb's guards and messages.
+        @gpu
+        @on_the_page
+        def predict(upload: dict | None):
+            return page.predict(uploaded_file(upload))
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --device and --precision, shared by the server and predict.py; check the
-    parsed values with check_model_arguments."""
-    parser.add_argument(
-        "--checkpoint",
-        default=os.environ.get("FOODVISION_CHECKPOINT"),
-        help="head checkpoint folder or Hugging Face Hub repo id (env FOODVISION_CHECKPOINT; "
-        "default checkpoints/foodvision-mini, trained first if missing)",
-    )
-    parser.add_argument(
-        "--device",
-        type=usable_device,
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda if available, else cpu)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=os.environ.get("FOODVISION_PRECISION", "auto"),
-        help="inference path (env FOODVISION_PRECISION; default auto: the fastest path this CPU runs "
-        "accurately, chosen by inference.resolve_precision; figures in BENCHMARKS.md)",
-    )
+        @on_the_page
+        def show_patches(upload: dict | None) -> str | None:
+            return page.patches(uploaded_file(upload))
 
-
-def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """args, or a clear parser error for a precision that cannot run: argparse checks `choices` only
-    for a value typed on the command line, not for a default from FOODVISION_PRECISION, and
-    inference.resolve_precision is the one place that knows which precision runs on which device."""
-    try:
-        with warnings.catch_warnings():  # a CPU fallback to fp32 is reported once, when the model loads
-            warnings.simplefilter("ignore")
-            resolve_precision(args.precision, args.device)
-    except ValueError as error:
-        parser.error(f"argument --precision (or env FOODVISION_PRECISION): {error}")
-    return args
+        outputs = [label, timing, patches, attention, rollout, prediction]
+        event = image.change(predict, image, outputs, preprocess=False, api_name="predict", **ONE_AT_A_TIME)
+        # The patch grid alone: an API endpoint (a button the page never shows), and the page's one view when no
+        # model is serving
+        patches_only = dict(inputs=image, outputs=patches, preprocess=False, **ONE_AT_A_TIME)
+        gr.Button(visible=False).click(show_patches, api_name="patches", **patches_only)
+        if foodvision.model is None:
+            image.change(show_patches, api_visibility="private", **patches_only)
+        else:
+            inside = dict(inputs=[prediction, layer], outputs=[heads, distance, walk], api_visibility="private")
+            event.then(page.inside, **inside)
+            layer.release(page.inside, **inside)
+            similarity.select(page.patch_similarity, None, chosen, api_visibility="private")
+    return demo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     # Hugging Face Spaces set GRADIO_SERVER_NAME=0.0.0.0; locally the app stays private by default.
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on (0.0.0.0: every interface)")
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    parser.add_argument("--host", default=host, help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
     return check_model_arguments(parser, parser.parse_args(argv))
 
 
+# Reloads the notice page once training has ended, when the app itself is about to answer at the same address.
+RELOAD_WHEN_TRAINED = "(notice) => { if (notice.startsWith('### Ready')) setTimeout(() => location.reload(), 4000); }"
+
+
+def train_behind_a_notice(args: argparse.Namespace) -> str | None:
+    """The first start with no head: train one (serving.train_default_head, minutes) while a small page at the
+    app's address says so, instead of a page that does not answer; then close that page. Returns why training
+    failed, or None."""
+    started, outcome = time.monotonic(), {}
+
+    def train() -> None:
+        try:
+            train_default_head()
+        except TrainingUnavailable as error:
+            outcome["problem"] = str(error)
+        outcome["done"] = True
+
+    def notice() -> str:
+        if outcome.get("done"):
+            return "### Ready\nThe head is trained; this page reloads into the app in a few seconds."
+        return (
+            f"### Starting: training the head ({time.monotonic() - started:.0f} s so far)\nThis is the first start "
+            f"and there is no trained head at {DEFAULT_CHECKPOINT_DIR}: the app is training one with train_head.py's "
+            "defaults (downloading the dataset and the pretrained weights, one backbone pass over the images, then "
+            "the head). It takes a few minutes on a CPU; this page reloads into the app when it is done. Set "
+            "FOODVISION_CHECKPOINT to a trained head's Hub repo to skip this (README, Deploy)."
+        )
+
+    thread = threading.Thread(target=train, name="first-start training", daemon=True)
+    with gr.Blocks(title="FoodVision Mini: starting") as page:
+        text = gr.Markdown(notice(), elem_id="status")
+        gr.Timer(2).tick(notice, outputs=text).then(None, inputs=text, js=RELOAD_WHEN_TRAINED)
+    page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    thread.start()
+    thread.join()
+    time.sleep(3)  # a last tick shows the visitors "Ready"
+    page.close()
+    return outcome.get("problem")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(available_cpus())
-    foodvision = load(args.checkpoint, args.device, args.precision)
+    problem = train_behind_a_notice(args) if needs_first_training(args.checkpoint) else None
+    if problem is None:
+        foodvision = load(args.checkpoint, args.device, args.precision)
+    else:
+        foodvision = unavailable(str(DEFAULT_CHECKPOINT_DIR), problem)
     print(foodvision.describe(), flush=True)
     demo = build_demo(foodvision)
     demo.queue(max_size=QUEUE_SIZE).launch(

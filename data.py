@@ -1,4 +1,4 @@
-"""The pizza/steak/sushi dataset of the PyTorch for Deep Learning course (Food-101 images).
+"""Image-folder datasets for training: the course's pizza/steak/sushi zips (Food-101 images) or a local folder.
 
 `prepare_dataset` downloads a course zip (or takes a local folder) and returns a folder in the
 layout train/<class>/*.jpg, test/<class>/*.jpg. A dataset becomes visible under its final name
@@ -22,8 +22,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
+
+from images import IMAGE_EXTENSIONS, ImageError, load_rgb
 
 # The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
 # 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
@@ -33,8 +34,6 @@ DATASET_URLS = {
 }
 DEFAULT_ROOT = Path(__file__).resolve().parent / "data"  # git-ignored; beside the code, not the working directory
 SUBSETS = ("train", "test")
-# torchvision's ImageFolder list, so a folder reads the same here and there.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Written into a downloaded dataset folder: the URL it came from (see check_source).
 SOURCE_FILE = "source_url.txt"
 # How many unreadable files an error message names before it only counts the rest.
@@ -85,15 +84,18 @@ def check_source(dataset_dir: Path, url: str) -> None:
         if url in DATASET_URLS.values():
             return
         raise DatasetError(
-            f"{dataset_dir} has no record of where it came from ({SOURCE_FILE}), so it cannot stand for {url}. Pass another "
-            f"--download-dir for {url}, or delete {dataset_dir} to download it in its place."
+            f"{dataset_dir} has no record of where it came from ({SOURCE_FILE}), so it cannot stand for {url}. "
+            f"Pass another --download-dir for {url}, or delete {dataset_dir} to download it in its place."
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"Cannot read {dataset_dir / SOURCE_FILE} ({error}). Delete {dataset_dir} to download it again.") from None
+        raise DatasetError(
+            f"Cannot read {dataset_dir / SOURCE_FILE} ({error}). Delete {dataset_dir} to download it again."
+        ) from None
     if recorded != url:
         raise DatasetError(
             f"{dataset_dir} holds the dataset downloaded from {recorded}, not from {url} (both zips have the "
-            f"same file name). Pass another --download-dir for {url}, or delete {dataset_dir} to download it in its place."
+            f"same file name). Pass another --download-dir for {url}, or delete {dataset_dir} to download it in its "
+            "place."
         )
 
 
@@ -141,7 +143,9 @@ def download(url: str, destination: Path) -> None:
                     received += len(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as error:
-        raise DatasetError(f"Downloading {url} failed: the server answered {error.code} {error.reason}. {fix}") from None
+        raise DatasetError(
+            f"Downloading {url} failed: the server answered {error.code} {error.reason}. {fix}"
+        ) from None
     except urllib.error.URLError as error:
         raise DatasetError(f"Could not reach {url} ({error.reason}). {fix}") from None
     except (OSError, HTTPException, ValueError) as error:
@@ -226,7 +230,8 @@ def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) ->
     for label, name in enumerate(class_names):
         folder = Path(dataset_dir) / subset / name
         paths = sorted(
-            path for path in folder.iterdir()
+            path
+            for path in folder.iterdir()
             if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
         )
         if not paths:
@@ -246,10 +251,8 @@ def check_dataset(dataset_dir: Path) -> None:
     unreadable = []
     for path in tqdm(paths, desc=f"Checking {dataset_dir}", unit="image", leave=False):
         try:
-            with Image.open(path) as image:
-                image.draft("RGB", (64, 64))  # JPEGs decode at 1/8 scale: the whole file is still read
-                image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            load_rgb(path, min_size=64)  # JPEGs decode at a reduced scale; the whole file is still read
+        except ImageError as error:
             unreadable.append(f"{path} ({error})")
     if unreadable:
         listed = "; ".join(unreadable[:MAX_LISTED_FILES])
@@ -260,13 +263,13 @@ def check_dataset(dataset_dir: Path) -> None:
         )
 
 
-def load_image(path: Path) -> Image.Image:
-    """The image at `path` as RGB; an unreadable file raises DatasetError naming it."""
+def load_image(path: Path):
+    """The image at `path` decoded as the app decodes uploads (images.load_rgb: upright, transparency on white,
+    16-bit grey rescaled), so a photo trains as it will be served; an unreadable file is a DatasetError."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"Cannot read the image {path} ({error}). Delete or replace it, then run again.") from None
+        return load_rgb(path)
+    except ImageError as error:
+        raise DatasetError(f"Cannot read the image {path} ({error}) Delete or replace it, then run again.") from None
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -1,8 +1,8 @@
-"""Uploaded photos in, pictures of what the ViT sees out.
+"""Image files in, pictures of what the ViT sees out: the one decoder for training and serving.
 
-`load_rgb` is the one door every upload goes through (app and command line): it refuses what is
-not a usable photo with an `ImageError` whose message a user can act on, and returns 8-bit RGB
-for everything else, whatever the file's mode, orientation or size. `patch_grid` and
+`load_rgb` is the one door every image goes through (training data, uploads, the command line): it refuses what is
+not a usable photo with an `ImageError` whose message a user can act on, and returns 8-bit RGB for everything else,
+whatever the file's mode, orientation or size, so a photo trains as it is served. `patch_grid` and
 `attention_overlay` draw the model's view of a preprocessed image (Figure 1 of the ViT paper).
 """
 
@@ -21,11 +21,14 @@ MAX_PIXELS = 8192 * 8192
 
 # A photo whose long side is more than this many times its short side is refused, also on the
 # header. The weights' transforms resize the short side to 256 pixels, so a long thin strip (a
-# 1,000,000x4 PNG is 12 KB and 4 megapixels) would become a 64,000,000x256 image, about 49 GB.
+# 1,000,000x4 PNG is a few KB) would become a 64,000,000x256 image, tens of gigabytes.
 # Refusing is simpler than pre-cropping to what the centre crop keeps, and exact: pre-cropping
 # would change the resized width's rounding and so the pixels the model sees. 20:1 still takes
 # phone panoramas (about 4:1 to 10:1) and bounds the resized long side at 20 x 256 pixels.
 MAX_ASPECT_RATIO = 20
+
+# torchvision's ImageFolder list, so a folder reads the same here and there.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # Modes Pillow stores 16-bit (or wider) grey levels in; its convert() clips them at 255.
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -64,7 +67,8 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
             )
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise ImageError(
-                f"This image is {width}x{height} pixels: its long side is {max(width, height) / min(width, height):,.0f} "
+                f"This image is {width}x{height} pixels: its long side is "
+                f"{max(width, height) / min(width, height):,.0f} "
                 f"times its short side, and the limit is {MAX_ASPECT_RATIO} times. The model sees only the middle "
                 "square of a photo: please crop it to the food and try again."
             )

@@ -1,27 +1,25 @@
-"""The Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words",
-arXiv:2010.11929), one module per equation of Section 3.1, plus the builder of the
-ImageNet-pretrained torchvision vit_b_16 that FoodVision Mini uses as a frozen feature extractor.
+"""The Vision Transformer of Dosovitskiy et al. 2020 ("An Image is Worth 16x16 Words", arXiv:2010.11929),
+one module per equation of Section 3.1, its Table 1 variants, and the renaming to and from torchvision's weights.
 
     Eq. 1  z_0  = [x_class; x_p^1 E; ...; x_p^N E] + E_pos       PatchEmbedding
     Eq. 2  z'_l = MSA(LN(z_{l-1})) + z_{l-1}                      MultiHeadSelfAttentionBlock
     Eq. 3  z_l  = MLP(LN(z'_l)) + z'_l                            MLPBlock
     Eq. 4  y    = LN(z_L^0)                                       ViT.forward_features
 
-Given the same weights (see `convert_torchvision_state_dict`) the logits equal those of
-torchvision.models.VisionTransformer, whose numerics we follow: LayerNorm eps 1e-6, exact GELU,
-class token initialised to zeros, position embedding to normal(std 0.02), classifier head to zeros.
+Given the same weights (`convert_torchvision_state_dict`) the logits equal torchvision.models.VisionTransformer's,
+whose numerics we follow where they differ from the paper's own JAX code: LayerNorm eps 1e-6, the exact erf GELU
+(the JAX code uses the tanh approximation), class token initialised to zeros, position embedding to normal(std 0.02),
+classifier head to zeros, and bicubic position-embedding interpolation (the JAX code resizes linearly).
 """
 
 import math
-import pickle
 from dataclasses import dataclass, replace
-from pathlib import Path
-from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
+
+ENCODER_BLOCKS = ("paper", "torch")
 
 
 @dataclass(frozen=True)
@@ -36,14 +34,19 @@ class ViTConfig:
     dropout: float = 0.0  # Appendix B.1: after every dense layer except qkv, and after E_pos
     attention_dropout: float = 0.0  # on the attention weights, as torchvision does
     num_classes: int = 1000
+    # Section 3.1: "a MLP with one hidden layer at pre-training time and a single linear layer at fine-tuning
+    # time": the hidden layer's width (tanh, as torchvision's representation_size), or None for the linear head
+    representation_size: int | None = None
     encoder_block: str = "paper"  # "paper": Eqs. 2-3 below; "torch": nn.TransformerEncoderLayer
-    fused_attention: bool = True  # F.scaled_dot_product_attention; False: the readable maths
+    fused_attention: bool = True  # F.scaled_dot_product_attention; False: the readable maths of Eqs. 5-8
 
     def __post_init__(self):
-        sizes = ("image_size", "patch_size", "in_channels", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "num_classes")
+        sizes = ["image_size", "patch_size", "in_channels", "num_layers", "hidden_dim", "mlp_dim", "num_heads"]
+        sizes += ["num_classes"] + (["representation_size"] if self.representation_size is not None else [])
         for name in sizes:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
@@ -69,8 +72,6 @@ class ViTConfig:
         return self.grid_size**2
 
 
-ENCODER_BLOCKS = ("paper", "torch")
-
 # Table 1, under torchvision's names; Huge uses 14x14 patches (Table 2).
 VIT_CONFIGS = {
     "vit_b_16": ViTConfig(patch_size=16, num_layers=12, hidden_dim=768, mlp_dim=3072, num_heads=12),
@@ -79,6 +80,13 @@ VIT_CONFIGS = {
     "vit_l_32": ViTConfig(patch_size=32, num_layers=24, hidden_dim=1024, mlp_dim=4096, num_heads=16),
     "vit_h_14": ViTConfig(patch_size=14, num_layers=32, hidden_dim=1280, mlp_dim=5120, num_heads=16),
 }
+
+
+def lecun_normal_(linear: nn.Module) -> None:
+    """Weights drawn with variance 1/fan_in (truncated), biases zero: torchvision's init of E and the pre-logits."""
+    fan_in = linear.weight[0].numel()
+    nn.init.trunc_normal_(linear.weight, std=math.sqrt(1 / fan_in))
+    nn.init.zeros_(linear.bias)
 
 
 class PatchEmbedding(nn.Module):
@@ -90,11 +98,12 @@ class PatchEmbedding(nn.Module):
         self.config = config
         self.projection = nn.Conv2d(config.in_channels, config.hidden_dim, config.patch_size, stride=config.patch_size)
         self.class_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
-        self.position_embedding = nn.Parameter(torch.empty(1, config.num_patches + 1, config.hidden_dim).normal_(std=0.02))
-        self.dropout = nn.Dropout(config.dropout)  # Appendix B.1: "directly after adding positional- to patch embeddings"
-        fan_in = config.in_channels * config.patch_size**2
-        nn.init.trunc_normal_(self.projection.weight, std=math.sqrt(1 / fan_in))
-        nn.init.zeros_(self.projection.bias)
+        self.position_embedding = nn.Parameter(
+            torch.empty(1, config.num_patches + 1, config.hidden_dim).normal_(std=0.02)
+        )
+        # Appendix B.1: dropout "directly after adding positional- to patch embeddings"
+        self.dropout = nn.Dropout(config.dropout)
+        lecun_normal_(self.projection)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -104,13 +113,17 @@ class PatchEmbedding(nn.Module):
                 f"got {tuple(images.shape)}; resize/crop to {c.image_size} px (the weights' transforms do) "
                 f"or call set_image_size({images.shape[-1]}) to interpolate the position embedding"
             )
-        patches = self.projection(images).flatten(2).transpose(1, 2)  # (B, N, D)
+        patches = self.projection(images).flatten(2).transpose(1, 2)  # (B, N, D), patches row by row
         class_token = self.class_token.expand(images.shape[0], -1, -1)  # (B, 1, D)
         return self.dropout(torch.cat([class_token, patches], dim=1) + self.position_embedding)  # (B, 1+N, D)
 
 
 class MultiHeadSelfAttentionBlock(nn.Module):
-    """Eq. 2: z' = MSA(LN(z)) + z, with MSA from Appendix A (Eq. 5-8)."""
+    """Eq. 2: z' = MSA(LN(z)) + z, with MSA from Appendix A (Eqs. 5-8).
+
+    With class_token_only, every token is still a key and a value but only the class token's output is computed,
+    so z' holds the class token alone. A list passed as attention_maps receives this layer's attention weights A
+    (Eq. 6), (B, heads, 1+N, 1+N), computed by the readable path; otherwise the fused kernel computes the same."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -121,26 +134,26 @@ class MultiHeadSelfAttentionBlock(nn.Module):
         self.projection = nn.Linear(config.hidden_dim, config.hidden_dim)  # U_msa of Eq. 8
         self.attention_dropout = nn.Dropout(config.attention_dropout)
         self.dropout = nn.Dropout(config.dropout)
-        # torchvision's nn.MultiheadAttention init; the output projection keeps nn.Linear's default
+        # torchvision's nn.MultiheadAttention init; the output projection keeps nn.Linear's default weights
         nn.init.xavier_uniform_(self.qkv.weight)
         nn.init.zeros_(self.qkv.bias)
         nn.init.zeros_(self.projection.bias)
 
-    def forward(self, z: torch.Tensor, return_attention: bool = False, class_token_only: bool = False):
-        B, N, D = z.shape
-        q, k, v = self.qkv(self.norm(z)).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, N, D_h)
-        if class_token_only:  # every token is attended to, but only the class token attends
-            q, z = q[:, :, :1], z[:, :1]
-        attention = None
-        if self.fused_attention and not return_attention:
-            p = self.attention_dropout.p if self.training else 0.0
-            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        else:  # Eq. 6-7: A = softmax(q k^T / sqrt(D_h)), SA(z) = A v
-            attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, heads, queries, N)
-            heads = self.attention_dropout(attention) @ v
-        msa = self.projection(heads.transpose(1, 2).reshape(B, q.shape[2], D))  # Eq. 8: concatenate heads, project
-        z = z + self.dropout(msa)
-        return (z, attention) if return_attention else z
+    def forward(self, z: torch.Tensor, attention_maps: list | None = None, class_token_only: bool = False):
+        qkv = self.qkv(self.norm(z)).unflatten(-1, (3, self.num_heads, -1))  # (B, 1+N, 3, heads, D_h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, 1+N, D_h)
+        if attention_maps is None and self.fused_attention:
+            if class_token_only:
+                q, z = q[:, :, :1], z[:, :1]
+            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout.p if self.training else 0)
+        else:
+            attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # Eq. 6: A
+            if attention_maps is not None:
+                attention_maps.append(attention)  # every query's row, so the recorded map is whole
+            if class_token_only:
+                attention, z = attention[:, :, :1], z[:, :1]
+            heads = self.attention_dropout(attention) @ v  # Eq. 7: SA(z) = A v
+        return z + self.dropout(self.projection(heads.transpose(1, 2).flatten(2)))  # Eq. 8: concatenate, project
 
 
 class MLPBlock(nn.Module):
@@ -152,7 +165,7 @@ class MLPBlock(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_dim, eps=1e-6)
         self.mlp = nn.Sequential(
             nn.Linear(config.hidden_dim, config.mlp_dim),
-            nn.GELU(),  # exact erf GELU, as in the reference
+            nn.GELU(),  # exact erf GELU, as torchvision
             nn.Dropout(config.dropout),
             nn.Linear(config.mlp_dim, config.hidden_dim),
             nn.Dropout(config.dropout),
@@ -166,40 +179,47 @@ class MLPBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """One of the L Transformer encoder layers: Eq. 2 then Eq. 3."""
+    """One of the L Transformer encoder layers: Eq. 2 then Eq. 3 (arguments as MultiHeadSelfAttentionBlock's)."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.attention = MultiHeadSelfAttentionBlock(config)
         self.mlp = MLPBlock(config)
 
-    def forward(self, z: torch.Tensor, return_attention: bool = False, class_token_only: bool = False):
-        if not return_attention:
-            return self.mlp(self.attention(z, class_token_only=class_token_only))
-        z, attention = self.attention(z, return_attention=True, class_token_only=class_token_only)
-        return self.mlp(z), attention
+    def forward(self, z: torch.Tensor, attention_maps: list | None = None, class_token_only: bool = False):
+        return self.mlp(self.attention(z, attention_maps, class_token_only))
 
 
 class TorchEncoderBlock(nn.TransformerEncoderLayer):
-    """The same layer from PyTorch's nn.TransformerEncoderLayer (the course's exercise 1):
-    pre-norm (norm_first), GELU, identical parameter count."""
+    """The same layer from PyTorch's nn.TransformerEncoderLayer (the course's exercise 1): pre-norm (norm_first),
+    GELU, identical parameter count; arguments as EncoderBlock's."""
 
     def __init__(self, config: ViTConfig):
         super().__init__(
-            config.hidden_dim, config.num_heads, config.mlp_dim, config.dropout,
-            activation="gelu", layer_norm_eps=1e-6, batch_first=True, norm_first=True,
+            config.hidden_dim,
+            config.num_heads,
+            config.mlp_dim,
+            config.dropout,
+            activation="gelu",
+            layer_norm_eps=1e-6,
+            batch_first=True,
+            norm_first=True,
         )
         self.self_attn.dropout = config.attention_dropout  # the layer ties it to `dropout` otherwise
 
-    def forward(self, z: torch.Tensor, return_attention: bool = False, class_token_only: bool = False):
-        if not (return_attention or class_token_only):
+    def forward(self, z: torch.Tensor, attention_maps: list | None = None, class_token_only: bool = False):
+        if attention_maps is None and not class_token_only:
             return super().forward(z)
         h = self.norm1(z)
-        query = h[:, :1] if class_token_only else h
-        msa, attention = self.self_attn(query, h, h, need_weights=return_attention, average_attn_weights=False)
-        z = (z[:, :1] if class_token_only else z) + self.dropout1(msa)
-        z = z + self._ff_block(self.norm2(z))
-        return (z, attention) if return_attention else z
+        wanted = attention_maps is not None
+        query = h[:, :1] if class_token_only and not wanted else h  # a recorded map keeps every query's row
+        msa, attention = self.self_attn(query, h, h, need_weights=wanted, average_attn_weights=False)
+        if wanted:
+            attention_maps.append(attention)
+        if class_token_only:
+            msa, z = msa[:, :1], z[:, :1]
+        z = z + self.dropout1(msa)
+        return z + self._ff_block(self.norm2(z))
 
 
 class ViT(nn.Module):
@@ -210,50 +230,55 @@ class ViT(nn.Module):
         block = EncoderBlock if config.encoder_block == "paper" else TorchEncoderBlock
         self.blocks = nn.ModuleList(block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_dim, eps=1e-6)
-        self.head = nn.Linear(config.hidden_dim, config.num_classes)
+        head_input = config.representation_size or config.hidden_dim
+        self.pre_logits = nn.Identity()
+        if config.representation_size is not None:
+            self.pre_logits = nn.Sequential(nn.Linear(config.hidden_dim, config.representation_size), nn.Tanh())
+            lecun_normal_(self.pre_logits[0])
+        self.head = nn.Linear(head_input, config.num_classes)
         nn.init.zeros_(self.head.weight)  # Section 3.2: a zero-initialised head for fine-tuning
         nn.init.zeros_(self.head.bias)
 
-    def forward_features(self, images: torch.Tensor, return_attention: bool = False):
-        """Eqs. 1-4: the image representation y = LN(z_L^0), shape (B, D). With
-        return_attention, also the attention weights of every layer, each (B, heads, 1+N, 1+N)."""
+    def forward_features(self, images: torch.Tensor, attention_maps: list | None = None) -> torch.Tensor:
+        """Eqs. 1-4: the image representation y = LN(z_L^0), shape (B, D).
+
+        attention_maps: a list that receives every layer's attention weights, first layer first, each
+        (B, heads, 1+N, 1+N) with the class token first (row: query, column: key); y is the same with or without
+        it. The last block computes the class token's output only: Eq. 4 reads nothing else."""
         z = self.patch_embedding(images)
-        if return_attention:
-            attentions = []
-            for block in self.blocks:
-                z, attention = block(z, return_attention=True)
-                attentions.append(attention)
-            return self.norm(z[:, 0]), attentions
         for block in self.blocks[:-1]:
-            z = block(z)
-        # Eq. 4 reads z_L^0 alone, so the last block computes the class token's output only:
-        # the same y for less work (its queries, MLP and projection for 1 token, not 1+N;
-        # benchmarks/vit_implementations.py).
-        z = self.blocks[-1](z, class_token_only=True)
+            z = block(z, attention_maps)
+        z = self.blocks[-1](z, attention_maps, class_token_only=True)
         return self.norm(z[:, 0])  # Eq. 4: LN acts per token, so on the class token only
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+        return self.head(self.pre_logits(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
     def set_image_size(self, image_size: int) -> None:
-        """Fine-tune or evaluate at another resolution (Section 3.2): keep the patch size, so the
-        sequence grows, and interpolate the pre-trained position embeddings in 2D."""
+        """Fine-tune or evaluate at another resolution (Section 3.2): keep the patch size, so the sequence grows,
+        and interpolate the pre-trained position embeddings in 2D. The embedding becomes a new Parameter (with the
+        old one's requires_grad): an optimizer built before this call still holds the old one, so build it after."""
         config = replace(self.config, image_size=image_size)  # validates divisibility
         embedding = self.patch_embedding
-        embedding.position_embedding = nn.Parameter(
-            interpolate_position_embedding(embedding.position_embedding.data, config.grid_size)
-        )
+        old = embedding.position_embedding
+        resized = interpolate_position_embedding(old.detach(), config.grid_size)
+        embedding.position_embedding = nn.Parameter(resized, requires_grad=old.requires_grad)
         embedding.config = self.config = config
 
 
 def interpolate_position_embedding(position_embedding: torch.Tensor, grid_size: int) -> torch.Tensor:
-    """Resize (1, 1+N, D) position embeddings to a grid_size x grid_size patch grid, bicubic with
-    aligned corners as torchvision's interpolate_embeddings; the class token's entry is kept."""
+    """Resize (1, 1+N, D) position embeddings to a grid_size x grid_size patch grid, bicubic with aligned corners
+    as torchvision's interpolate_embeddings; the class token's entry is kept."""
     class_position, patch_positions = position_embedding[:, :1], position_embedding[:, 1:]
     old_grid = math.isqrt(patch_positions.shape[1])
+    if old_grid**2 != patch_positions.shape[1]:
+        raise ValueError(
+            f"the position embedding holds {patch_positions.shape[1]} patch positions after the class token, "
+            "not a square grid; only embeddings of square patch grids can be interpolated"
+        )
     grid = patch_positions.reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
     grid = F.interpolate(grid, size=grid_size, mode="bicubic", align_corners=True)
     return torch.cat([class_position, grid.permute(0, 2, 3, 1).reshape(1, grid_size**2, -1)], dim=1)
@@ -265,7 +290,8 @@ def build_vit(name: str, num_classes: int = 1000, **overrides) -> ViT:
         raise ValueError(f"unknown ViT variant {name!r}; choose one of {', '.join(VIT_CONFIGS)}")
     unknown = set(overrides) - set(ViTConfig.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}; valid: {', '.join(ViTConfig.__dataclass_fields__)}")
+        valid = ", ".join(ViTConfig.__dataclass_fields__)
+        raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}; valid: {valid}")
     return ViT(replace(VIT_CONFIGS[name], num_classes=num_classes, **overrides))
 
 
@@ -295,7 +321,7 @@ _TORCHVISION_NAMES = {
     "patch_embedding.class_token": "class_token",
     "patch_embedding.position_embedding": "encoder.pos_embedding",
     "norm": "encoder.ln",
-    "head": "heads.head",
+    "pre_logits.0": "heads.pre_logits",
 }
 
 
@@ -304,14 +330,14 @@ def _rename(state_dict: dict, names: dict) -> dict:
     for key, value in state_dict.items():
         for old, new in names.items():
             if key == old or key.startswith(old + "."):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         renamed[key] = value
     return renamed
 
 
-def _full_names(num_layers: int, encoder_block: str) -> dict:
-    names = dict(_TORCHVISION_NAMES)
+def _full_names(num_layers: int, encoder_block: str, head: str) -> dict:
+    names = {**_TORCHVISION_NAMES, "head": head}
     for i in range(num_layers):
         for ours, theirs in _TORCHVISION_LAYER_NAMES[encoder_block].items():
             names[f"blocks.{i}.{ours}"] = f"encoder.layers.encoder_layer_{i}.{theirs}"
@@ -319,55 +345,17 @@ def _full_names(num_layers: int, encoder_block: str) -> dict:
 
 
 def convert_torchvision_state_dict(state_dict: dict, encoder_block: str = "paper") -> dict:
-    """torchvision VisionTransformer state dict -> ViT state dict (a pure renaming). Also accepts
-    the feature extractor's `heads.weight` (a bare Linear head, as build_feature_extractor makes)."""
-    num_layers = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.layers.")})
-    inverse = {theirs: ours for ours, theirs in _full_names(num_layers, encoder_block).items()}
-    inverse["heads"] = "head"
+    """torchvision VisionTransformer state dict -> ViT state dict, a pure renaming (the tensors are shared).
+    The head may be torchvision's `heads.head` (with `heads.pre_logits` for a representation_size) or a bare
+    Linear `heads`, as the FoodVision Mini feature extractor has."""
+    num_layers = len({key.split(".")[2] for key in state_dict if key.startswith("encoder.layers.")})
+    head = "heads" if "heads.weight" in state_dict else "heads.head"
+    inverse = {theirs: ours for ours, theirs in _full_names(num_layers, encoder_block, head).items()}
     return _rename(state_dict, inverse)
 
 
-def convert_to_torchvision_state_dict(state_dict: dict, encoder_block: str = "paper") -> dict:
-    """ViT state dict -> torchvision VisionTransformer state dict, the reverse renaming."""
-    num_layers = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
-    return _rename(state_dict, _full_names(num_layers, encoder_block))
-
-
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the course's: 224 px, ImageNet-1k acc@1 81.1
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The pretrained weights file is neither in the torch hub cache nor downloadable."""
-
-
-def build_feature_extractor(weights: str = DEFAULT_WEIGHTS, class_names=("pizza", "steak", "sushi")):
-    """torchvision's ImageNet-pretrained vit_b_16 with every backbone parameter frozen and a new,
-    trainable head Linear(D, len(class_names)). Returns (model, the weights' own transforms).
-
-    weights: a name of torchvision.models.ViT_B_16_Weights: "IMAGENET1K_V1" (224 px, acc@1 81.1)
-    or "IMAGENET1K_SWAG_E2E_V1" (384 px, bicubic, acc@1 85.3)."""
-    valid = [w.name for w in torchvision.models.ViT_B_16_Weights]
-    if weights not in valid:
-        raise ValueError(f"unknown vit_b_16 weights {weights!r}; choose one of {', '.join(valid)}")
-    class_names = tuple(class_names)
-    if not class_names or len(set(class_names)) != len(class_names):
-        raise ValueError(f"class_names must be non-empty and unique, got {class_names}")
-    pretrained = torchvision.models.ViT_B_16_Weights[weights]
-    cache_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained.url).name
-    try:
-        model = torchvision.models.vit_b_16(weights=pretrained)
-    except (URLError, OSError) as error:  # no network, DNS failure, refused connection
-        raise WeightsUnavailableError(
-            f"the pretrained weights {pretrained.name} could not be downloaded from {pretrained.url} "
-            f"({error}). Download that file on a machine with internet and put it at {cache_file}: "
-            f"torchvision loads it from there without the network (set TORCH_HOME to use another cache)."
-        ) from error
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # a truncated or foreign file in the cache
-        raise WeightsUnavailableError(
-            f"the cached weights file {cache_file} could not be loaded ({error}); it is corrupt or "
-            f"incomplete: delete it so it is downloaded again from {pretrained.url}."
-        ) from error
-    for parameter in model.parameters():
-        parameter.requires_grad = False
-    model.heads = nn.Linear(model.hidden_dim, len(class_names))  # replaces the 1000-class ImageNet head
-    return model, pretrained.transforms()
+def convert_to_torchvision_state_dict(state_dict: dict, encoder_block: str = "paper", bare_head: bool = False) -> dict:
+    """ViT state dict -> torchvision VisionTransformer state dict, the inverse renaming; bare_head names the head
+    `heads` (a Linear in place of torchvision's Sequential, as the feature extractor) instead of `heads.head`."""
+    num_layers = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+    return _rename(state_dict, _full_names(num_layers, encoder_block, "heads" if bare_head else "heads.head"))

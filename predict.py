@@ -1,4 +1,4 @@
-"""FoodVision Mini without a browser: the app's prediction for each image path given, printed as
+"""FoodVision Mini without a browser: the served prediction for each image path given, printed as
 the top 3 classes with probabilities and the time it took; optionally saved as the course-style
 figure (the photo titled with its predicted class and probability).
 
@@ -11,15 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import gradio as gr
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import torch
 
-from app import add_model_arguments, available_cpus, check_model_arguments, load
+from devices import available_cpus
 from images import load_rgb
+from serving import ServingError, add_model_arguments, check_model_arguments, load
 
 
 def save_figure(image_path: str, label: str, probability: float, directory: Path) -> Path:
@@ -52,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             prediction = foodvision.classify(image_path)
-        except gr.Error as error:
-            print(f"{image_path}: error: {error.message}", file=sys.stderr)
+        except ServingError as error:
+            print(f"{image_path}: error: {error}", file=sys.stderr)
             failures += 1
             continue
         total_ms = (time.perf_counter() - started) * 1000
         top = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)[:3]
-        print(f"{image_path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top) + f" | model {prediction.model_ms:.0f} ms, total {total_ms:.0f} ms")
+        print(
+            f"{image_path}: "
+            + ", ".join(f"{name} {p:.3f}" for name, p in top)
+            + f" | model {prediction.model_ms:.0f} ms, total {total_ms:.0f} ms"
+        )
         if args.figures:
             print(f"  figure: {save_figure(image_path, *top[0], args.figures)}")
     return 1 if failures else 0

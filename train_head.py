@@ -1,23 +1,22 @@
-"""Fine-tune the head of a frozen ImageNet vit_b_16 on pizza/steak/sushi (course chapter 08/09).
+"""Train the head of the frozen ImageNet-pretrained vit_b_16 on pizza/steak/sushi (course chapters 08-09).
 
-The course runs the whole 86M-parameter backbone over every image in every epoch, although the
-backbone is frozen, has no dropout and sees no augmentation: its class-token features never
-change. Here they are computed once (one backbone pass over train and test) and the head
-(2,307 parameters) is trained on that cache, so 10 epochs cost little more than one pass; the
-training itself is the same (Adam 1e-3, batch 32, CrossEntropyLoss, 10 epochs, seed 42).
+The course runs the whole backbone over every image in every epoch, although the backbone is frozen, has no
+dropout and sees no augmentation: its class-token features never change. Here they are computed once (one
+backbone pass over train and test) and the head, one Linear layer, is trained on that cache, so 10 epochs cost
+little more than one pass; the training itself is the course's (Adam 1e-3, batch 32, CrossEntropyLoss, 10 epochs,
+seed 42).
 
     python train_head.py                       # 10% split, downloaded into data/
-    python train_head.py --split 20_percent    # the course's best run: test accuracy 0.985
+    python train_head.py --split 20_percent    # the course's best run
     python train_head.py --data-dir my_photos  # any train/<class>, test/<class> folder
 
-Writes a tiny checkpoint (model.safetensors + config.json, see checkpoint.py) together with
+Writes a tiny checkpoint (model.safetensors + config.json, see classifier.py) together with
 metrics.json, loss_curves.png, evaluation.json and a model card (README.md) into --output,
 which --push-to-hub publishes as it is.
 """
 
 import argparse
 import inspect
-import io
 import json
 import sys
 import time
@@ -25,15 +24,27 @@ from pathlib import Path
 
 import torch
 import torchvision
-from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from checkpoint import BACKBONE, DEFAULT_CHECKPOINT_DIR, CheckpointError, model_card, push_to_hub, save_head
+from classifier import (
+    BACKBONE,
+    DEFAULT_CHECKPOINT_DIR,
+    DEFAULT_WEIGHTS,
+    WEIGHTS_NAMES,
+    CheckpointError,
+    WeightsUnavailableError,
+    build_feature_extractor,
+    describe_weights,
+    model_card,
+    push_to_hub,
+    save_head,
+    trainable_parameters,
+)
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
-from model import DEFAULT_WEIGHTS, WeightsUnavailableError, build_feature_extractor
+from devices import resolve_device
+from outputs import epoch_line, plot_curves
 
-WEIGHTS_CHOICES = ("IMAGENET1K_V1", "IMAGENET1K_SWAG_E2E_V1")  # 224 px / 384 px
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
 
 
@@ -72,7 +83,9 @@ def train_epoch(head: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_
 
 
 @torch.inference_mode()
-def evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float, torch.Tensor]:
+def evaluate(
+    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module
+) -> tuple[float, float, torch.Tensor]:
     """Loss, accuracy and logits of the head on cached features."""
     head.eval()
     logits = head(features)
@@ -83,7 +96,9 @@ def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batc
     """Train `head` on cached (features, labels) with the course's Adam + CrossEntropyLoss and
     return one dict of train/test loss and accuracy per epoch."""
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(*train), batch_size=batch_size, shuffle=True,
+        torch.utils.data.TensorDataset(*train),
+        batch_size=batch_size,
+        shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
@@ -92,11 +107,10 @@ def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batc
     for epoch in tqdm(range(1, epochs + 1), desc="Training the head", unit="epoch"):
         train_loss, train_acc = train_epoch(head, loader, optimizer, loss_fn)
         test_loss, test_acc, _ = evaluate(head, *test, loss_fn)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc))
-        tqdm.write(
-            f"Epoch: {epoch} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | "
-            f"test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}"
+        history.append(
+            dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
         )
+        tqdm.write(epoch_line(history[-1]))
     return history
 
 
@@ -109,8 +123,13 @@ def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: 
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     per_class = {name: confusion[i, i].item() / max(confusion[i].sum().item(), 1) for i, name in enumerate(class_names)}
     predictions = [
-        dict(path=path, true=class_names[true], predicted=class_names[pred], probability=probs[pred].item(),
-             probabilities=dict(zip(class_names, probs.tolist())))
+        dict(
+            path=path,
+            true=class_names[true],
+            predicted=class_names[pred],
+            probability=probs[pred].item(),
+            probabilities=dict(zip(class_names, probs.tolist())),
+        )
         for path, true, pred, probs in zip(paths, labels.tolist(), predicted.tolist(), probabilities)
     ]
     wrong = sorted((p for p in predictions if p["true"] != p["predicted"]), key=lambda p: -p["probability"])
@@ -121,35 +140,6 @@ def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: 
         most_wrong=[{key: p[key] for key in ("path", "true", "predicted", "probability")} for p in wrong[:MOST_WRONG]],
         predictions=predictions,
     )
-
-
-def plot_curves(history: list[dict]) -> bytes:
-    """Loss and accuracy curves per epoch, like the course's plot_loss_curves, as PNG bytes. A bare
-    matplotlib Figure renders on the Agg canvas without pyplot, so no global backend is switched
-    (training runs headless, in tests, and from the app or a notebook)."""
-    figure = Figure(figsize=(11, 4))
-    epochs = [h["epoch"] for h in history]
-    for axis, metric in zip(figure.subplots(1, 2), ("loss", "acc")):
-        for subset in ("train", "test"):
-            axis.plot(epochs, [h[f"{subset}_{metric}"] for h in history], marker="o", label=f"{subset}_{metric}")
-        axis.set(title="Loss" if metric == "loss" else "Accuracy", xlabel="Epochs")
-        axis.legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def resolve_device(device: str | None) -> str:
-    """`device` checked against what torch can use; None picks CUDA when available."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:<index>") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but torch finds no CUDA GPU here; use --device cpu")
-    return device
 
 
 def train_head(
@@ -167,15 +157,15 @@ def train_head(
 ) -> Path:
     """Train a head on the dataset (a local `data_dir`, else the download of `dataset_url` or of
     the course's `split`) and save the checkpoint with its reports to `output_dir`, returned.
-    The backbone runs on `device` (default: CUDA when available, else CPU); the head (2,307
-    parameters for 3 classes) trains on the CPU, where 10 epochs take well under a second.
+    The backbone runs on `device` (default: CUDA when available, else CPU); the head, one Linear layer, trains
+    on the CPU, where 10 epochs take well under a second.
 
     Raises DatasetError for unusable data, WeightsUnavailableError when the ImageNet weights are
     neither cached nor downloadable, CheckpointError when `output_dir` cannot be written."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     dataset_dir = prepare_dataset(data_dir, split, dataset_url, download_dir)
     train_set = ImageDataset(dataset_dir, "train")
     test_set = ImageDataset(dataset_dir, "test")
@@ -202,14 +192,26 @@ def train_head(
         class_names=class_names,
         num_features=train[0].shape[1],
         metrics=final,
-        training=dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer="Adam",
-                      loss="CrossEntropyLoss", head_parameters=sum(p.numel() for p in model.heads.parameters())),
-        data=dict(source=str(data_dir) if data_dir is not None else (dataset_url or DATASET_URLS[split]),
-                  split=None if data_dir is not None or dataset_url else split,
-                  train_images=len(train_set), test_images=len(test_set)),
+        training=dict(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            optimizer="Adam",
+            loss="CrossEntropyLoss",
+            head_parameters=trainable_parameters(model),
+        ),
+        data=dict(
+            source=str(data_dir) if data_dir is not None else (dataset_url or DATASET_URLS[split]),
+            split=None if data_dir is not None or dataset_url else split,
+            train_images=len(train_set),
+            test_images=len(test_set),
+        ),
         versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
     )
-    metrics = dict(history=history, device=device, features_seconds=features_seconds, head_training_seconds=training_seconds)
+    metrics = dict(
+        history=history, device=device, features_seconds=features_seconds, head_training_seconds=training_seconds
+    )
     reports = {
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "evaluation.json": (json.dumps(evaluation, indent=2) + "\n").encode(),
@@ -229,23 +231,34 @@ DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(tra
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", help="a local dataset folder (train/<class>/*.jpg, test/<class>/*.jpg); no download")
+    data.add_argument(
+        "--data-dir", help="a local dataset folder (train/<class>/*.jpg, test/<class>/*.jpg); no download"
+    )
     data.add_argument("--dataset-url", help="the dataset zip to download (default: the course's zip of --split)")
-    data.add_argument("--split", default=DEFAULTS["split"], choices=list(DATASET_URLS), help="which course split to download")
-    data.add_argument("--download-dir", default=DEFAULTS["download_dir"], type=Path,
-                      help="where downloaded datasets are kept (default: %(default)s)")
+    data.add_argument(
+        "--split", default=DEFAULTS["split"], choices=list(DATASET_URLS), help="which course split to download"
+    )
+    data.add_argument(
+        "--download-dir",
+        default=DEFAULTS["download_dir"],
+        type=Path,
+        help="where downloaded datasets are kept (default: %(default)s)",
+    )
     training = parser.add_argument_group("training (defaults: the course's)")
-    training.add_argument("--weights", default=DEFAULTS["weights"], choices=WEIGHTS_CHOICES,
-                          help="torchvision vit_b_16 weights: IMAGENET1K_V1 (224 px) or IMAGENET1K_SWAG_E2E_V1 (384 px)")
+    weights_help = "torchvision vit_b_16 weights; " + "; ".join(describe_weights(name) for name in WEIGHTS_NAMES)
+    training.add_argument("--weights", default=DEFAULTS["weights"], choices=WEIGHTS_NAMES, help=weights_help)
     training.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="%(default)s")
     training.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (%(default)s)")
     training.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="%(default)s")
     training.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="%(default)s")
     training.add_argument("--device", help="where the backbone runs, e.g. cpu or cuda (default: cuda when available)")
     output = parser.add_argument_group("output")
-    output.add_argument("--output", default=DEFAULTS["output_dir"], type=Path,
-                        help="checkpoint folder (default: %(default)s)")
-    output.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish the checkpoint as this Hugging Face Hub repo")
+    output.add_argument(
+        "--output", default=DEFAULTS["output_dir"], type=Path, help="checkpoint folder (default: %(default)s)"
+    )
+    output.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="also publish the checkpoint as this Hugging Face Hub repo"
+    )
     return parser.parse_args(argv)
 
 
@@ -255,9 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         output_dir = train_head(
-            data_dir=args.data_dir, dataset_url=args.dataset_url, split=args.split, output_dir=args.output,
-            weights=args.weights, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-            download_dir=args.download_dir, device=args.device,
+            data_dir=args.data_dir,
+            dataset_url=args.dataset_url,
+            split=args.split,
+            output_dir=args.output,
+            weights=args.weights,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            download_dir=args.download_dir,
+            device=args.device,
         )
     except (DatasetError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,22 +1,32 @@
-"""Train the Vision Transformer of model.py from scratch on a train/<class>, test/<class> image
-folder (pizza_steak_sushi by default) with the paper's recipe (Dosovitskiy et al. 2020, Section 4.1,
-Table 3, Appendix B.1): Adam(0.9, 0.999) with decoupled weight decay 0.1, linear warmup then
-cosine or linear decay, global-norm gradient clipping at 1, dropout 0.1. On top, the small-data
-helpers of timm and DeiT (random resized crops, flips, TrivialAugment/RandAugment, label smoothing),
-all flags.
+"""Train the Vision Transformer of model.py from scratch on a train/<class>, test/<class> image folder
+(pizza_steak_sushi by default), with the optimiser and schedule of the paper (Dosovitskiy et al. 2020, Section 4.1,
+Table 3, Appendix B.1): Adam(0.9, 0.999) with decoupled weight decay on the weight matrices, linear warmup then
+cosine or linear decay, global-norm gradient clipping at 1, dropout 0.1. On top, the small-data helpers of timm and
+DeiT (random resized crops, flips, TrivialAugment/RandAugment, label smoothing), all flags.
+
+Two presets set the optimisation flags (any flag given overrides its preset value):
+- course (default): what fits 225 photos on a laptop: batch 32, learning rate 1e-3, weight decay 0.1, 10 warmup
+  steps, 10 epochs. These are not the paper's numbers.
+- imagenet: Table 3's ImageNet row for ViT-B: batch 4096, learning rate 3e-3, weight decay 0.3, 10k warmup steps,
+  cosine decay, dropout 0.1, clipping at 1, 300 epochs. --micro-batch-size reaches the batch by gradient
+  accumulation on small machines. PyTorch's AdamW shrinks each decayed weight by lr x weight_decay per step, while
+  big_vision applies the weight decay independently of the learning rate: the same number is a different decay.
+
+Every step uses a full batch: the last incomplete batch of an epoch is dropped (225 images at batch 32 would leave
+one image trained alone at full learning rate).
 
     python train_vit.py --model vit_b_16 --epochs 10
     python train_vit.py --image-size 64 --patch-size 8 --num-layers 4 --hidden-dim 128 --mlp-dim 256 --num-heads 4
+    python train_vit.py --preset imagenet --data-dir imagenet_folders --micro-batch-size 64
     torchrun --nproc_per_node=4 train_vit.py ...    # DistributedDataParallel, same flags
 
-Expect little from a ViT-B/16 trained on 225 photos: the course saw chance-level test accuracy
-(0.20-0.54), and Section 4.2 shows ViTs overtake ResNets only with 14M-300M pre-training images.
-The output folder holds model.safetensors + config.json (ViTConfig and class names: enough to
-rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json
-and loss_curves.png.
+Expect little from a ViT-B/16 trained on 225 photos: Section 4.2 shows ViTs overtake ResNets only with 14M-300M
+pre-training images. The output folder holds model.safetensors + config.json (ViTConfig and class names: enough to
+rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json and loss_curves.png.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -30,26 +40,54 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
+from devices import default_device, resolve_device
 from model import VIT_CONFIGS, ViT, ViTConfig
-from train_head import plot_curves
+from outputs import epoch_line, plot_curves, write_atomically
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "runs" / "vit-from-scratch"
 
 # ViTConfig fields that flags of the same name override
-MODEL_FLAGS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads", "dropout", "attention_dropout")
+MODEL_FLAGS = (
+    "image_size",
+    "patch_size",
+    "num_layers",
+    "hidden_dim",
+    "mlp_dim",
+    "num_heads",
+    "dropout",
+    "attention_dropout",
+)
 # Like biases and LayerNorm parameters, the embeddings are not decayed (timm, big_vision)
 NO_WEIGHT_DECAY = ("class_token", "position_embedding")
 # Flags besides the model's that shape the run's schedule, data order or updates: --resume continues
 # a run only with the values it started with
-RESUME_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "clip_grad_norm",
-                "label_smoothing", "crop_scale", "hflip", "augment", "seed")
+RESUME_FLAGS = (
+    "epochs",
+    "batch_size",
+    "micro_batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "schedule",
+    "clip_grad_norm",
+    "label_smoothing",
+    "crop_scale",
+    "hflip",
+    "augment",
+    "seed",
+)
+# The optimisation flags each preset sets (module docstring); Table 3 gives ViT-B's ImageNet row.
+PRESETS = {
+    "course": dict(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.1, warmup_steps=10, dropout=0.1),
+    "imagenet": dict(epochs=300, batch_size=4096, lr=3e-3, weight_decay=0.3, warmup_steps=10_000, dropout=0.1),
+}
 
 
 class TrainingError(Exception):
@@ -58,11 +96,13 @@ class TrainingError(Exception):
 
 def at_least(minimum, kind=int):
     """An argparse type: a number no smaller than `minimum`, else argparse's one-line usage error."""
+
     def parse(text: str):
         value = kind(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum}")
         return value
+
     return parse
 
 
@@ -75,6 +115,7 @@ def fraction(low_open: bool):
         if not (0 < value <= 1 if low_open else 0 <= value <= 1):
             raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
         return value
+
     return parse
 
 
@@ -82,47 +123,76 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download")
-    data.add_argument("--split", default="10_percent", choices=DATASET_URLS, help="the course zip to download (%(default)s)")
+    data.add_argument(
+        "--split", default="10_percent", choices=DATASET_URLS, help="the course zip to download (%(default)s)"
+    )
     data.add_argument("--dataset-url", help="download this zip instead of --split's")
     data.add_argument("--download-dir", default=DEFAULT_ROOT, type=Path, help="kept here (%(default)s)")
     model = parser.add_argument_group("model (a Table 1 preset; the other flags override its fields for small runs)")
     model.add_argument("--model", default="vit_b_16", choices=VIT_CONFIGS, help="%(default)s")
     for field in ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_heads"):
         model.add_argument(f"--{field.replace('_', '-')}", type=at_least(1), help=f"default: the preset's {field}")
-    model.add_argument("--dropout", type=float, default=0.1, help="%(default)s; Table 3: 0.1 for ViT-B/L on ImageNet")
+    model.add_argument("--dropout", type=float, help="default: the preset's (Table 3: 0.1 for ViT-B/L on ImageNet)")
     model.add_argument("--attention-dropout", type=float, help="not in the paper; default: the preset's 0.0")
-    optim = parser.add_argument_group("optimisation (Section 4.1, Table 3)")
-    optim.add_argument("--epochs", type=at_least(1), default=10, help="%(default)s")
-    optim.add_argument("--batch-size", type=at_least(1), default=32, help="%(default)s, split across torchrun processes")
-    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-3, help="%(default)s, the peak after warmup")
-    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.1, help="%(default)s, decoupled, weights only")
-    optim.add_argument("--warmup-steps", type=at_least(0), default=10, help="%(default)s (paper: 10k steps of batch 4096)")
+    optim = parser.add_argument_group("optimisation (Section 4.1, Table 3; defaults: the --preset's)")
+    optim.add_argument("--preset", default="course", choices=PRESETS, help="%(default)s (see the top of this help)")
+    optim.add_argument("--epochs", type=at_least(1))
+    optim.add_argument("--batch-size", type=at_least(1), help="images per optimizer step, over all processes")
+    optim.add_argument(
+        "--micro-batch-size",
+        type=at_least(1),
+        help="images per forward pass and process (default: the whole share of the batch); smaller "
+        "values accumulate gradients over several passes per step",
+    )
+    optim.add_argument("--lr", type=at_least(0.0, float), help="the peak learning rate, after warmup")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), help="decoupled (AdamW), weight matrices only")
+    optim.add_argument("--warmup-steps", type=at_least(0), help="optimizer steps of linear warmup")
     optim.add_argument("--schedule", default="cosine", choices=("cosine", "linear"), help="decay to 0 after warmup")
-    optim.add_argument("--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="%(default)s (global norm); 0: off")
+    optim.add_argument(
+        "--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="%(default)s (global norm); 0: off"
+    )
     optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.0, help="%(default)s; DeiT uses 0.1")
     augment = parser.add_argument_group("augmentation (training images only)")
-    augment.add_argument("--crop-scale", type=fraction(low_open=True), default=0.08, help="%(default)s: smallest area RandomResizedCrop keeps")
-    augment.add_argument("--hflip", type=fraction(low_open=False), default=0.5, help="%(default)s: flip probability; food has no handedness")
-    augment.add_argument("--augment", default="none", choices=("none", "trivialaugment", "randaugment"), help="%(default)s")
+    augment.add_argument(
+        "--crop-scale",
+        type=fraction(low_open=True),
+        default=0.08,
+        help="%(default)s: smallest area RandomResizedCrop keeps",
+    )
+    augment.add_argument(
+        "--hflip",
+        type=fraction(low_open=False),
+        default=0.5,
+        help="%(default)s: flip probability; food has no handedness",
+    )
+    augment.add_argument(
+        "--augment", default="none", choices=("none", "trivialaugment", "randaugment"), help="%(default)s"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--output", default=DEFAULT_OUTPUT, type=Path, help="checkpoints, metrics, curves (%(default)s)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output; pass its flags again")
     run.add_argument("--seed", type=int, default=42, help="%(default)s: fixes initialisation, data order, augmentation")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="%(default)s")
-    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
-                     help="bf16 autocast; auto: on CUDA GPUs with bf16 and CPUs with AMX, else fp32")
+    run.add_argument("--device", default=str(default_device()), help="%(default)s")
+    run.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "none"),
+        help="bf16 autocast; auto: on CUDA GPUs with bf16 and CPUs with AMX, else fp32",
+    )
     run.add_argument("--workers", type=at_least(0), default=2, help="%(default)s data loading processes per process")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain run does not."""
     try:
-        device = torch.device(device_name)
-    except RuntimeError as error:
-        raise TrainingError(f"--device {device_name!r} is not a device such as cpu, cuda or cuda:1 ({error})") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {device_name}: this machine has no usable CUDA GPU; use --device cpu")
+        device = resolve_device(device_name)
+    except ValueError as error:
+        raise TrainingError(f"--device: {error}") from None
     if "RANK" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
@@ -212,14 +282,6 @@ def parameters_sha256(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def write_atomically(path: Path, write) -> None:
-    """write(temporary path), then rename over `path`: a crash never leaves a half-written file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    temporary.chmod(0o644)  # safetensors creates owner-only files
-    os.replace(temporary, path)
-
-
 def read_safetensors(path: Path) -> tuple[dict, dict]:
     with safe_open(path, "pt") as file:
         return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
@@ -242,10 +304,10 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "history": json.dumps(history),
     }
-    write_atomically(out_dir / "train_state.safetensors", lambda p: save_file(tensors, p, metadata))
-    write_atomically(out_dir / "model.safetensors", lambda p: save_file(weights, p))
-    write_atomically(out_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2)))
-    write_atomically(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(history, indent=2)))
+    write_atomically(out_dir / "train_state.safetensors", save(tensors, metadata))
+    write_atomically(out_dir / "model.safetensors", save(weights))
+    write_atomically(out_dir / "config.json", json.dumps(config, indent=2).encode())
+    write_atomically(out_dir / "metrics.json", json.dumps(history, indent=2).encode())
 
 
 def load_checkpoint(directory) -> tuple[ViT, dict]:
@@ -283,7 +345,8 @@ def resume(args, model: ViT, optimizer, class_names: list) -> list:
     started_with = config.get("args", {})
     changed = [
         f"--{name.replace('_', '-')} {started_with[name]} (now {getattr(args, name)})"
-        for name in RESUME_FLAGS if name in started_with and started_with[name] != getattr(args, name)
+        for name in RESUME_FLAGS
+        if name in started_with and started_with[name] != getattr(args, name)
     ]
     if changed:
         raise TrainingError(
@@ -304,10 +367,14 @@ def resume(args, model: ViT, optimizer, class_names: list) -> list:
 
 def train(args) -> list:
     rank, world_size, device = init_distributed(args.device)
-    if args.batch_size % world_size:
+    share = args.batch_size // world_size  # images per step and process
+    micro_batch = args.micro_batch_size or share
+    if args.batch_size % world_size or share % micro_batch:
         raise TrainingError(
-            f"--batch-size {args.batch_size} does not split evenly across {world_size} processes; use a multiple of {world_size}"
+            f"--batch-size {args.batch_size} does not split into {world_size} process(es) x whole micro-batches of "
+            f"{micro_batch}; use a multiple of {world_size * micro_batch}"
         )
+    accumulation = share // micro_batch  # forward-backward passes per optimizer step
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
     try:
         config = replace(VIT_CONFIGS[args.model], **overrides)  # checked before any download
@@ -326,16 +393,21 @@ def train(args) -> list:
     test_set.transform = eval_transform(config.image_size)
     # DistributedSampler in a single process too: its order is fixed by (seed, epoch), which --resume relies on
     sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
-    batch_size = args.batch_size // world_size
-    pin_memory = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size, sampler=sampler, num_workers=args.workers, pin_memory=pin_memory)
-    test_share = Subset(test_set, range(rank, len(test_set), world_size))
-    test_loader = DataLoader(test_share, batch_size, num_workers=args.workers, pin_memory=pin_memory)
-    total_steps = args.epochs * len(train_loader)
+    loading = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
+    # drop_last: every step sees a full batch (a last one of a few images would be trained at full learning rate)
+    train_loader = DataLoader(train_set, micro_batch, sampler=sampler, drop_last=True, **loading)
+    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), micro_batch, **loading)
+    steps_per_epoch = len(train_loader) // accumulation
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"--batch-size {args.batch_size} is more than the {len(train_set)} training images: no full batch; "
+            "lower --batch-size"
+        )
+    total_steps = args.epochs * steps_per_epoch
     if args.warmup_steps > total_steps:
         raise TrainingError(
             f"--warmup-steps {args.warmup_steps} is longer than the whole run ({args.epochs} epochs x "
-            f"{len(train_loader)} steps = {total_steps}); lower it or train longer"
+            f"{steps_per_epoch} steps = {total_steps}); lower it or train longer"
         )
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     autocast = bf16_autocast(args.amp, device)
@@ -347,14 +419,16 @@ def train(args) -> list:
             print(f"resuming {args.output} after epoch {len(history)}")
     elif (args.output / "train_state.safetensors").exists():
         raise TrainingError(
-            f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh"
+            f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to "
+            "start afresh"
         )
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     if rank == 0:
         print(
             f"{args.model} {overrides}: {sum(p.numel() for p in model.parameters()):,} parameters, "
             f"{len(train_set)} train / {len(test_set)} test images of {class_names}, "
-            f"{world_size} process(es) on {device}{', bf16 autocast' if autocast else ''}"
+            f"{world_size} process(es) on {device}{', bf16 autocast' if autocast else ''}; {steps_per_epoch} steps of "
+            f"{args.batch_size} images per epoch ({accumulation} accumulated pass(es) of {micro_batch} per process)"
         )
 
     for epoch in range(len(history), args.epochs):
@@ -364,34 +438,36 @@ def train(args) -> list:
         ddp_model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         started = time.perf_counter()
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
-        for step, (images, labels) in enumerate(batches, start=epoch * len(train_loader)):
+        batches = iter(train_loader)
+        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+        for step in progress:
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, args)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-                logits = ddp_model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+                group["lr"] = learning_rate(epoch * steps_per_epoch + step, total_steps, args)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for micro_step in range(accumulation):
+                images, labels = (tensor.to(device, non_blocking=True) for tensor in next(batches))
+                # DDP averages gradients across processes only on the step's last backward pass
+                last = micro_step == accumulation - 1
+                with contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync():
+                    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                        logits = ddp_model(images)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+                    (loss / accumulation).backward()
+                totals += batch_totals(loss.detach() * len(labels), logits, labels)
             if args.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
             optimizer.step()
-            totals += batch_totals(loss.detach() * len(labels), logits, labels)
         train_loss, train_acc = all_reduced(totals)
         # the bare model: DDP's forward would sync the replicas, and the test shares can differ by one batch
         test_loss, test_acc = all_reduced(evaluate(model, test_loader, device, autocast))
-        history.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-        })
+        history.append(
+            dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
+            | {"lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        )
         if rank == 0:
-            print(
-                f"Epoch: {epoch + 1} | train_loss: {train_loss:.4f} | train_acc: {train_acc:.4f} | "
-                f"test_loss: {test_loss:.4f} | test_acc: {test_acc:.4f}"
-            )
+            print(epoch_line(history[-1]))
             save_checkpoint(args.output, model, optimizer, class_names, history, args)
-            write_atomically(args.output / "loss_curves.png", lambda p: p.write_bytes(plot_curves(history)))
+            write_atomically(args.output / "loss_curves.png", plot_curves(history))
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)
     if rank == 0:

@@ -15,36 +15,58 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from common import (
+    ROOT,
+    WORK_DIR,
+    generated_head_checkpoint,
+    print_machine,
+    print_table,
+    random_backbone_home,
+    save_results,
+)
+
 import numpy as np
 from gradio_client import Client, handle_file
 
-from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, random_backbone_home, save_results
-from test_app import app_server  # starts app.py on a free port, waits for the page, stops it
-
-FULL_SIZE_PIZZA = Path("/work/shared/data/photos/pizza-dad.jpeg")
+from standins import EXAMPLE_PHOTOS, app_server, twelve_megapixel_jpeg
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=8, help="timed requests per photo and server")
-    parser.add_argument("--app-dir", type=Path, default=ROOT, help="the folder whose app.py is served (default: this repository)")
-    parser.add_argument("--precisions", nargs="*", default=["fp32", "auto"],
-                        help="one server each, when app.py has --precision (else one server as app.py is)")
+    parser.add_argument(
+        "--app-dir", type=Path, default=ROOT, help="the folder whose app.py is served (default: this repository)"
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        default=["fp32", "auto"],
+        help="one server each, when app.py has --precision (else one server as app.py is)",
+    )
     args = parser.parse_args()
     print_machine()
 
     checkpoint = generated_head_checkpoint(WORK_DIR)
     random_backbone_home(WORK_DIR / "torch_home")
-    photos = sorted((ROOT / "examples").glob("*.jp*g")) + ([FULL_SIZE_PIZZA] if FULL_SIZE_PIZZA.is_file() else [])
-    has_precision = "--precision" in subprocess.run([sys.executable, "app.py", "--help"], cwd=args.app_dir, capture_output=True, text=True).stdout
+    photos = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
+    has_precision = (
+        "--precision"
+        in subprocess.run([sys.executable, "app.py", "--help"], cwd=args.app_dir, capture_output=True, text=True).stdout
+    )
     configs = {p: ["--precision", p] for p in args.precisions} if has_precision else {"app.py as it is": []}
 
     with ExitStack() as stack:
-        clients = {name: Client(stack.enter_context(app_server(args.app_dir, "--checkpoint", str(checkpoint), *extra))[0], verbose=False)
-                   for name, extra in configs.items()}
+        clients = {
+            name: Client(
+                stack.enter_context(app_server(args.app_dir, "--checkpoint", str(checkpoint), *extra))[0], verbose=False
+            )
+            for name, extra in configs.items()
+        }
         total = {name: [] for name in clients}
         model = {name: [] for name in clients}
-        label = {photo: photo.name if photo.parent == ROOT / "examples" else f"{photo.name} (full size)" for photo in photos}
+        label = {
+            photo: photo.name if photo in EXAMPLE_PHOTOS else f"{photo.name} (generated 12 MP)" for photo in photos
+        }
         per_photo = {(name, label[photo]): [] for name in clients for photo in photos}
         for round_ in range(args.requests + 1):  # round 0 warms up (first request loads lazily initialised parts)
             for photo in photos:
@@ -57,15 +79,31 @@ def main() -> None:
                         model[name].append(float(re.search(r"Model:\*\* (\d+) ms", timing).group(1)))
                         per_photo[(name, label[photo])].append(elapsed)
 
-    print(f"{args.requests} requests per photo and server over {len(photos)} photos "
-          f"({', '.join(label.values())}), one at a time, servers in turns")
+    print(
+        f"{args.requests} requests per photo and server over {len(photos)} photos "
+        f"({', '.join(label.values())}), one at a time, servers in turns"
+    )
     print_table(
         ["server", "requests", "p50 ms", "p95 ms", "model p50 ms (app's own timing)"],
-        [[name, len(t), float(np.percentile(t, 50)), float(np.percentile(t, 95)), float(np.percentile(model[name], 50))]
-         for name, t in total.items()],
+        [
+            [
+                name,
+                len(t),
+                float(np.percentile(t, 50)),
+                float(np.percentile(t, 95)),
+                float(np.percentile(model[name], 50)),
+            ]
+            for name, t in total.items()
+        ],
     )
-    print_table(["server", "photo", "p50 ms"], [[name, photo, float(np.percentile(t, 50))] for (name, photo), t in per_photo.items()])
-    save_results("app_latency", {"total_ms": total, "model_ms": model, "per_photo_ms": {f"{k[0]} {k[1]}": v for k, v in per_photo.items()}})
+    print_table(
+        ["server", "photo", "p50 ms"],
+        [[name, photo, float(np.percentile(t, 50))] for (name, photo), t in per_photo.items()],
+    )
+    save_results(
+        "app_latency",
+        {"total_ms": total, "model_ms": model, "per_photo_ms": {f"{k[0]} {k[1]}": v for k, v in per_photo.items()}},
+    )
 
 
 if __name__ == "__main__":

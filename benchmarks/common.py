@@ -6,8 +6,6 @@ neighbour's load on a shared machine slows all of them alike; each figure is a m
 comparison a ratio of medians from the same run.
 """
 
-import contextlib
-import io
 import json
 import os
 import platform
@@ -22,7 +20,7 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project's modules and conftest's image generator
+sys.path.insert(0, str(ROOT))  # the project's modules, run from anywhere
 
 
 def interleaved_ms(variants: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -74,8 +72,10 @@ def machine() -> dict:
 
 def print_machine() -> dict:
     info = machine()
-    print(f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
-          f"torchvision {info['torchvision']}, load {info['load_average_1_5_15']}, {info['date']}\n")
+    print(
+        f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
+        f"torchvision {info['torchvision']}, load {info['load_average_1_5_15']}, {info['date']}\n"
+    )
     return info
 
 
@@ -88,34 +88,28 @@ def save_results(name: str, results: dict) -> Path:
 
 
 def random_backbone_home(directory: Path) -> Path:
-    """A TORCH_HOME whose hub cache holds a seeded random vit_b_16 state dict under the real
-    weights' file name, as tests/conftest.py's torch_home fixture makes (the real weights cannot be
-    downloaded here); os.environ["TORCH_HOME"] points at it from now on, for subprocesses too."""
-    from conftest import write_random_backbone
+    """A TORCH_HOME whose hub cache holds standins' seeded random vit_b_16 under the real weights' file name (the
+    real weights cannot be downloaded here); os.environ["TORCH_HOME"] points at it from now on, for subprocesses
+    too."""
+    from standins import write_random_backbone
 
-    write_random_backbone(directory)
-    os.environ["TORCH_HOME"] = str(directory)
+    os.environ["TORCH_HOME"] = str(write_random_backbone(directory))
     return directory
 
 
 def generated_head_checkpoint(directory: Path) -> Path:
-    """A head trained by train_head.py (its defaults) on conftest's generated pizza/steak/sushi
-    images over the random backbone: confident, non-uniform probabilities to compare paths with."""
+    """A head trained by train_head.py (its defaults) on standins' generated pizza/steak/sushi images over the
+    random backbone: confident, non-uniform probabilities to compare paths with."""
+    from standins import train_head_checkpoint, write_food_dataset
+
     checkpoint = directory / "foodvision-mini"
     if (checkpoint / "config.json").is_file():
         return checkpoint
-    random_backbone_home(directory / "torch_home")
-    from conftest import write_food_dataset
-    import train_head
-
+    torch_home = random_backbone_home(directory / "torch_home")
     dataset = directory / "pizza_steak_sushi"
     if not dataset.exists():
         write_food_dataset(dataset, train_per_class=20, test_per_class=10)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        status = train_head.main(["--data-dir", str(dataset), "--output", str(checkpoint)])
-    if status != 0:
-        raise RuntimeError(f"train_head.py failed with status {status}")
-    return checkpoint
+    return train_head_checkpoint(dataset, checkpoint, torch_home)
 
 
 WORK_DIR = ROOT / "data" / "benchmarks"  # the cached backbone, dataset and head (data/ is git-ignored)
@@ -123,7 +117,7 @@ WORK_DIR = ROOT / "data" / "benchmarks"  # the cached backbone, dataset and head
 
 def load_benchmark_classifier():
     """(model, transforms, config) of the generated head over the random backbone."""
-    from checkpoint import load_classifier
+    from classifier import load_classifier
 
     checkpoint = generated_head_checkpoint(WORK_DIR)
     random_backbone_home(WORK_DIR / "torch_home")

@@ -36,8 +36,11 @@ class MLPBlock(nn.Module):
         super().__init__()
         self.layer_norm = nn.LayerNorm(embedding_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(embedding_dim, mlp_size), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(mlp_size, embedding_dim), nn.Dropout(dropout),
+            nn.Linear(embedding_dim, mlp_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_size, embedding_dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,19 +59,32 @@ class TransformerEncoderBlock(nn.Module):
 
 
 class CourseViT(nn.Module):
-    def __init__(self, img_size=224, in_channels=3, patch_size=16, num_transformer_layers=12,
-                 embedding_dim=768, mlp_size=3072, num_heads=12, attn_dropout=0.0, mlp_dropout=0.1,
-                 embedding_dropout=0.1, num_classes=1000):
+    def __init__(
+        self,
+        img_size=224,
+        in_channels=3,
+        patch_size=16,
+        num_transformer_layers=12,
+        embedding_dim=768,
+        mlp_size=3072,
+        num_heads=12,
+        attn_dropout=0.0,
+        mlp_dropout=0.1,
+        embedding_dropout=0.1,
+        num_classes=1000,
+    ):
         super().__init__()
         num_patches = (img_size // patch_size) ** 2
         self.class_embedding = nn.Parameter(torch.randn(1, 1, embedding_dim))
         self.position_embedding = nn.Parameter(torch.randn(1, num_patches + 1, embedding_dim))
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.patch_embedding = PatchEmbedding(in_channels, patch_size, embedding_dim)
-        self.transformer_encoder = nn.Sequential(*[
-            TransformerEncoderBlock(embedding_dim, num_heads, mlp_size, mlp_dropout, attn_dropout)
-            for _ in range(num_transformer_layers)
-        ])
+        self.transformer_encoder = nn.Sequential(
+            *[
+                TransformerEncoderBlock(embedding_dim, num_heads, mlp_size, mlp_dropout, attn_dropout)
+                for _ in range(num_transformer_layers)
+            ]
+        )
         self.classifier = nn.Sequential(nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,13 @@ how much the model input and the predicted probabilities change between the two.
 import argparse
 from pathlib import Path
 
+from common import interleaved_ms, load_benchmark_classifier, median, print_machine, print_table, save_results
+
 from PIL import Image, ImageOps
 
-from common import ROOT, interleaved_ms, load_benchmark_classifier, median, print_machine, print_table, save_results
 from images import load_rgb
 from inference import Predictor
-
-BIG_PHOTO = Path("/work/shared/data/photos/pizza-dad.jpeg")  # 3024x4032, 2.9 MB
+from standins import twelve_megapixel_jpeg
 
 
 def pillow_full_decode(path: Path) -> Image.Image:
@@ -26,9 +26,12 @@ def pillow_full_decode(path: Path) -> Image.Image:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photo", type=Path, default=BIG_PHOTO if BIG_PHOTO.is_file() else ROOT / "examples" / "pizza-dad.jpeg")
+    parser.add_argument(
+        "--photo", type=Path, help="a large JPEG (default: a generated 12 MP photo, standins.twelve_megapixel_jpeg)"
+    )
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    args.photo = args.photo or twelve_megapixel_jpeg()
     print_machine()
 
     model, transforms, _ = load_benchmark_classifier()
@@ -39,18 +42,30 @@ def main() -> None:
         f"images.load_rgb(min_size={resize}), draft": lambda: load_rgb(args.photo, min_size=resize),
     }
     decode_ms = interleaved_ms(decoders, args.repeats)
-    to_input_ms = interleaved_ms({name: (lambda d=decode: transforms(d())) for name, decode in decoders.items()}, args.repeats)
+    to_input_ms = interleaved_ms(
+        {name: (lambda d=decode: transforms(d())) for name, decode in decoders.items()}, args.repeats
+    )
 
     with Image.open(args.photo) as image:
         stored = image.size
     sizes = {name: decode().size for name, decode in decoders.items()}
     reference = median(to_input_ms["Pillow full decode"])
-    print(f"{args.photo.name}: {stored[0]}x{stored[1]} stored, {args.photo.stat().st_size / 1e6:.1f} MB; "
-          f"median of {args.repeats} interleaved runs")
+    print(
+        f"{args.photo.name}: {stored[0]}x{stored[1]} stored, {args.photo.stat().st_size / 1e6:.1f} MB; "
+        f"median of {args.repeats} interleaved runs"
+    )
     print_table(
         ["decoder", "decoded size", "decode ms", "decode + transforms ms", "speed-up (to input)"],
-        [[name, f"{sizes[name][0]}x{sizes[name][1]}", median(decode_ms[name]), median(to_input_ms[name]),
-          f"{reference / median(to_input_ms[name]):.2f}x"] for name in decoders],
+        [
+            [
+                name,
+                f"{sizes[name][0]}x{sizes[name][1]}",
+                median(decode_ms[name]),
+                median(to_input_ms[name]),
+                f"{reference / median(to_input_ms[name]):.2f}x",
+            ]
+            for name in decoders
+        ],
     )
     uses_draft = sizes[f"images.load_rgb(min_size={resize}), draft"] != sizes["images.load_rgb, full decode"]
     print(f"images.load_rgb uses draft mode for this JPEG: {'yes' if uses_draft else 'NO'}")
@@ -60,13 +75,23 @@ def main() -> None:
     predictor = Predictor(model)
     probabilities = {name: predictor(x).softmax(-1)[0] for name, x in (("full", full), ("draft", draft))}
     pixel_difference = (full - draft).abs()
-    print(f"model input, draft vs full decode: mean |difference| {pixel_difference.mean():.4f}, max {pixel_difference.max():.3f} "
-          f"(normalised units); probabilities full {probabilities['full'].numpy().round(4)}, draft {probabilities['draft'].numpy().round(4)}")
-    save_results("decode", {
-        "photo": str(args.photo), "stored_size": stored, "decoded_sizes": sizes, "uses_draft": uses_draft,
-        "decode_ms": decode_ms, "to_input_ms": to_input_ms,
-        "probability_difference": (probabilities["full"] - probabilities["draft"]).abs().max().item(),
-    })
+    print(
+        f"model input, draft vs full decode: mean |difference| {pixel_difference.mean():.4f}, "
+        f"max {pixel_difference.max():.3f} (normalised units); probabilities full "
+        f"{probabilities['full'].numpy().round(4)}, draft {probabilities['draft'].numpy().round(4)}"
+    )
+    save_results(
+        "decode",
+        {
+            "photo": str(args.photo),
+            "stored_size": stored,
+            "decoded_sizes": sizes,
+            "uses_draft": uses_draft,
+            "decode_ms": decode_ms,
+            "to_input_ms": to_input_ms,
+            "probability_difference": (probabilities["full"] - probabilities["draft"]).abs().max().item(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 runs the frozen backbone over every image in every epoch (chapter 08's engine.train).
 
 Both train the same head with the same Adam/CrossEntropyLoss/batch settings for --epochs; the
-cached way runs the backbone once over train and test. By default the images are conftest's
+cached way runs the backbone once over train and test. By default the images are standins.py's
 generated pizza/steak/sushi pictures and the backbone is the seeded random vit_b_16 (the real
 weights cannot be downloaded here): timing does not depend on what the weights or pixels are.
 
@@ -17,17 +17,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import WORK_DIR, interleaved_ms, median, print_machine, print_table, random_backbone_home, save_results
+
 import torch
 from torch import nn
 
-from common import WORK_DIR, interleaved_ms, median, print_machine, print_table, random_backbone_home, save_results
-from conftest import write_food_dataset
+from classifier import build_feature_extractor
 from data import ImageDataset
-from model import build_feature_extractor
+from standins import write_food_dataset
 from train_head import extract_features, fit
 
 
-def course_way(model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int) -> None:
+def course_way(
+    model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int
+) -> None:
     """The course's loop: a full forward pass per batch in every epoch, then a test pass."""
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=batch_size)
@@ -46,7 +49,9 @@ def course_way(model: nn.Module, train_set: ImageDataset, test_set: ImageDataset
                 loss_fn(model(images), labels)
 
 
-def cached_way(model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int) -> None:
+def cached_way(
+    model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int
+) -> None:
     """train_head.py's loop: one backbone pass, then every epoch on the cached features."""
     train = extract_features(model, train_set, batch_size, "train features")
     test = extract_features(model, test_set, batch_size, "test features")
@@ -77,21 +82,40 @@ def main(argv: list[str] | None = None) -> None:
                 model.heads.reset_parameters()  # every run trains a fresh head
                 with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines would bury the table
                     way(model, train_set, test_set, args.epochs, 1e-3, args.batch_size)
+
             return timed
 
         times = interleaved_ms({"course": run(course_way), "cached": run(cached_way)}, args.repeats, warmup=0)
     course, cached = median(times["course"]) / 1000, median(times["cached"]) / 1000
     images = len(train_set) + len(test_set)
-    print(f"{args.epochs} epochs, {len(train_set)} train + {len(test_set)} test images, "
-          f"median of {args.repeats} interleaved runs each\n")
+    print(
+        f"{args.epochs} epochs, {len(train_set)} train + {len(test_set)} test images, "
+        f"median of {args.repeats} interleaved runs each\n"
+    )
     print_table(
         ["way", "backbone passes", "median s", "runs s"],
-        [["course: backbone every epoch", args.epochs, course, ", ".join(f"{t / 1000:.1f}" for t in times["course"])],
-         ["train_head.py: cached features", 1, cached, ", ".join(f"{t / 1000:.1f}" for t in times["cached"])]],
+        [
+            [
+                "course: backbone every epoch",
+                args.epochs,
+                course,
+                ", ".join(f"{t / 1000:.1f}" for t in times["course"]),
+            ],
+            ["train_head.py: cached features", 1, cached, ", ".join(f"{t / 1000:.1f}" for t in times["cached"])],
+        ],
     )
     print(f"cached is {course / cached:.1f}x faster (target >= 8x for 10 epochs)")
-    save_results("head_training", dict(epochs=args.epochs, images=images, repeats=args.repeats, times_ms=times,
-                                       median_s=dict(course=course, cached=cached), speedup=course / cached))
+    save_results(
+        "head_training",
+        dict(
+            epochs=args.epochs,
+            images=images,
+            repeats=args.repeats,
+            times_ms=times,
+            median_s=dict(course=course, cached=cached),
+            speedup=course / cached,
+        ),
+    )
 
 
 if __name__ == "__main__":

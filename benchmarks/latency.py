@@ -16,18 +16,18 @@ import time
 import warnings
 from pathlib import Path
 
+from common import interleaved_ms, load_benchmark_classifier, median, print_machine, print_table, save_results
+
 import numpy as np
 import torch
 from torch import nn
 from torch.ao.quantization import quantize_dynamic
 from torchvision.transforms import v2
 
-from common import ROOT, interleaved_ms, load_benchmark_classifier, median, print_machine, print_table, save_results
-from conftest import draw_food_image
 from images import load_rgb
 from inference import Predictor, vit_from_torchvision
+from standins import EXAMPLE_PHOTOS, draw_food_image
 
-SHARED_PHOTOS = Path("/work/shared/data/photos")
 REFERENCE = "fp32 eager torchvision"
 
 
@@ -52,13 +52,15 @@ def inference_paths(model: nn.Module) -> dict:
     }
 
 
-def agreement_inputs(transforms, count: int, photos_dir: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+def agreement_inputs(transforms, count: int, photo_paths: list[Path], seed: int = 0) -> dict[str, torch.Tensor]:
     """About a third real photos (each whole, then random crops, flips and colour changes of it),
     the rest generated pizza/steak/sushi pictures at random sizes plus noise and flat colours."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    photos = [load_rgb(path, min_size=transforms.resize_size[0]) for path in sorted(photos_dir.glob("*.jp*g"))]
-    augment = v2.Compose([v2.RandomResizedCrop(256, scale=(0.2, 1.0)), v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4, 0.05)])
+    photos = [load_rgb(path, min_size=transforms.resize_size[0]) for path in photo_paths]
+    augment = v2.Compose(
+        [v2.RandomResizedCrop(256, scale=(0.2, 1.0)), v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4, 0.05)]
+    )
     real = list(photos)
     while len(real) < count // 3:
         real.append(augment(photos[len(real) % len(photos)]))
@@ -70,7 +72,9 @@ def agreement_inputs(transforms, count: int, photos_dir: Path, seed: int = 0) ->
         elif kind == 3:
             generated.append(v2.functional.to_pil_image(torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)))
         else:
-            generated.append(v2.functional.to_pil_image(torch.full((3, 64, 64), int(rng.integers(0, 256)), dtype=torch.uint8)))
+            generated.append(
+                v2.functional.to_pil_image(torch.full((3, 64, 64), int(rng.integers(0, 256)), dtype=torch.uint8))
+            )
     return {
         "real photos and crops": torch.stack([transforms(image) for image in real]),
         "generated": torch.stack([transforms(image) for image in generated]),
@@ -87,9 +91,13 @@ def probabilities(path, images: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed passes per path at batch 1")
-    parser.add_argument("--batch32-repeats", type=int, default=2, help="timed passes per path at batch 32 (~5 s each in fp32)")
+    parser.add_argument(
+        "--batch32-repeats", type=int, default=2, help="timed passes per path at batch 32 (~5 s each in fp32)"
+    )
     parser.add_argument("--inputs", type=int, default=120, help="images for the agreement check (>= 100)")
-    parser.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else ROOT / "examples")
+    parser.add_argument(
+        "--photos", type=Path, nargs="+", default=EXAMPLE_PHOTOS, help="real photos (default: examples/*.jpg)"
+    )
     args = parser.parse_args()
     print_machine()
 
@@ -103,7 +111,11 @@ def main() -> None:
     for batch, repeats in ((1, args.repeats), (32, args.batch32_repeats)):
         images = torch.randn(batch, 3, 224, 224)
         with torch.inference_mode():
-            times = interleaved_ms({name: (lambda path=path: path(images)) for name, path in paths.items()}, repeats, warmup=int(batch == 1))
+            times = interleaved_ms(
+                {name: (lambda path=path: path(images)) for name, path in paths.items()},
+                repeats,
+                warmup=int(batch == 1),
+            )
         results["latency_ms"][batch] = times
         reference = median(times[REFERENCE])
         print(f"Batch {batch}: median of {repeats} interleaved passes")
@@ -124,10 +136,21 @@ def main() -> None:
         top1 = (both[0].argmax(-1) == both[1].argmax(-1)).float().mean().item()
         worst = {subset: (fast[subset] - reference[subset]).abs().max().item() for subset in inputs}
         results["agreement"][name] = {"inputs": len(both[0]), "top1": top1, "max_probability_difference": worst}
-        rows.append([name, len(both[0]), f"{top1:.1%}", *(f"{worst[subset]:.4f}" for subset in inputs), f"{(both[1] - both[0]).abs().mean():.5f}"])
+        rows.append(
+            [
+                name,
+                len(both[0]),
+                f"{top1:.1%}",
+                *(f"{worst[subset]:.4f}" for subset in inputs),
+                f"{(both[1] - both[0]).abs().mean():.5f}",
+            ]
+        )
     confidence = torch.cat(list(reference.values())).max(dim=-1).values
-    print(f"Agreement with {REFERENCE} over {args.inputs} inputs ({', '.join(f'{len(v)} {k}' for k, v in inputs.items())}); "
-          f"fp32's top probability: median {confidence.median():.3f}, min {confidence.min():.3f}")
+    print(
+        f"Agreement with {REFERENCE} over {args.inputs} inputs "
+        f"({', '.join(f'{len(v)} {k}' for k, v in inputs.items())}); "
+        f"fp32's top probability: median {confidence.median():.3f}, min {confidence.min():.3f}"
+    )
     print_table(["path", "inputs", "top-1 agreement", *(f"max |dp| {subset}" for subset in inputs), "mean |dp|"], rows)
     print(f"results: {save_results('latency', results)}")
 

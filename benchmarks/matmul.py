@@ -8,11 +8,12 @@ tokens, batch 1) in fp32, bf16 and int8 dynamic quantization on this CPU.
 import argparse
 import warnings
 
+from common import interleaved_ms, median, print_machine, print_table, save_results
+
 import torch
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-from common import interleaved_ms, median, print_machine, print_table, save_results
 from inference import FullRangeInt8Linear, cpu_supports_bf16
 
 TOKENS = 197  # 14 x 14 patches + the class token
@@ -24,8 +25,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
     print_machine()
-    print(f"native bf16 (AVX512-BF16 or AMX): {cpu_supports_bf16()}, VNNI: {torch.cpu._is_vnni_supported()}, "
-          f"AMX: {torch.cpu._is_amx_tile_supported()}\n")
+    print(
+        f"native bf16 (AVX512-BF16 or AMX): {cpu_supports_bf16()}, VNNI: {torch.cpu._is_vnni_supported()}, "
+        f"AMX: {torch.cpu._is_amx_tile_supported()}\n"
+    )
     torch.manual_seed(0)
     totals = {"fp32": 0.0, "bf16": 0.0, "int8": 0.0}
     rows, results = [], {}
@@ -34,11 +37,15 @@ def main() -> None:
         bf16 = nn.Sequential(nn.Linear(fan_in, fan_out)).eval().to(torch.bfloat16)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-            int8 = quantize_dynamic(fp32, {nn.Linear: per_channel_dynamic_qconfig}, mapping={nn.Linear: FullRangeInt8Linear})
+            int8 = quantize_dynamic(
+                fp32, {nn.Linear: per_channel_dynamic_qconfig}, mapping={nn.Linear: FullRangeInt8Linear}
+            )
         x = torch.randn(1, TOKENS, fan_in)
         xb = x.to(torch.bfloat16)
         with torch.inference_mode():
-            times = interleaved_ms({"fp32": lambda: fp32(x), "bf16": lambda: bf16(xb), "int8": lambda: int8(x)}, args.repeats, warmup=3)
+            times = interleaved_ms(
+                {"fp32": lambda: fp32(x), "bf16": lambda: bf16(xb), "int8": lambda: int8(x)}, args.repeats, warmup=3
+            )
         flops = 2 * TOKENS * fan_in * fan_out
         results[name] = times
         row = [f"{name} {fan_in}x{fan_out}"]
@@ -48,8 +55,13 @@ def main() -> None:
         rows.append(row)
     rows.append(["one encoder layer", *(value for kind in totals for value in (totals[kind], ""))])
     print(f"Median ms of {args.repeats} interleaved calls; GFLOPS = 2 * tokens * in * out / time")
-    print_table(["Linear (in x out)", "fp32 ms", "fp32 GFLOPS", "bf16 ms", "bf16 GFLOPS", "int8 ms", "int8 GFLOPS"], rows)
-    print(f"int8 is {totals['fp32'] / totals['int8']:.2f}x fp32 and bf16 {totals['fp32'] / totals['bf16']:.2f}x fp32 over one layer's Linears")
+    print_table(
+        ["Linear (in x out)", "fp32 ms", "fp32 GFLOPS", "bf16 ms", "bf16 GFLOPS", "int8 ms", "int8 GFLOPS"], rows
+    )
+    print(
+        f"int8 is {totals['fp32'] / totals['int8']:.2f}x fp32 and bf16 {totals['fp32'] / totals['bf16']:.2f}x fp32 "
+        "over one layer's Linears"
+    )
     save_results("matmul", {"linear_ms": results})
 
 

@@ -13,16 +13,23 @@ import io
 import tempfile
 from pathlib import Path
 
+from common import (
+    WORK_DIR,
+    interleaved_ms,
+    median,
+    print_machine,
+    print_table,
+    random_backbone_home,
+    save_results,
+)  # first: puts the project on sys.path
+
 import torch
 import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from common import WORK_DIR, interleaved_ms, median, print_machine, print_table, random_backbone_home, save_results  # first: puts the project on sys.path
-
-from checkpoint import head_state_dict
+from classifier import build_feature_extractor, head_state_dict
 from inference import Predictor
-from model import build_feature_extractor
 
 CLASSES = ("pizza", "steak", "sushi")
 
@@ -31,7 +38,9 @@ def efficientnet_b2_extractor() -> tuple[nn.Module, int]:
     """The course's EffNetB2 feature extractor and its weights' input size (288 px)."""
     weights = torchvision.models.EfficientNet_B2_Weights.IMAGENET1K_V1
     model = torchvision.models.efficientnet_b2()
-    model.classifier = nn.Sequential(nn.Dropout(p=0.3, inplace=True), nn.Linear(model.classifier[1].in_features, len(CLASSES)))
+    model.classifier = nn.Sequential(
+        nn.Dropout(p=0.3, inplace=True), nn.Linear(model.classifier[1].in_features, len(CLASSES))
+    )
     return model.eval(), weights.transforms().crop_size[0]
 
 
@@ -60,26 +69,55 @@ def main() -> None:
     vit_input = torch.randn(1, 3, vit_transforms.crop_size[0], vit_transforms.crop_size[0])
     effnet_input = torch.randn(1, 3, effnet_size, effnet_size)
     with torch.inference_mode():
-        times = interleaved_ms({
-            "ViT-B/16 fp32": lambda: vit(vit_input),
-            f"ViT-B/16 Predictor ({predictor.precision})": lambda: predictor(vit_input),
-            "EfficientNet-B2 fp32": lambda: effnet(effnet_input),
-        }, args.repeats)
+        times = interleaved_ms(
+            {
+                "ViT-B/16 fp32": lambda: vit(vit_input),
+                f"ViT-B/16 Predictor ({predictor.precision})": lambda: predictor(vit_input),
+                "EfficientNet-B2 fp32": lambda: effnet(effnet_input),
+            },
+            args.repeats,
+        )
     effnet_head = {f"classifier.1.{k}": v for k, v in effnet.classifier[1].state_dict().items()}
     rows = []
     for name, model, head, size, key in (
         ("ViT-B/16", vit, head_state_dict(vit), vit_input.shape[-1], "ViT-B/16 fp32"),
         ("EfficientNet-B2", effnet, effnet_head, effnet_size, "EfficientNet-B2 fp32"),
     ):
-        rows.append([name, f"{size} px", f"{sum(p.numel() for p in model.parameters()):,}", f"{sum(v.numel() for v in head.values()):,}",
-                     f"{mebibytes(head, safetensors=True) * 1024:.1f} KiB", f"{mebibytes(model.state_dict(), safetensors=False):.1f} MiB",
-                     median(times[key])])
-    rows.append([f"ViT-B/16 Predictor ({predictor.precision})", f"{vit_input.shape[-1]} px", "", "", "",
-                 f"{mebibytes(predictor.fast.state_dict(), safetensors=False):.1f} MiB in memory" if predictor.fast else "",
-                 median(times[f"ViT-B/16 Predictor ({predictor.precision})"])])
+        rows.append(
+            [
+                name,
+                f"{size} px",
+                f"{sum(p.numel() for p in model.parameters()):,}",
+                f"{sum(v.numel() for v in head.values()):,}",
+                f"{mebibytes(head, safetensors=True) * 1024:.1f} KiB",
+                f"{mebibytes(model.state_dict(), safetensors=False):.1f} MiB",
+                median(times[key]),
+            ]
+        )
+    rows.append(
+        [
+            f"ViT-B/16 Predictor ({predictor.precision})",
+            f"{vit_input.shape[-1]} px",
+            "",
+            "",
+            "",
+            f"{mebibytes(predictor.fast.state_dict(), safetensors=False):.1f} MiB in memory" if predictor.fast else "",
+            median(times[f"ViT-B/16 Predictor ({predictor.precision})"]),
+        ]
+    )
     print(f"Median of {args.repeats} interleaved batch-1 passes")
-    print_table(["model", "input", "parameters", "trained (head) parameters", "head checkpoint (safetensors)",
-                 "full model file (torch.save)", "batch-1 ms"], rows)
+    print_table(
+        [
+            "model",
+            "input",
+            "parameters",
+            "trained (head) parameters",
+            "head checkpoint (safetensors)",
+            "full model file (torch.save)",
+            "batch-1 ms",
+        ],
+        rows,
+    )
     print(f"results: {save_results('model_size', {'rows': rows, 'latency_ms': times})}")
 
 

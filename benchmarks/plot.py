@@ -1,6 +1,6 @@
 """Draw benchmarks/latency.png from the JSON results the other scripts leave in benchmarks/results/.
 
-    python benchmarks/plot.py
+python benchmarks/plot.py
 """
 
 import json
@@ -8,9 +8,9 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from common import RESULTS, median
+
+import matplotlib.pyplot as plt
 
 OUTPUT = RESULTS.parent / "latency.png"
 
@@ -38,13 +38,29 @@ def main() -> None:
     latency = load("latency")
     if latency:
         for batch, times in latency["latency_ms"].items():
-            panels.append((f"Classifier, batch {batch}: ms per image (speed-up vs fp32 eager)", times, int(batch), None))
+            panels.append(
+                (f"Classifier, batch {batch}: ms per image (speed-up vs fp32 eager)", times, int(batch), None)
+            )
     implementations = load("vit_implementations")
     if implementations:
         first = next(iter(implementations["inference_ms"]))
         tv = "torchvision vit_b_16"
-        panels.append((f"ViT-B/16 implementations: inference, batch {first} (speed-up vs torchvision)", implementations["inference_ms"][first], 1, tv))
-        panels.append(("ViT-B/16 implementations: one training step (speed-up vs torchvision)", implementations["train_step_ms"], 1, tv))
+        panels.append(
+            (
+                f"ViT-B/16 implementations: inference, batch {first} (speed-up vs torchvision)",
+                implementations["inference_ms"][first],
+                1,
+                tv,
+            )
+        )
+        panels.append(
+            (
+                "ViT-B/16 implementations: one training step (speed-up vs torchvision)",
+                implementations["train_step_ms"],
+                1,
+                tv,
+            )
+        )
     decode = load("decode")
     if decode:
         panels.append(("12 MP JPEG to model input: decode + transforms", decode["to_input_ms"], 1, None))
@@ -54,8 +70,11 @@ def main() -> None:
     for axis, (title, times, per, reference) in zip(axes[:, 0], panels):
         bars(axis, title, times, per=per, reference=reference)
     machine = (latency or implementations or decode)["machine"]
-    figure.suptitle(f"FoodVision Mini on {machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']} "
-                    f"(medians; ratios vs the first bar of each panel)", fontsize=9)
+    figure.suptitle(
+        f"FoodVision Mini on {machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']} "
+        f"(medians; ratios vs the first bar of each panel)",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(OUTPUT, dpi=110)
     print(f"wrote {OUTPUT}")

@@ -8,12 +8,13 @@ step (forward, backward, AdamW step), timed in turns in one process.
 
 import argparse
 
+from common import interleaved_ms, median, print_machine, print_table, save_results
+
 import torch
 import torchvision
+from course_vit import CourseViT
 from torch import nn
 
-from common import interleaved_ms, median, print_machine, print_table, save_results
-from course_vit import CourseViT
 from model import build_vit
 
 NUM_CLASSES = 3
@@ -26,7 +27,9 @@ def implementations() -> dict[str, nn.Module]:
         "model.py ViT": build_vit("vit_b_16", num_classes=NUM_CLASSES),
         REFERENCE: torchvision.models.vit_b_16(num_classes=NUM_CLASSES),
         # the course's dropout defaults (0.1) would add work the other two do not do
-        "course ViT (nn.MultiheadAttention)": CourseViT(num_classes=NUM_CLASSES, mlp_dropout=0.0, embedding_dropout=0.0),
+        "course ViT (nn.MultiheadAttention)": CourseViT(
+            num_classes=NUM_CLASSES, mlp_dropout=0.0, embedding_dropout=0.0
+        ),
     }
 
 
@@ -59,12 +62,16 @@ def main() -> None:
         for model in models.values():
             model.eval()
         with torch.inference_mode():
-            results["inference_ms"][batch] = interleaved_ms({n: (lambda m=m: m(images)) for n, m in models.items()}, repeats)
+            results["inference_ms"][batch] = interleaved_ms(
+                {n: (lambda m=m: m(images)) for n, m in models.items()}, repeats
+            )
     images = torch.randn(args.train_batch, 3, 224, 224)
     labels = torch.randint(0, NUM_CLASSES, (args.train_batch,))
     for model in models.values():
         model.train()
-    results["train_step_ms"] = interleaved_ms({n: training_step(m, images, labels) for n, m in models.items()}, args.train_repeats)
+    results["train_step_ms"] = interleaved_ms(
+        {n: training_step(m, images, labels) for n, m in models.items()}, args.train_repeats
+    )
 
     rows = []
     for name in models:
@@ -74,11 +81,22 @@ def main() -> None:
             row += [median(times[name]), f"{median(times[name]) / reference:.2f}"]
         rows.append(row)
     batch1, batched = results["inference_ms"]
-    print(f"Median ms ({args.repeats} inference passes at batch {batch1}, {max(2, args.repeats // 3)} at batch {batched}, "
-          f"{args.train_repeats} training steps at batch {args.train_batch}); ratio = time / torchvision's, same run")
+    print(
+        f"Median ms ({args.repeats} inference passes at batch {batch1}, "
+        f"{max(2, args.repeats // 3)} at batch {batched}, "
+        f"{args.train_repeats} training steps at batch {args.train_batch}); ratio = time / torchvision's, same run"
+    )
     print_table(
-        ["implementation", "parameters", f"inference b{batch1} ms", "ratio", f"inference b{batched} ms", "ratio",
-         f"train step b{args.train_batch} ms", "ratio"],
+        [
+            "implementation",
+            "parameters",
+            f"inference b{batch1} ms",
+            "ratio",
+            f"inference b{batched} ms",
+            "ratio",
+            f"train step b{args.train_batch} ms",
+            "ratio",
+        ],
         rows,
     )
     print(f"results: {save_results('vit_implementations', results)}")

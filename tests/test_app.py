@@ -1,14 +1,8 @@
 """The app as users meet it: a real `python app.py` server on 127.0.0.1 driven by gradio_client,
 checked against the same prediction computed in this process; plus predict.py."""
 
-import contextlib
-import io
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,57 +18,12 @@ from PIL import Image
 
 import predict
 from app import EXAMPLES, MAX_UPLOAD, parse_args
-from checkpoint import load_classifier
+from classifier import load_classifier
 from images import load_rgb, patch_grid, to_display
 from inference import Predictor
-from test_images import encoded, png_declaring
+from standins import EXAMPLE_PHOTOS, REPO, app_server, encoded, free_port, png_declaring, twelve_megapixel_jpeg
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"  # CI clones the repo with shared/ beside it
-FULL_SIZE_PIZZA = SHARED_PHOTOS / "pizza-dad.jpeg"  # 3024x4032, 2.9 MB
-PHOTOS = [Path(path) for path in EXAMPLES] + ([FULL_SIZE_PIZZA] if FULL_SIZE_PIZZA.is_file() else [])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180):
-    """`python app.py --port <free> *args` run from app_dir; yields (url, process) once the page
-    answers, and stops the server afterwards. Its console output is shown when it fails to start."""
-    port = free_port()
-    log = io.BytesIO()
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), *args],
-        cwd=app_dir,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    log.write(process.communicate()[0])
-                    pytest.fail(f"app.py did not start (exit {process.returncode}):\n{log.getvalue().decode()}")
-                time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +45,8 @@ def reference(trained_head_checkpoint, torch_home):
 
     def compute(path) -> tuple[dict[str, float], np.ndarray]:
         pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))
-        probabilities = predictor(pixels.unsqueeze(0)).softmax(dim=-1)[0].tolist()
+        # with its attention maps, as the app asks: int8 rounding follows the (fp32-equal) attention path taken
+        probabilities = predictor(pixels.unsqueeze(0), []).softmax(dim=-1)[0].tolist()
         grid = patch_grid(to_display(pixels, transforms.mean, transforms.std), model.patch_size)
         return dict(zip(config["class_names"], probabilities)), np.asarray(grid)
 
@@ -108,7 +58,7 @@ def probabilities_of(label: dict) -> dict[str, float]:
 
 
 def assert_prediction(result, expected: dict[str, float]):
-    label, timing, attention = result
+    label, timing, patches, attention, rollout = result
     probabilities = probabilities_of(label)
     assert set(probabilities) == set(expected) and len(probabilities) == 3
     assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
@@ -116,13 +66,16 @@ def assert_prediction(result, expected: dict[str, float]):
     assert label["label"] == max(expected, key=expected.get)
     model_ms, total_ms = (float(ms) for ms in re.findall(r"(\d+) ms", timing))
     assert 0 < model_ms <= total_ms
-    assert Image.open(attention).size == (224, 224)
+    assert Image.open(attention).size == Image.open(rollout).size == (224, 224)
+    assert Image.open(patches).width > 224  # the 224 px input spread out by the gaps between patches
 
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_real_photo_prediction_and_patch_grid(client, reference, photo):
     expected_probabilities, expected_grid = reference(photo)
-    assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected_probabilities)
+    result = client.predict(handle_file(photo), api_name="/predict")
+    assert_prediction(result, expected_probabilities)
+    assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)  # one event, one decode
 
     grid = np.asarray(Image.open(client.predict(handle_file(photo), api_name="/patches")).convert("RGB"))
     assert np.array_equal(grid, expected_grid)
@@ -136,7 +89,9 @@ def encoded_bytes(image: Image.Image, format: str, **options) -> bytes:
 
 
 def gradient() -> Image.Image:
-    return Image.merge("RGB", [Image.linear_gradient("L"), Image.linear_gradient("L").rotate(90), Image.new("L", (256, 256), 90)])
+    return Image.merge(
+        "RGB", [Image.linear_gradient("L"), Image.linear_gradient("L").rotate(90), Image.new("L", (256, 256), 90)]
+    )
 
 
 def exif_rotated_jpeg() -> bytes:
@@ -151,13 +106,21 @@ BAD_INPUTS = {
     "notes.txt": (lambda: b"pizza, steak or sushi?\n" * 20, "not an image"),
     "empty.png": (lambda: b"", "not an image"),
     "bomb-10-gigapixels.png": (lambda: png_declaring(100_000, 100_000).getvalue(), "too large to decode safely"),
-    "bomb-72-megapixels.png": (lambda: png_declaring(9000, 8000).getvalue(), "9000x8000 pixels .72 megapixels.; the limit is 67"),
-    # 12 KB and 4 megapixels, but resized to a 256-pixel short side it would be 64,000,000x256 (49 GB)
-    "strip-1000000x4.png": (lambda: encoded_bytes(Image.new("RGB", (1_000_000, 4)), "PNG"), "1000000x4 pixels: .* the limit is 20 times"),
+    "bomb-72-megapixels.png": (
+        lambda: png_declaring(9000, 8000).getvalue(),
+        "9000x8000 pixels .72 megapixels.; the limit is 67",
+    ),
+    # a few KB, but resized to a 256-pixel short side it would be 64,000,000x256 pixels
+    "strip-1000000x4.png": (
+        lambda: encoded_bytes(Image.new("RGB", (1_000_000, 4)), "PNG"),
+        "1000000x4 pixels: .* the limit is 20 times",
+    ),
 }
 ODD_BUT_VALID = {
     "cmyk.jpg": lambda: encoded_bytes(gradient().convert("CMYK"), "JPEG"),
-    "16-bit.png": lambda: encoded_bytes(Image.fromarray((np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))), "PNG"),
+    "16-bit.png": lambda: encoded_bytes(
+        Image.fromarray((np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))), "PNG"
+    ),
     "palette.gif": lambda: encoded_bytes(gradient().convert("P", palette=Image.Palette.ADAPTIVE), "GIF"),
     "rgba.png": lambda: encoded_bytes(gradient().convert("RGBA").resize((64, 64)), "PNG"),
     "exif-rotated.jpg": exif_rotated_jpeg,
@@ -185,7 +148,9 @@ def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good
 
 def test_oversized_upload_is_refused_at_the_door(client, served, good_photo):
     limit = int(MAX_UPLOAD.removesuffix("mb")) * 1024 * 1024
-    response = httpx.post(served[0] + "gradio_api/upload", files={"files": ("huge.jpg", bytes(limit + 1), "image/jpeg")}, timeout=60)
+    response = httpx.post(
+        served[0] + "gradio_api/upload", files={"files": ("huge.jpg", bytes(limit + 1), "image/jpeg")}, timeout=60
+    )
     assert response.status_code == 413 and f"maximum allowed size of {limit} bytes" in response.text
     photo, expected = good_photo
     assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
@@ -202,7 +167,9 @@ def test_odd_but_valid_upload_is_classified_like_here(client, reference, good_ph
 
 def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, reference, served):
     """Predictions and patch views mixed, as the page sends them (both decode the upload)."""
-    requests = [(PHOTOS[index % len(PHOTOS)], ("/predict", "/patches")[index // len(PHOTOS) % 2]) for index in range(32)]
+    requests = [
+        (PHOTOS[index % len(PHOTOS)], ("/predict", "/patches")[index // len(PHOTOS) % 2]) for index in range(32)
+    ]
     expected = {photo: reference(photo) for photo, _ in requests}
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(lambda request: client.predict(handle_file(request[0]), api_name=request[1]), requests))
@@ -215,15 +182,30 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
 
 
+def fresh_clone(tmp_path: Path) -> Path:
+    """The repository as a user's fresh clone has it: no checkpoint, no data, no tests or benchmarks."""
+    ignored = (".git", ".venv", "checkpoints", "data", "tests", "test-artifacts", "__pycache__", "benchmarks")
+    return Path(shutil.copytree(REPO, tmp_path / "clone", ignore=shutil.ignore_patterns(*ignored)))
+
+
+def page_config_once(url: str, text: str, timeout: float = 300) -> str:
+    """The page's config once it holds `text`: the first start serves a notice page first, then the app."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            page = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+            if text in page:
+                return page
+        except OSError:
+            pass  # between the notice page and the app
+        assert time.monotonic() < deadline, f"the page never said {text!r}"
+        time.sleep(0.5)
+
+
 def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
     """No checkpoint, no cached weights, the dataset unreachable (every download goes to a closed
     port): the page says so, predictions get that as an error, and the patch view still works."""
-    clone = tmp_path / "clone"
-    shutil.copytree(
-        REPO,
-        clone,
-        ignore=shutil.ignore_patterns(".git", ".venv", "checkpoints", "data", "tests", "test-artifacts", "__pycache__", "benchmarks"),
-    )
+    clone = fresh_clone(tmp_path)
     closed = f"http://127.0.0.1:{free_port()}"
     offline = {
         "TORCH_HOME": str(tmp_path / "empty-torch-home"),
@@ -237,8 +219,8 @@ def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
         "FOODVISION_CHECKPOINT": "",
     }
     with app_server(clone, env=offline) as (url, _):
-        page = urllib.request.urlopen(url + "config", timeout=10).read().decode()
-        assert "No model is serving" in page and "pizza_steak_sushi" in page and "--checkpoint" in page
+        page = page_config_once(url, "No model is serving")
+        assert "pizza_steak_sushi" in page and "--checkpoint" in page
         client = Client(url, verbose=False)
         with pytest.raises(AppError, match="There is no trained head"):
             client.predict(handle_file(EXAMPLES[0]), api_name="/predict")
@@ -247,12 +229,36 @@ def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
     assert not (clone / "checkpoints" / "foodvision-mini").exists()
 
 
+def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home, pizza_steak_sushi_dataset):
+    """A fresh clone whose dataset is already downloaded (a folder with the course zip's name) and whose weights
+    are cached: the address answers at once with a notice that a head is being trained, then serves the app."""
+    clone = fresh_clone(tmp_path)
+    shutil.copytree(pizza_steak_sushi_dataset, clone / "data" / "pizza_steak_sushi")
+    environment = {"TORCH_HOME": str(torch_home), "FOODVISION_CHECKPOINT": "", "HF_HUB_OFFLINE": "1"}
+    with app_server(clone, env=environment) as (url, _):
+        page_config_once(url, "Starting: training the head", timeout=60)
+        page_config_once(url, "Real photos")  # the app itself, with its examples
+        result = Client(url, verbose=False).predict(handle_file(EXAMPLES[0]), api_name="/predict")
+        assert set(probabilities_of(result[0])) == {"pizza", "steak", "sushi"}
+    assert (clone / "checkpoints" / "foodvision-mini" / "config.json").is_file()
+
+
 def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkpoint, torch_home, tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
     folder = tmp_path / "a-folder"
     folder.mkdir()
-    status = predict.main([*EXAMPLES, str(bad), str(folder), "--checkpoint", str(trained_head_checkpoint), "--figures", str(tmp_path / "figures")])
+    status = predict.main(
+        [
+            *EXAMPLES,
+            str(bad),
+            str(folder),
+            "--checkpoint",
+            str(trained_head_checkpoint),
+            "--figures",
+            str(tmp_path / "figures"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert status == 1  # two inputs failed
     assert "notes.txt: error: This file is not an image" in err
@@ -260,7 +266,9 @@ def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkp
     lines = [line for line in out.splitlines() if not line.startswith("  figure:")]
     assert len(lines) == len(EXAMPLES)
     for line, photo in zip(lines, EXAMPLES):
-        assert re.fullmatch(rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line)
+        assert re.fullmatch(
+            rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line
+        )
         figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
         assert figure.width > 100 and figure.height > 100
 
@@ -291,3 +299,21 @@ def test_precision_that_cannot_run_is_refused_with_a_clear_message(parse, argv, 
         parse(argv)
     assert refused.value.code == 2
     assert f"argument --precision (or env FOODVISION_PRECISION): {message}" in capsys.readouterr().err
+
+
+def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(served, reference):
+    """Each visitor on its own connection, all asking for the same example at the same moment, several rounds:
+    every picture arrives whole (Gradio writes a returned PIL image in place under its hash, where one request
+    could read another's half-written file; the app returns files, which Gradio copies atomically)."""
+    photo = PHOTOS[0]
+    expected_probabilities, expected_grid = reference(photo)
+    visitors = [Client(served[0], verbose=False) for _ in range(12)]
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=len(visitors)) as pool:
+            results = list(pool.map(lambda visitor: visitor.predict(handle_file(photo), api_name="/predict"), visitors))
+        for result in results:
+            assert_prediction(result, expected_probabilities)
+            for picture in result[2:]:
+                with Image.open(picture) as image:
+                    image.load()  # a truncated PNG fails here
+            assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)

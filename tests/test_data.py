@@ -4,14 +4,16 @@ behind that a later run could mistake for a complete dataset."""
 
 import io
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 import train_head
 from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, prepare_dataset
+from standins import free_port
 
 
 def zip_bytes(folder: Path, prefix: str = "") -> bytes:
@@ -73,7 +75,9 @@ def test_another_url_with_the_same_file_name_is_not_answered_with_the_earlier_do
 
 def test_a_folder_without_a_source_record_serves_only_the_course_urls(pizza_steak_sushi_dataset, tmp_path):
     shutil.copytree(pizza_steak_sushi_dataset, tmp_path / "pizza_steak_sushi")
-    with pytest.raises(DatasetError, match=r"has no record of where it came from \(source_url\.txt\), so it cannot stand for"):
+    with pytest.raises(
+        DatasetError, match=r"has no record of where it came from \(source_url\.txt\), so it cannot stand for"
+    ):
         prepare_dataset(url="http://127.0.0.1:9/pizza_steak_sushi.zip", root=tmp_path)
     assert prepare_dataset(split="10_percent", root=tmp_path) == tmp_path / "pizza_steak_sushi"
 
@@ -100,7 +104,7 @@ def test_interrupted_download(serve_bytes, dataset_zip, tmp_path, capsys):
 
 def test_corrupt_zip(serve_bytes, dataset_zip, tmp_path, capsys):
     corrupt = bytearray(dataset_zip)
-    corrupt[len(corrupt) // 3: len(corrupt) // 3 + 64] = bytes(64)  # damages compressed data: bad CRC
+    corrupt[len(corrupt) // 3 : len(corrupt) // 3 + 64] = bytes(64)  # damages compressed data: bad CRC
     url = serve_bytes("pizza_steak_sushi.zip", bytes(corrupt))
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert f"The file downloaded from {url} is not a valid zip archive" in message
@@ -124,9 +128,7 @@ def test_zip_slip_entry_is_refused(serve_bytes, dataset_zip, tmp_path, capsys):
 
 
 def test_unreachable_url_names_it_and_the_fixes(tmp_path, capsys):
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/pizza_steak_sushi.zip"
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert f"Could not reach {url}" in message
@@ -160,11 +162,14 @@ def test_unreadable_images_are_all_named(local_copy, capsys):
     assert str(broken) in message and str(truncated) in message
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    ("empty_class", "test/sushi holds no images"),
-    ("no_class_folders", "test holds no class folders"),
-    ("no_test_folder", "has no test/ folder"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("empty_class", "test/sushi holds no images"),
+        ("no_class_folders", "test holds no class folders"),
+        ("no_test_folder", "has no test/ folder"),
+    ],
+)
 def test_empty_split(local_copy, capsys, breakage, expected):
     if breakage == "empty_class":
         for path in (local_copy / "test" / "sushi").iterdir():
@@ -185,3 +190,31 @@ def test_missing_data_dir(tmp_path, capsys):
 def test_unknown_split_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="Unknown split '5_percent': choose one of 10_percent, 20_percent"):
         prepare_dataset(split="5_percent", root=tmp_path)
+
+
+def test_training_and_serving_decode_a_photo_alike(tmp_path):
+    """One decoder: an EXIF-rotated phone JPEG trains upright and an RGBA PNG trains on white, as they are served."""
+    from classifier import DEFAULT_WEIGHTS, PRETRAINED
+    from serving import FoodVision
+
+    sideways = Image.new("RGB", (120, 80), (200, 30, 30))
+    sideways.paste((30, 30, 200), (60, 0, 120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated 90 degrees clockwise
+    transparent = Image.new("RGBA", (90, 90), (0, 0, 0, 0))
+    transparent.paste((20, 160, 20, 255), (20, 20, 70, 70))
+    for subset in ("train", "test"):
+        folder = tmp_path / subset / "food"
+        folder.mkdir(parents=True)
+        sideways.save(folder / "phone.jpg", exif=exif, quality=95)
+        transparent.save(folder / "cutout.png")
+    transforms = PRETRAINED[DEFAULT_WEIGHTS].transforms()
+    training = ImageDataset(tmp_path, "train", transforms)
+    served = FoodVision(transforms, patch_size=16)
+    for index, (path, _) in enumerate(training.samples):
+        torch.testing.assert_close(training[index][0], served.preprocess(str(path)), rtol=0, atol=0)
+    upright = training[[p.name for p, _ in training.samples].index("phone.jpg")][0]
+    assert upright[0, :50].mean() > upright[2, :50].mean()  # red half on top after the EXIF rotation
+    cutout = training[[p.name for p, _ in training.samples].index("cutout.png")][0]
+    white = (1 - torch.tensor(transforms.mean)) / torch.tensor(transforms.std)
+    torch.testing.assert_close(cutout[:, 0, 0], white, rtol=0, atol=1e-4)  # transparent corner on white, not black

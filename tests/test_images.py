@@ -1,8 +1,6 @@
 """images.py: every kind of upload decodes to the right RGB pixels, or fails with a clear message."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -10,23 +8,7 @@ import torch
 from PIL import Image
 
 from images import MAX_ASPECT_RATIO, MAX_PIXELS, ImageError, attention_overlay, load_rgb, patch_grid, to_display
-
-
-def encoded(image: Image.Image, format: str, **options) -> io.BytesIO:
-    buffer = io.BytesIO()
-    image.save(buffer, format, **options)
-    buffer.seek(0)
-    return buffer
-
-
-def png_declaring(width: int, height: int) -> io.BytesIO:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
-    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG").getvalue())
-    ihdr = 8 + 4  # signature, then the IHDR chunk's length field
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr : ihdr + 4 + 13]))
-    data[ihdr + 4 + 13 : ihdr + 4 + 13 + 4] = struct.pack(">I", crc)
-    return io.BytesIO(bytes(data))
+from standins import encoded, png_declaring
 
 
 def pixel(image: Image.Image, x: int = 0, y: int = 0) -> tuple[int, int, int]:
@@ -123,9 +105,7 @@ def test_truncated_jpeg():
         load_rgb(io.BytesIO(data[: len(data) // 2]))
 
 
-@pytest.mark.parametrize(
-    "data", [np.random.default_rng(0).bytes(4096), b"pizza, steak or sushi?\n" * 50, b""]
-)
+@pytest.mark.parametrize("data", [np.random.default_rng(0).bytes(4096), b"pizza, steak or sushi?\n" * 50, b""])
 def test_non_images(data):
     with pytest.raises(ImageError, match="not an image"):
         load_rgb(io.BytesIO(data))

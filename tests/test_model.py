@@ -2,7 +2,7 @@
 Most checks use a tiny config (image 32, patch 8, width 32) so they run in milliseconds; parity
 and the feature extractor use the real vit_b_16 shapes."""
 
-import socket
+import math
 import urllib.request
 from pathlib import Path
 
@@ -11,25 +11,19 @@ import torch
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
+from classifier import WeightsUnavailableError, build_feature_extractor
 from model import (
     VIT_CONFIGS,
     ViT,
     ViTConfig,
-    WeightsUnavailableError,
-    build_feature_extractor,
     build_vit,
     convert_to_torchvision_state_dict,
     convert_torchvision_state_dict,
     interpolate_position_embedding,
 )
+from standins import free_port
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=4)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens there once the socket closes
 
 
 def tiny_vit(**overrides) -> ViT:
@@ -40,7 +34,13 @@ def tiny_vit(**overrides) -> ViT:
 def tiny_torchvision(num_classes=3, image_size=32) -> VisionTransformer:
     torch.manual_seed(0)
     model = VisionTransformer(
-        image_size=image_size, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=num_classes
+        image_size=image_size,
+        patch_size=8,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=num_classes,
     )
     torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # the reference zero-inits it: logits would all be 0
     return model.eval()
@@ -52,7 +52,13 @@ def count(model) -> int:
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("vit_b_16", 86_567_656), ("vit_b_32", 88_224_232), ("vit_l_16", 304_326_632), ("vit_l_32", 306_535_400), ("vit_h_14", 632_045_800)],
+    [
+        ("vit_b_16", 86_567_656),
+        ("vit_b_32", 88_224_232),
+        ("vit_l_16", 304_326_632),
+        ("vit_l_32", 306_535_400),
+        ("vit_h_14", 632_045_800),
+    ],
 )
 def test_parameter_counts_match_the_paper_and_torchvision(name, expected):
     with torch.device("meta"):  # ViT-H would need 2.5 GB otherwise
@@ -117,12 +123,27 @@ def test_fused_and_manual_attention_agree():
 def test_attention_weights_of_every_layer(encoder_block):
     model = tiny_vit(encoder_block=encoder_block).eval()
     images = torch.randn(2, 3, 32, 32)
-    features, attentions = model.forward_features(images, return_attention=True)
+    attentions = []
+    features = model.forward_features(images, attention_maps=attentions)
     torch.testing.assert_close(features, model.forward_features(images), rtol=1e-5, atol=1e-5)
     assert len(attentions) == 2
     for attention in attentions:
         assert attention.shape == (2, 4, 17, 17)  # (batch, heads, 1+N, 1+N)
         torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4, 17))
+    # the first layer's maps, recomputed by hand from its input (Eqs. 5-6): softmax(q k^T / sqrt(D_h)) per head
+    z = model.patch_embedding(images)
+    norm = model.blocks[0].attention.norm if encoder_block == "paper" else model.blocks[0].norm1
+    qkv_weight = model.state_dict()[
+        "blocks.0.attention.qkv.weight" if encoder_block == "paper" else "blocks.0.self_attn.in_proj_weight"
+    ]
+    qkv_bias = model.state_dict()[
+        "blocks.0.attention.qkv.bias" if encoder_block == "paper" else "blocks.0.self_attn.in_proj_bias"
+    ]
+    q, k, _ = (norm(z) @ qkv_weight.T + qkv_bias).chunk(3, dim=-1)
+    for head in range(4):
+        columns = slice(head * 8, (head + 1) * 8)
+        expected = torch.softmax(q[..., columns] @ k[..., columns].transpose(1, 2) / math.sqrt(8), dim=-1)
+        torch.testing.assert_close(attentions[0][:, head], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("encoder_block", ["paper", "torch"])
@@ -162,7 +183,12 @@ def test_dropout_placement_follows_appendix_b1():
     model = tiny_vit(dropout=0.1)
     dropouts = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p == 0.1]
     # after adding E_pos, after the MSA output projection, after each of the two MLP dense layers
-    assert dropouts[:4] == ["patch_embedding.dropout", "blocks.0.attention.dropout", "blocks.0.mlp.mlp.2", "blocks.0.mlp.mlp.4"]
+    assert dropouts[:4] == [
+        "patch_embedding.dropout",
+        "blocks.0.attention.dropout",
+        "blocks.0.mlp.mlp.2",
+        "blocks.0.mlp.mlp.4",
+    ]
     assert len(dropouts) == 1 + 3 * model.config.num_layers
 
 
@@ -241,13 +267,23 @@ def test_vit_b_16_runs_at_384_px():
         (lambda: ViTConfig(num_layers=0), r"num_layers must be a positive integer, got 0"),
         (lambda: ViTConfig(image_size=-16), r"image_size must be a positive integer, got -16"),
         (lambda: ViTConfig(hidden_dim=76.8), r"hidden_dim must be a positive integer, got 76.8"),
+        (lambda: ViTConfig(representation_size=0), r"representation_size must be a positive integer, got 0"),
         (lambda: build_vit("vit_s_16"), r"unknown ViT variant 'vit_s_16'; choose one of vit_b_16, vit_b_32"),
         (lambda: build_vit("vit_b_16", depth=3), r"unknown ViTConfig fields \['depth'\]; valid: image_size"),
         (lambda: tiny_vit().set_image_size(50), r"image_size 50 is not divisible by patch_size 8"),
-        (lambda: tiny_vit()(torch.randn(1, 3, 64, 64)), r"expected images of shape \(batch, 3, 32, 32\), got \(1, 3, 64, 64\)"),
-        (lambda: tiny_vit()(torch.randn(1, 1, 32, 32)), r"expected images of shape \(batch, 3, 32, 32\), got \(1, 1, 32, 32\)"),
+        (
+            lambda: tiny_vit()(torch.randn(1, 3, 64, 64)),
+            r"expected images of shape \(batch, 3, 32, 32\), got \(1, 3, 64, 64\)",
+        ),
+        (
+            lambda: tiny_vit()(torch.randn(1, 1, 32, 32)),
+            r"expected images of shape \(batch, 3, 32, 32\), got \(1, 1, 32, 32\)",
+        ),
         (lambda: tiny_vit()(torch.randn(3, 32, 32)), r"got \(3, 32, 32\)"),
-        (lambda: build_feature_extractor(weights="IMAGENET21K"), r"unknown vit_b_16 weights 'IMAGENET21K'; choose one of IMAGENET1K_V1"),
+        (
+            lambda: build_feature_extractor(weights="IMAGENET21K"),
+            r"unknown vit_b_16 weights 'IMAGENET21K'; choose one of IMAGENET1K_V1",
+        ),
         (lambda: build_feature_extractor(class_names=("pizza", "pizza")), r"non-empty and unique"),
     ],
 )
@@ -294,7 +330,7 @@ def test_swag_384_weights_load_from_the_cache(tmp_path, monkeypatch):
 def test_missing_weights_error_names_file_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
     for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):  # and no network, even where there is one
-        monkeypatch.setenv(proxy, f"http://127.0.0.1:{closed_port()}")
+        monkeypatch.setenv(proxy, f"http://127.0.0.1:{free_port()}")
     # urlopen keeps the opener, proxies included, that its first call builds: let this test's go with it
     monkeypatch.setattr(urllib.request, "_opener", None)
     url = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url
@@ -312,3 +348,53 @@ def test_corrupt_cached_weights_error_says_delete_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailableError, match=rf"{cache_file}.*corrupt or incomplete: delete it"):
         build_feature_extractor()
+
+
+def test_representation_size_is_torchvisions_pre_logits_both_ways():
+    """Section 3.1's pre-training head (one tanh hidden layer) is torchvision's representation_size."""
+    torch.manual_seed(0)
+    reference = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=3,
+        representation_size=16,
+    ).eval()
+    torch.nn.init.normal_(reference.heads.head.weight, std=0.1)
+    ours = tiny_vit(representation_size=16).eval()
+    assert count(ours) == count(reference)
+    ours.load_state_dict(convert_torchvision_state_dict(reference.state_dict()))
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ours(images), reference(images), rtol=0, atol=1e-5)
+    back = convert_to_torchvision_state_dict(ours.state_dict())
+    assert back.keys() == reference.state_dict().keys()
+    assert all(torch.equal(back[name], tensor) for name, tensor in reference.state_dict().items())
+
+
+def test_feature_extractor_bare_head_converts_both_ways():
+    """FoodVision Mini's extractor replaces torchvision's `heads` Sequential with a bare Linear."""
+    extractor = tiny_torchvision()
+    extractor.heads = torch.nn.Linear(32, 3)
+    ours = tiny_vit()
+    ours.load_state_dict(convert_torchvision_state_dict(extractor.state_dict()))
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ours.eval()(images), extractor.eval()(images), rtol=0, atol=1e-5)
+    back = convert_to_torchvision_state_dict(ours.state_dict(), bare_head=True)
+    assert back.keys() == extractor.state_dict().keys()
+    assert all(torch.equal(back[name], tensor) for name, tensor in extractor.state_dict().items())
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_set_image_size_keeps_whether_the_position_embedding_trains(trainable):
+    model = tiny_vit()
+    model.patch_embedding.position_embedding.requires_grad_(trainable)
+    model.set_image_size(48)
+    assert model.patch_embedding.position_embedding.requires_grad is trainable
+
+
+def test_interpolating_a_non_square_grid_is_a_clear_error():
+    with pytest.raises(ValueError, match="holds 15 patch positions after the class token, not a square grid"):
+        interpolate_position_embedding(torch.randn(1, 1 + 15, 8), 4)

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +22,45 @@ from torchvision.transforms import v2
 import train_vit
 from data import ImageDataset
 from model import build_vit
+from standins import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # A ViT small enough to train in seconds on a CPU (24k parameters, 16 patches of 8x8); at this size
 # fp32 beats bf16 autocast
-TINY = ["--image-size", "32", "--patch-size", "8", "--num-layers", "2", "--hidden-dim", "32", "--mlp-dim", "64",
-        "--num-heads", "4", "--batch-size", "8", "--crop-scale", "0.5", "--lr", "3e-3", "--warmup-steps", "4",
-        "--workers", "0", "--amp", "none"]
-MIN_TEST_ACCURACY = 0.85  # chance is 1/3; 15 epochs reached 0.96-1.0 with seeds 0-3 and 42
+TINY = [
+    "--image-size",
+    "32",
+    "--patch-size",
+    "8",
+    "--num-layers",
+    "2",
+    "--hidden-dim",
+    "32",
+    "--mlp-dim",
+    "64",
+    "--num-heads",
+    "4",
+    "--batch-size",
+    "8",
+    "--crop-scale",
+    "0.5",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "4",
+    "--workers",
+    "0",
+    "--amp",
+    "none",
+]
+MIN_TEST_ACCURACY = 0.85  # chance is 1/3; 15 epochs stay well above this bar across seeds
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def single_thread():
-    """A model this small trains far faster on one thread (about 5 ms a step here) than on two that
-    share the cores with other work (150 ms); subprocesses get OMP_NUM_THREADS=1 for the same reason."""
+    """A model this small trains far faster on one thread than on two that share the cores with other work;
+    subprocesses get OMP_NUM_THREADS=1 for the same reason."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -100,7 +123,12 @@ def test_weight_decay_skips_biases_layernorms_and_embeddings():
     matrices = {name for name, p in model.named_parameters() if name.endswith("weight") and p.ndim >= 2}
     assert {names[id(p)] for p in decay["params"]} == matrices
     undecayed = {names[id(p)] for p in no_decay["params"]}
-    assert {"patch_embedding.class_token", "patch_embedding.position_embedding", "norm.weight", "head.bias"} <= undecayed
+    assert {
+        "patch_embedding.class_token",
+        "patch_embedding.position_embedding",
+        "norm.weight",
+        "head.bias",
+    } <= undecayed
 
 
 def test_augmentation_flags_reach_the_training_transform():
@@ -128,33 +156,40 @@ def test_amp_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
         assert train_vit.bf16_autocast("auto", cuda) is bf16_gpu
         assert train_vit.bf16_autocast("none", cuda) is False
-    with pytest.raises(train_vit.TrainingError, match="--amp bf16: the GPU cuda has no bfloat16 support; use --amp none"):
+    with pytest.raises(
+        train_vit.TrainingError, match="--amp bf16: the GPU cuda has no bfloat16 support; use --amp none"
+    ):
         train_vit.bf16_autocast("bf16", cuda)
 
 
 def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys):
-    flags = tiny_run(pizza_steak_sushi_dataset, tmp_path / "bf16", "--epochs", "2", "--amp", "bf16", "--label-smoothing", "0.1")
+    flags = tiny_run(
+        pizza_steak_sushi_dataset, tmp_path / "bf16", "--epochs", "2", "--amp", "bf16", "--label-smoothing", "0.1"
+    )
     assert train_vit.main(flags) == 0
     assert "bf16 autocast" in capsys.readouterr().out
     history = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]) for row in history)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_processes_download_once_and_keep_identical_replicas(pizza_steak_sushi_dataset, serve_bytes, tmp_path):
+def test_torchrun_two_processes_download_once_and_keep_identical_replicas(
+    pizza_steak_sushi_dataset, serve_bytes, tmp_path
+):
     archive = shutil.make_archive(str(tmp_path / "pizza_steak_sushi"), "zip", pizza_steak_sushi_dataset)
     url = serve_bytes("pizza_steak_sushi.zip", Path(archive).read_bytes())
     downloads, output = tmp_path / "downloads", tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={free_port()}"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+    ]
     flags = [*TINY, "--dataset-url", url, "--download-dir", str(downloads), "--output", str(output), "--epochs", "3"]
-    result = subprocess.run([*torchrun, "train_vit.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env=SINGLE_THREAD)
+    result = subprocess.run(
+        [*torchrun, "train_vit.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es) on cpu" in result.stdout
     assert [p.name for p in downloads.iterdir()] == ["pizza_steak_sushi"]  # rank 0 downloaded, rank 1 waited
@@ -197,29 +232,37 @@ def metrics_without_time(run: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads((run / "metrics.json").read_text())]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--image-size", "30", "--patch-size", "8"], "image_size 30 is not divisible by patch_size 8"),
-    (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim 30 is not divisible by num_heads 4"),
-    (["--dropout", "1.5"], "dropout must be in [0, 1)"),
-    (["--warmup-steps", "1000", "--epochs", "2"], "--warmup-steps 1000 is longer than the whole run"),
-    (["--device", "gpu"], "--device 'gpu' is not a device such as cpu, cuda or cuda:1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--image-size", "30", "--patch-size", "8"], "image_size 30 is not divisible by patch_size 8"),
+        (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim 30 is not divisible by num_heads 4"),
+        (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["--warmup-steps", "1000", "--epochs", "2"], "--warmup-steps 1000 is longer than the whole run"),
+        (["--device", "gpu"], "--device: 'gpu' is not a usable torch device here"),
+        (["--batch-size", "64"], "--batch-size 64 is more than the 45 training images: no full batch"),
+        (["--batch-size", "8", "--micro-batch-size", "3"], "use a multiple of 3"),
+    ],
+)
 def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_dataset, tmp_path, capsys):
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "run"), *flags]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag, value, reason", [
-    ("--epochs", "0", "is below the minimum 1"),
-    ("--batch-size", "-8", "is below the minimum 1"),
-    ("--lr", "-1e-3", "is below the minimum 0.0"),
-    ("--num-heads", "0", "is below the minimum 1"),
-    ("--crop-scale", "0", "is outside (0, 1]"),
-    ("--crop-scale", "1.5", "is outside (0, 1]"),
-    ("--hflip", "-0.1", "is outside [0, 1]"),
-    ("--hflip", "2", "is outside [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "flag, value, reason",
+    [
+        ("--epochs", "0", "is below the minimum 1"),
+        ("--batch-size", "-8", "is below the minimum 1"),
+        ("--lr", "-1e-3", "is below the minimum 0.0"),
+        ("--num-heads", "0", "is below the minimum 1"),
+        ("--crop-scale", "0", "is outside (0, 1]"),
+        ("--crop-scale", "1.5", "is outside (0, 1]"),
+        ("--hflip", "-0.1", "is outside [0, 1]"),
+        ("--hflip", "2", "is outside [0, 1]"),
+    ],
+)
 def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, reason, capsys):
     with pytest.raises(SystemExit) as exit:
         train_vit.main([f"{flag}={value}"])
@@ -247,7 +290,20 @@ def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_d
     assert "already holds a checkpoint; continue it with --resume" in capsys.readouterr().err
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), "--hidden-dim", "64", "--resume"]) == 1
     assert "pass the flags of the original run" in capsys.readouterr().err
-    changed = ["--epochs", "20", "--lr", "0.01", "--schedule", "linear", "--hflip", "0.5", "--amp", "bf16", "--workers", "1"]
+    changed = [
+        "--epochs",
+        "20",
+        "--lr",
+        "0.01",
+        "--schedule",
+        "linear",
+        "--hflip",
+        "0.5",
+        "--amp",
+        "bf16",
+        "--workers",
+        "1",
+    ]
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), *changed, "--resume"]) == 1
     error = capsys.readouterr().err
     assert "started with --epochs 15 (now 20), --lr 0.003 (now 0.01), --schedule cosine (now linear);" in error
@@ -265,3 +321,29 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: bad model configuration: image_size 100 is not divisible by patch_size 16")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_imagenet_preset_is_table_3_and_flags_override_it():
+    args = train_vit.parse_args(["--preset", "imagenet"])
+    table_3 = (args.batch_size, args.lr, args.weight_decay, args.warmup_steps, args.dropout, args.schedule)
+    assert table_3 == (4096, 3e-3, 0.3, 10_000, 0.1, "cosine") and args.clip_grad_norm == 1.0
+    assert train_vit.parse_args(["--preset", "imagenet", "--lr", "1e-3"]).lr == 1e-3
+
+
+def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(pizza_steak_sushi_dataset, tmp_path):
+    """--micro-batch-size 4 at --batch-size 8 sums two halves' gradients into one step: the same weights as passes
+    of 8 (augmentation draws come in the same order; dropout is off)."""
+    whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
+    flags = ["--epochs", "2", "--dropout", "0"]
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, whole, *flags)) == 0
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, accumulated, *flags, "--micro-batch-size", "4")) == 0
+    # the logits, not the weights: the key bias gets no gradient (softmax ignores it), so Adam turns rounding noise
+    # there into updates that differ between the two runs and change nothing
+    test_images = torch.stack(
+        [image for image, _ in ImageDataset(pizza_steak_sushi_dataset, "test", train_vit.eval_transform(32))]
+    )
+    with torch.no_grad():
+        expected, found = (train_vit.load_checkpoint(run)[0](test_images) for run in (whole, accumulated))
+    torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-4)
+    steps = [row["lr"] for row in json.loads((accumulated / "metrics.json").read_text())]
+    assert steps == [row["lr"] for row in json.loads((whole / "metrics.json").read_text())]

@@ -1,0 +1,98 @@
+"""What training leaves on disk: files and folders written atomically, the per-epoch line and the curves.
+
+A reader (the app, a resumed run, a person) never sees a half-written file or checkpoint folder: everything is
+written beside its place and renamed into it. The per-epoch line and the loss/accuracy curves follow the course's
+(PyTorch for Deep Learning, chapters 04-09), for train_head.py and train_vit.py alike.
+"""
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` written beside `path`, then renamed over it: a crash never leaves a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Exception] = OSError) -> None:
+    """Make `directory` hold exactly `files`: they are written to a temp folder beside it, which then takes its
+    place. An existing folder is first renamed aside, so between the two renames no folder is at `directory`; if
+    the second rename fails, the old folder is renamed back, and a replacement killed in between is repaired by
+    the next one (`recover_replaced_folder`). `error_type` is raised when neither rename can be done."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_replaced_folder(directory)
+    temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-new-"))
+    try:
+        for name, content in files.items():
+            (temp / name).write_bytes(content)
+        temp.chmod(0o755)  # mkdtemp makes it owner-only
+        if not directory.exists():
+            temp.rename(directory)
+            return
+        # the old folder goes one level down in a fresh unique folder: a rename onto an existing
+        # name would fail (or, for an empty folder, replace it)
+        aside = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
+        previous = aside / directory.name
+        directory.rename(previous)
+        try:
+            temp.rename(directory)
+        except BaseException as error:
+            try:
+                previous.rename(directory)
+            except OSError:
+                raise error_type(
+                    f"Could not move the new folder into {directory} ({error}), nor the previous one back: "
+                    f"it is in {previous}. Move it to {directory} by hand (the next save also does)."
+                ) from None
+            with contextlib.suppress(OSError):
+                aside.rmdir()  # empty now; rmdir never deletes a checkpoint
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def recover_replaced_folder(directory: Path) -> None:
+    """Repair what a replacement killed between its two renames leaves: the previous folder inside a
+    `.<name>-old-*` folder and nothing at `directory`. It is renamed back; once `directory` exists, such folders
+    hold superseded copies and are deleted."""
+    prefix = f".{directory.name}-old-"
+    for aside in sorted(path for path in directory.parent.iterdir() if path.name.startswith(prefix)):
+        previous = aside / directory.name
+        if previous.is_dir() and not directory.exists():
+            previous.rename(directory)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def epoch_line(metrics: dict) -> str:
+    """The course's per-epoch line from one history entry (epoch, train/test loss and accuracy)."""
+    return (
+        f"Epoch: {metrics['epoch']} | train_loss: {metrics['train_loss']:.4f} | train_acc: {metrics['train_acc']:.4f}"
+        f" | test_loss: {metrics['test_loss']:.4f} | test_acc: {metrics['test_acc']:.4f}"
+    )
+
+
+def plot_curves(history: list[dict]) -> bytes:
+    """Loss and accuracy curves per epoch, like the course's plot_loss_curves, as PNG bytes. A bare matplotlib
+    Figure renders on the Agg canvas without pyplot, so no global backend is switched (training runs headless,
+    in tests, and from the app or a notebook)."""
+    figure = Figure(figsize=(11, 4))
+    epochs = [entry["epoch"] for entry in history]
+    for axis, metric in zip(figure.subplots(1, 2), ("loss", "acc")):
+        for subset in ("train", "test"):
+            axis.plot(
+                epochs, [entry[f"{subset}_{metric}"] for entry in history], marker="o", label=f"{subset}_{metric}"
+            )
+        axis.set(title="Loss" if metric == "loss" else "Accuracy", xlabel="Epochs")
+        axis.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return buffer.getvalue()

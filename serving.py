@@ -1,0 +1,267 @@
+"""The classifier as the app and predict.py serve it, without any user interface: loading it (training a head on
+first run), choosing the precision, and one prediction with its attention maps and timing.
+
+Every problem a visitor or a user can fix arrives as a ServingError whose message says what is wrong and what to
+do; the page shows it as an error, the command line prints it.
+"""
+
+import argparse
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+
+from classifier import (
+    BACKBONE,
+    CONFIG_FILE,
+    DEFAULT_CHECKPOINT_DIR,
+    DEFAULT_WEIGHTS,
+    PRETRAINED,
+    CheckpointError,
+    WeightsCheck,
+    WeightsUnavailableError,
+    check_weights_file,
+    describe_weights,
+    load_classifier,
+    trainable_parameters,
+)
+from devices import default_device, resolve_device
+from images import ImageError, load_rgb
+from inference import PRECISIONS, Predictor, resolve_precision, vit_from_torchvision
+from model import VIT_CONFIGS
+
+
+class ServingError(Exception):
+    """A request or a start-up that cannot be served; `title` heads the message on the page."""
+
+    def __init__(self, message: str, title: str):
+        super().__init__(message)
+        self.title = title
+
+
+class TrainingUnavailable(RuntimeError):
+    """No head exists yet and none could be trained here (no dataset or no pretrained weights)."""
+
+
+@dataclass
+class Prediction:
+    probabilities: dict[str, float]  # {class name: probability}, in the checkpoint's class order
+    pixels: torch.Tensor  # (3, H, W) model input, normalised
+    attention_maps: list[torch.Tensor]  # every layer's (heads, 1+N, 1+N), model.py's contract for one image
+    model_ms: float
+
+    @property
+    def last_layer_attention(self) -> torch.Tensor:
+        """(N,): how much the class token attends to each patch in the last layer, mean over the heads."""
+        return self.attention_maps[-1][:, 0, 1:].mean(dim=0)
+
+
+@dataclass
+class FoodVision:
+    """The classifier being served, or, when none could be loaded, why not (`problem`)."""
+
+    transforms: torch.nn.Module  # the weights' own preprocessing (resize, centre crop, normalise)
+    patch_size: int
+    model: torchvision.models.VisionTransformer | None = None
+    config: dict | None = None
+    source: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    problem: str | None = None
+    precision: str = "auto"  # inference.Predictor's, one of inference.PRECISIONS
+    weights_check: WeightsCheck | None = None  # whether the backbone is the published weights file
+    # Eq. 1 of the served weights on the CPU, for the explanations drawn beside a prediction: on ZeroGPU the model
+    # itself is reachable only inside the GPU function
+    patch_embedding: torch.nn.Module | None = None
+
+    def __post_init__(self):
+        self.predictor = Predictor(self.model, self.precision) if self.model is not None else None
+
+    @property
+    def grid_size(self) -> int:
+        return self.transforms.crop_size[0] // self.patch_size
+
+    def preprocess(self, image_path: str) -> torch.Tensor:
+        """The (3, H, W) model input from an image file, or a ServingError saying what is wrong with it."""
+        try:
+            photo = load_rgb(image_path, min_size=self.transforms.resize_size[0])
+        except ImageError as error:
+            raise ServingError(str(error), title="Cannot read this image") from None
+        return self.transforms(photo)
+
+    def classify(self, image_path: str) -> Prediction:
+        """The prediction for one image file, with every layer's attention maps; a ServingError when no model is
+        serving or the file is not a usable photo."""
+        if self.model is None:
+            raise ServingError(self.problem, title="No model is serving")
+        pixels = self.preprocess(image_path)
+        started = time.perf_counter()
+        attention_maps = []
+        logits = self.predictor(pixels.unsqueeze(0).to(self.device), attention_maps)
+        model_ms = (time.perf_counter() - started) * 1000
+        probabilities = logits.float().softmax(dim=-1)[0].tolist()
+        maps = [attention[0].cpu() for attention in attention_maps]
+        return Prediction(dict(zip(self.config["class_names"], probabilities)), pixels, maps, model_ms)
+
+    def where(self) -> str:
+        """Where and how the model runs, in a few words for the page and the log."""
+        if self.model is None:
+            return "nowhere: no model is serving"
+        how = {
+            "int8": "model.py's ViT with int8 Linear layers (dynamic quantization)",
+            "bf16": "model.py's ViT in bf16 (autocast)",
+            "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
+        }[self.predictor.precision]
+        if os.environ.get("SPACES_ZERO_GPU"):
+            place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
+        elif self.device.type == "cuda":
+            place = f"GPU ({torch.cuda.get_device_name(self.device)})"
+        else:
+            place = f"CPU ({torch.get_num_threads()} threads)"
+        return f"{place}, {how}"
+
+    def status(self) -> str:
+        """Markdown for the top of the page: what is missing, or where the model runs and any warning about it."""
+        if self.model is None:
+            return self.describe()
+        lines = [f"**Running on** {self.where()}."]
+        if self.weights_check is not None and not self.weights_check.published:
+            lines.append(f"**Warning:** {self.weights_check.describe()}; the predictions are not the real model's.")
+        return "\n\n".join(lines)
+
+    def describe(self) -> str:
+        """Markdown: what is serving (or what is missing and how to fix it)."""
+        if self.model is None:
+            return (
+                f"### No model is serving\n{self.problem}\n\n"
+                "The patch view works without a model; predictions need a trained head."
+            )
+        total = sum(parameter.numel() for parameter in self.model.parameters())
+        precision = self.predictor.precision
+        lines = [
+            f"- **Backbone:** torchvision `{self.config['backbone']}` (frozen), weights "
+            f"{describe_weights(self.config['weights'])}",
+            f"- **Weights file:** {self.weights_check.describe()}",
+            f"- **Input:** {self.transforms.crop_size[0]} px, {self.patch_size}x{self.patch_size} patches",
+            f"- **Head checkpoint:** `{self.source}`",
+            f"- **Classes:** {', '.join(self.config['class_names'])}",
+            f"- **Parameters:** {total:,} in all, of which {trainable_parameters(self.model):,} in the trained head",
+            f"- **Runs on:** {self.where()} (precision {precision}; figures in BENCHMARKS.md)",
+        ]
+        for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
+            if self.config.get(key):
+                lines.append(f"- **{title}:** {format_record(self.config[key])}")
+        return "\n".join(lines)
+
+
+def format_record(value) -> str:
+    """A config.json record as one line: floats to 4 significant digits, dicts as "key value, ..."."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {format_record(item)}" for key, item in value.items() if item is not None)
+    return str(value)
+
+
+def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto") -> FoodVision:
+    """The served classifier from `checkpoint` (a folder or a Hub repo id; default checkpoints/foodvision-mini).
+    With no head at the default place yet, one is trained first (train_head.py's defaults: needs the dataset and
+    the pretrained weights, i.e. internet). Anything unreachable leaves a FoodVision whose `problem` says what is
+    missing and how to fix it."""
+    source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
+    try:
+        if needs_first_training(checkpoint):
+            train_default_head()
+        model, transforms, config = load_classifier(source)
+    except (CheckpointError, WeightsUnavailableError, TrainingUnavailable) as error:
+        return unavailable(source, str(error))
+    device = torch.device(device)
+    weights_check = check_weights_file(config["weights"])
+    patch_embedding = copy.deepcopy(vit_from_torchvision(model).patch_embedding)  # before the model leaves the CPU
+    return FoodVision(
+        transforms,
+        model.patch_size,
+        model.to(device),
+        config,
+        source,
+        device,
+        precision=precision,
+        weights_check=weights_check,
+        patch_embedding=patch_embedding,
+    )
+
+
+def unavailable(source: str, problem: str) -> FoodVision:
+    """A FoodVision serving nothing, whose page says `problem` (what is missing and how to fix it)."""
+    transforms, patch_size = PRETRAINED[DEFAULT_WEIGHTS].transforms(), VIT_CONFIGS[BACKBONE].patch_size
+    return FoodVision(transforms, patch_size, source=source, problem=problem)
+
+
+def needs_first_training(checkpoint: str | None) -> bool:
+    """No checkpoint named and none at the default place yet: the first start trains one."""
+    return not checkpoint and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file()
+
+
+def train_default_head() -> None:
+    """A head with train_head.py's defaults (the course's 10% split and recipe), saved at the default checkpoint
+    place; tqdm shows the progress in the terminal. The backbone runs on CUDA where a GPU is held, and on the CPU on
+    ZeroGPU, whose GPU is lent only inside @spaces.GPU functions. This is the one import of a command-line script
+    by another module: the app's documented first run."""
+    from data import DatasetError
+    from train_head import train_head
+
+    print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
+    try:
+        train_head(output_dir=DEFAULT_CHECKPOINT_DIR, device="cpu" if os.environ.get("SPACES_ZERO_GPU") else None)
+    except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
+        raise TrainingUnavailable(
+            f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
+            "To fix it, either run python train_head.py where the dataset and the pretrained weights "
+            "can be downloaded (or are cached), then restart the app; or start it with "
+            "--checkpoint FOLDER_OR_HUB_REPO (or FOODVISION_CHECKPOINT) naming a trained head."
+        ) from None
+
+
+def usable_device(name: str) -> torch.device:
+    """argparse type: devices.resolve_device, its ValueError as argparse's one-line usage error."""
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --device and --precision, shared by the server and predict.py; check the parsed values with
+    check_model_arguments."""
+    parser.add_argument(
+        "--checkpoint",
+        default=os.environ.get("FOODVISION_CHECKPOINT"),
+        help="head checkpoint folder or Hugging Face Hub repo id (env FOODVISION_CHECKPOINT; "
+        "default checkpoints/foodvision-mini, trained first if missing)",
+    )
+    parser.add_argument(
+        "--device", type=usable_device, default=default_device(), help="torch device (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("FOODVISION_PRECISION", "auto"),
+        help="inference path (env FOODVISION_PRECISION; default auto: the fastest path this CPU runs "
+        "accurately, chosen by inference.resolve_precision; figures in BENCHMARKS.md)",
+    )
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """args, or a clear parser error for a precision that cannot run: argparse checks `choices` only for a value
+    typed on the command line, not for a default from FOODVISION_PRECISION, and inference.resolve_precision is
+    the one place that knows which precision runs on which device."""
+    try:
+        with warnings.catch_warnings():  # a CPU fallback to fp32 is reported once, when the model loads
+            warnings.simplefilter("ignore")
+            resolve_precision(args.precision, args.device)
+    except ValueError as error:
+        parser.error(f"argument --precision (or env FOODVISION_PRECISION): {error}")
+    return args

@@ -1,0 +1,246 @@
+"""Offline stand-ins for what the tests and benchmarks cannot download, and the helpers that drive the real parts.
+
+These machines reach no model hub, dataset host or Hugging Face: torchvision's pretrained weights, the course's
+dataset and the Hub are replaced by a seeded random vit_b_16 written where torchvision's loader looks first,
+pizza/steak/sushi pictures drawn here, and servers on 127.0.0.1, so every real loading path still runs. Neither
+the app nor training imports this module; a fresh clone holds all it needs.
+"""
+
+import contextlib
+import hashlib
+import http.server
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent
+EXAMPLE_PHOTOS = sorted(path for path in (REPO / "examples").iterdir() if path.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def write_random_backbone(home: Path) -> Path:
+    """A seeded, randomly initialised vit_b_16 state dict in `home`'s torch hub cache, under the real
+    IMAGENET1K_V1 file name, so torchvision loads it as if it had downloaded the weights. Returns `home`."""
+    cache_file = home / "hub" / "checkpoints" / Path(torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.url).name
+    if not cache_file.exists():
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(torchvision.models.vit_b_16().state_dict(), cache_file)
+    return home
+
+
+# Strongly different colours and shapes per class, so that even a randomly initialised backbone gives separable
+# features; jitter and noise keep the task from being trivial.
+GENERATED_CLASSES = {
+    "pizza": ((225, 150, 40), "ellipse"),
+    "steak": ((110, 45, 30), "rectangle"),
+    "sushi": ((235, 235, 225), "ellipses"),
+}
+
+
+def draw_food_image(class_name: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """A small picture of `class_name`: a jittered shape in the class colour on a plate of random tint. With the
+    random backbone a head trained on these reaches a high test accuracy but not a perfect training fit."""
+    colour, shape = GENERATED_CLASSES[class_name]
+    grey = rng.integers(110, 230)
+    plate = tuple(int(np.clip(grey + rng.integers(-100, 101), 0, 255)) for _ in range(3))
+    image = Image.new("RGB", (size, size), plate)
+    draw = ImageDraw.Draw(image)
+    fill = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in colour)
+    left, top = rng.integers(0, size // 6, size=2)
+    right, bottom = size - rng.integers(0, size // 6, size=2)
+    if shape == "ellipse":
+        draw.ellipse((left, top, right, bottom), fill=fill)
+    elif shape == "rectangle":
+        draw.rectangle((left, top + size // 8, right, bottom - size // 8), fill=fill)
+    else:
+        for _ in range(5):
+            x, y = rng.integers(0, size - size // 3, size=2)
+            draw.ellipse((x, y, x + size // 3, y + size // 3), fill=fill, outline=(20, 60, 20), width=3)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 25, size=(size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_food_dataset(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """A dataset folder in the course layout: root/{train,test}/<class>/<n>.jpg."""
+    rng = np.random.default_rng(seed)
+    for subset, count in (("train", train_per_class), ("test", test_per_class)):
+        for class_name in GENERATED_CLASSES:
+            folder = root / subset / class_name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                draw_food_image(class_name, rng).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
+def train_head_checkpoint(dataset: Path, output: Path, torch_home: Path, *flags: str) -> Path:
+    """`python train_head.py --data-dir dataset --output output` run as a user runs it, over the backbone in
+    `torch_home`; its console output is kept in output/../stdout.txt. Returns the checkpoint folder."""
+    command = [sys.executable, "train_head.py", "--data-dir", str(dataset), "--output", str(output), *flags]
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    (output.parent / "stdout.txt").write_text(result.stdout)
+    if result.returncode != 0:
+        raise RuntimeError(f"train_head.py failed with status {result.returncode}:\n{result.stdout}{result.stderr}")
+    return output
+
+
+LARGE_PHOTO = REPO / "data" / "standins" / "generated-12mp.jpg"  # data/ is not committed
+
+
+def twelve_megapixel_jpeg(path: Path = LARGE_PHOTO) -> Path:
+    """A 3024x4032 (12 MP) JPEG shaped like a phone photo (smooth shading, a round dish, sensor noise), for the
+    decode and upload costs a real full-size photo has; written once."""
+    if path.exists():
+        return path
+    height, width = 4032, 3024
+    rows, columns = np.mgrid[0:height, 0:width].astype(np.float32)
+    dish = ((rows - height / 2) ** 2 + (columns - width / 2) ** 2) < (width * 0.4) ** 2
+    red = 90 + 120 * columns / width + 40 * dish
+    green = 70 + 60 * rows / height + 60 * dish
+    blue = 60 + 30 * np.sin(rows / 97) + 10 * dish
+    noise = np.random.default_rng(0).normal(0, 6, size=(height, width, 3))
+    pixels = np.clip(np.stack([red, green, blue], axis=-1) + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def encoded(image: Image.Image, format: str, **options) -> io.BytesIO:
+    """`image` saved in `format` to memory, rewound."""
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    buffer.seek(0)
+    return buffer
+
+
+def png_declaring(width: int, height: int) -> io.BytesIO:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
+    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG").getvalue())
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length field
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 4 + 13]))
+    data[ihdr + 4 + 13 : ihdr + 4 + 13 + 4] = struct.pack(">I", crc)
+    return io.BytesIO(bytes(data))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (nothing listens there once the probe closes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180):
+    """`python app.py --port <free> *args` run from app_dir; yields (url, process) once the page answers, and
+    stops the server afterwards. A server that does not start raises RuntimeError with its console output."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), *args],
+        cwd=app_dir,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    log = process.communicate()[0].decode(errors="replace")
+                    raise RuntimeError(f"app.py did not start (exit {process.returncode}):\n{log}") from None
+                time.sleep(0.5)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@contextlib.contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler], **attributes):
+    """A threading HTTP server on 127.0.0.1 with `handler`, the keyword arguments set as attributes of the server
+    (handlers read them as self.server.<name>); yields the server, stopped afterwards."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class BytesHandler(QuietHandler):
+    """Serves the server's `files` {path: (body, claimed Content-Length)}; a claimed length above the body's is how
+    a connection that drops mid-download looks to the client."""
+
+    def do_GET(self):
+        if self.path not in self.server.files:
+            self.send_error(404)
+            return
+        body, claimed_length = self.server.files[self.path]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(claimed_length))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class HubFilesHandler(QuietHandler):
+    """Answers huggingface_hub's file requests (HEAD and GET /<repo>/resolve/<revision>/<file>) from the server's
+    `repos` {repo_id: folder}, with the headers the real Hub sends."""
+
+    def do_HEAD(self):
+        self.answer(send_body=False)
+
+    def do_GET(self):
+        self.answer(send_body=True)
+
+    def answer(self, send_body: bool):
+        repo_id, _, rest = self.path.lstrip("/").partition("/resolve/")
+        folder = self.server.repos.get(repo_id)
+        path = folder / rest.split("/", 1)[-1] if folder else None
+        if path is None or not path.is_file():
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound" if folder is None else "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
