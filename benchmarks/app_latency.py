@@ -15,15 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from common import (
-    ROOT,
-    WORK_DIR,
-    generated_head_checkpoint,
-    print_machine,
-    print_table,
-    random_backbone_home,
-    save_results,
-)
+from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
 import numpy as np
 from gradio_client import Client, handle_file
@@ -47,7 +39,6 @@ def main() -> None:
     print_machine()
 
     checkpoint = generated_head_checkpoint(WORK_DIR)
-    random_backbone_home(WORK_DIR / "torch_home")
     photos = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
     has_precision = (
         "--precision"

@@ -99,13 +99,14 @@ def random_backbone_home(directory: Path) -> Path:
 
 def generated_head_checkpoint(directory: Path) -> Path:
     """A head trained by train_head.py (its defaults) on standins' generated pizza/steak/sushi images over the
-    random backbone: confident, non-uniform probabilities to compare paths with."""
+    random backbone: confident, non-uniform probabilities to compare paths with. TORCH_HOME points at that
+    backbone from now on."""
     from standins import train_head_checkpoint, write_food_dataset
 
+    torch_home = random_backbone_home(directory / "torch_home")  # TORCH_HOME for this process and the servers
     checkpoint = directory / "foodvision-mini"
     if (checkpoint / "config.json").is_file():
         return checkpoint
-    torch_home = random_backbone_home(directory / "torch_home")
     dataset = directory / "pizza_steak_sushi"
     if not dataset.exists():
         write_food_dataset(dataset, train_per_class=20, test_per_class=10)
@@ -119,6 +120,4 @@ def load_benchmark_classifier():
     """(model, transforms, config) of the generated head over the random backbone."""
     from classifier import load_classifier
 
-    checkpoint = generated_head_checkpoint(WORK_DIR)
-    random_backbone_home(WORK_DIR / "torch_home")
-    return load_classifier(checkpoint)
+    return load_classifier(generated_head_checkpoint(WORK_DIR))

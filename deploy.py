@@ -1,0 +1,560 @@
+"""Deploy FoodVision Mini as a Hugging Face Space: upload the files the app needs in one commit.
+
+    python deploy.py USER/foodvision-mini-app                      # ZeroGPU (free accounts can host 2)
+    python deploy.py USER/foodvision-mini-app --checkpoint checkpoints/foodvision-mini
+    python deploy.py USER/foodvision-mini-app --checkpoint USER/foodvision-mini --hardware cpu-upgrade
+    python deploy.py USER/foodvision-mini-app --dry-run            # print the plan, contact nothing
+
+Steps, in this order so that a refused Space (402: the plan does not cover the hardware) leaves
+nothing half-uploaded: check the token (whoami), check that an existing Space of that name is a
+Gradio one, create the Space (or request the hardware on an existing one), push a local head
+checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that app.py reads, then
+upload the app in a single commit, which also deletes files of earlier deploys that no longer belong.
+
+The file list is computed from the project folder (every top-level module except LOCAL_ONLY_MODULES,
+plus SPACE_CONFIG_FILES and examples/), so a new module is deployed without editing this script.
+Only huggingface_hub is needed: no torch import, so planning and tests are fast.
+"""
+
+import argparse
+import ast
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2  # huggingface_hub's HTTP client: its TransportError is how "the Hub is unreachable" surfaces
+import yaml  # huggingface_hub's dependency: metadata_load raises its YAMLError on a broken front matter
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, metadata_load
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+
+try:
+    from huggingface_hub import SpaceHardware
+except ImportError:  # an older or newer huggingface_hub without the enum: flavours are passed through unchecked
+    SpaceHardware = None
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the app's --checkpoint default comes from this variable
+
+# Top-level modules that stay on the developer's machine: this script, the test stand-ins, the
+# from-scratch ViT training and the command-line predictor. Every other top-level *.py is uploaded
+# (figures.py, train_head.py and data.py included: the app imports them, or trains a head with them
+# when FOODVISION_CHECKPOINT is unset).
+LOCAL_ONLY_MODULES = frozenset({"deploy.py", "standins.py", "train_vit.py", "predict.py"})
+# Folders never uploaded. Only top-level modules and examples/ are collected, so these are excluded by
+# construction; the list is used to delete them from Spaces made by an earlier `hf upload . .`.
+LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts")
+EXAMPLES_DIR = "examples"  # the photos under the upload box (and SOURCE.md, their credits)
+# The Space installs the first; the second's front matter configures it (SDK, Python version, app file).
+SPACE_CONFIG_FILES = ("requirements.txt", "README.md")
+REQUIRED_FILES = ("app.py", *SPACE_CONFIG_FILES)
+
+ZERO_GPU = "zero"  # --hardware alias for the Hub's ZeroGPU flavour
+ZERO_GPU_FLAVOR = SpaceHardware.ZERO_A10G.value if SpaceHardware is not None else "zero-a10g"
+# ZeroGPU runs only a few exact Python builds (https://huggingface.co/docs/hub/spaces-zerogpu).
+ZERO_GPU_PYTHON_VERSIONS = ("3.10.13", "3.12.12")
+ZERO_GPU_MIN_TORCH = (2, 8)
+# The Space's torch and torchvision: requirements.txt pins the versions the development machines install offline,
+# which ZeroGPU does not list; the uploaded requirements.txt pins these instead (the newest pair its docs list), the
+# same on every hardware so that one set of versions is what users deploy.
+SPACE_TORCH_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
+
+# A head checkpoint folder as train_head.py saves it (classifier.py's WEIGHTS_FILE and CONFIG_FILE);
+# repeated here so that deploying does not import torch.
+HEAD_FILES = ("model.safetensors", "config.json")
+REPO_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")
+LOGIN_HINT = (
+    "Log in with `hf auth login`, or set HF_TOKEN to a token with write access "
+    "(https://huggingface.co/settings/tokens)."
+)
+
+
+class DeployError(Exception):
+    """A deploy that cannot go on; the message says what happened and what to do."""
+
+
+@dataclass
+class Plan:
+    """Everything a deploy will do, computed before contacting the Hub (and all that --dry-run prints)."""
+
+    space_repo: str
+    hardware: str
+    private: bool
+    endpoint: str
+    app_dir: Path
+    files: list[str]
+    head_repo: str | None = None  # the model repo FOODVISION_CHECKPOINT will name
+    head_folder: Path | None = None  # a local checkpoint to push to head_repo first
+    head_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def space_url(self) -> str:
+        return f"{self.endpoint}/spaces/{self.space_repo}"
+
+
+def hardware_flavor(name: str) -> str:
+    """--hardware's value as a Hub flavour id: `zero` is ZeroGPU, others must be SpaceHardware values."""
+    if name == ZERO_GPU:
+        return ZERO_GPU_FLAVOR
+    if SpaceHardware is not None and name not in {flavor.value for flavor in SpaceHardware}:
+        known = ", ".join([ZERO_GPU, *(flavor.value for flavor in SpaceHardware)])
+        raise argparse.ArgumentTypeError(f"unknown hardware {name!r}; choose one of: {known}")
+    return name
+
+
+def repo_id(value: str) -> str:
+    if not REPO_ID_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id of the form USER/NAME (or ORG/NAME)")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("space", type=repo_id, help="the Space to create or update, USER/NAME")
+    parser.add_argument(
+        "--hardware",
+        type=hardware_flavor,
+        default=ZERO_GPU,
+        help=f"`zero` (ZeroGPU, {ZERO_GPU_FLAVOR}: the only hardware free accounts can host a Gradio Space on), "
+        "cpu-basic, cpu-upgrade or a GPU flavour such as t4-small (default: zero)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FOLDER_OR_REPO",
+        help="the head the Space serves: a local checkpoint folder (pushed as a model repo first) or a Hub model "
+        f"repo id; the Space variable {CHECKPOINT_VARIABLE} is set to it. Without it, an existing Space keeps "
+        "its variable and a new one trains a head at start-up",
+    )
+    parser.add_argument("--head-repo", type=repo_id, help="model repo for a local --checkpoint (default: SPACE-head)")
+    parser.add_argument("--private", action="store_true", help="create the Space (and the head repo) private")
+    parser.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, else the `hf auth login` one)")
+    parser.add_argument("--dry-run", action="store_true", help="print the files and settings, contact nothing")
+    parser.add_argument(
+        "--app-dir", type=Path, default=PROJECT_DIR, help="the project folder to deploy (default: this script's)"
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/"),
+        help=f"Hub address (default: HF_ENDPOINT, else {DEFAULT_ENDPOINT})",
+    )
+    return parser.parse_args(argv)
+
+
+def space_files(app_dir: Path) -> list[str]:
+    """The paths (relative, POSIX) the Space needs, sorted; DeployError when a required one is missing."""
+    missing = [name for name in REQUIRED_FILES if not (app_dir / name).is_file()]
+    if missing:
+        raise DeployError(
+            f"{app_dir} is not a FoodVision Mini folder: {', '.join(missing)} missing. "
+            "Run deploy.py from the project, or point --app-dir at it."
+        )
+    modules = [path.name for path in app_dir.glob("*.py") if path.is_file() and path.name not in LOCAL_ONLY_MODULES]
+    examples = [
+        f"{EXAMPLES_DIR}/{path.name}"
+        for path in (app_dir / EXAMPLES_DIR).glob("*")
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    config = [name for name in SPACE_CONFIG_FILES if (app_dir / name).is_file()]
+    return sorted({*modules, *examples, *config})
+
+
+def check_local_imports(app_dir: Path, files: list[str]) -> None:
+    """DeployError when an uploaded module imports a project module that stays home (it would fail on the Space)."""
+    uploaded = {name.removesuffix(".py") for name in files if name.endswith(".py")}
+    kept_home = {path.stem for path in app_dir.glob("*.py")} - uploaded
+    for name in (name for name in files if name.endswith(".py")):
+        try:
+            tree = ast.parse((app_dir / name).read_bytes(), filename=name)
+        except SyntaxError as error:
+            raise DeployError(f"{name} line {error.lineno}: {error.msg}; the Space could not run it. Fix it first.")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported = [node.module.split(".")[0]]
+            else:
+                continue
+            for module in set(imported) & kept_home:
+                raise DeployError(
+                    f"{name} (line {node.lineno}) imports {module}, which deploy.py keeps off the Space "
+                    f"(LOCAL_ONLY_MODULES), so the Space would fail with ModuleNotFoundError. Move what it needs into "
+                    f"an uploaded module, or take {module}.py out of LOCAL_ONLY_MODULES in deploy.py."
+                )
+
+
+def is_stale(remote_path: str, files: list[str]) -> bool:
+    """A file of an earlier deploy that this one would not upload: a removed module or example, or anything
+    under a local-only folder. Files deploy.py never manages (.gitattributes, a LICENSE) are left alone."""
+    if remote_path in files:
+        return False
+    top = remote_path.split("/", 1)[0]
+    is_top_level_module = "/" not in remote_path and remote_path.endswith(".py")
+    return is_top_level_module or top == EXAMPLES_DIR or top in LOCAL_ONLY_FOLDERS
+
+
+def space_requirements(app_dir: Path) -> bytes:
+    """requirements.txt as the Space gets it: every line as it is, but torch and torchvision at SPACE_TORCH_PINS."""
+    lines = (app_dir / "requirements.txt").read_text().splitlines()
+    pinned = [
+        f"{name}=={SPACE_TORCH_PINS[name]}"
+        if (name := re.split(r"[=<>~! \[]", line, maxsplit=1)[0]) in SPACE_TORCH_PINS
+        else line
+        for line in lines
+    ]
+    return ("\n".join(pinned) + "\n").encode()
+
+
+def check_front_matter(app_dir: Path, hardware: str, files: list[str]) -> list[str]:
+    """The Space's settings come from README.md's front matter: stop on a wrong SDK or app file; return
+    warnings for what ZeroGPU would refuse at build or run time."""
+    try:
+        metadata = metadata_load(app_dir / "README.md") or {}
+    except yaml.YAMLError as error:
+        raise DeployError(
+            f"README.md's front matter is not valid YAML ({str(error).splitlines()[0]}); the Space reads its settings "
+            "from it. Fix the block between the --- lines, then run deploy.py again."
+        ) from None
+    sdk = metadata.get("sdk")
+    if sdk != "gradio":
+        raise DeployError(
+            f"README.md's front matter says sdk: {sdk!r}; the Space is configured from it and app.py is a Gradio "
+            "app. Set `sdk: gradio` in README.md's front matter (between the --- lines), then run deploy.py again."
+        )
+    app_file = metadata.get("app_file", "app.py")
+    if app_file not in files:
+        raise DeployError(
+            f"README.md's front matter names app_file: {app_file}, which is not among the uploaded files. "
+            "Point app_file at app.py, or remove the module from LOCAL_ONLY_MODULES in deploy.py."
+        )
+    if hardware != ZERO_GPU_FLAVOR:
+        return []
+    warnings = []
+    python_version = str(metadata.get("python_version", ""))
+    if python_version not in ZERO_GPU_PYTHON_VERSIONS:
+        warnings.append(
+            f"README.md asks for python_version {python_version or '(unset)'}; ZeroGPU builds only Python "
+            f"{' or '.join(ZERO_GPU_PYTHON_VERSIONS)}. Set one of them in the front matter, or the build will fail."
+        )
+    torch_pin = re.search(r"^torch\s*==\s*(\d+)\.(\d+)", space_requirements(app_dir).decode(), re.MULTILINE)
+    if torch_pin and tuple(map(int, torch_pin.groups())) < ZERO_GPU_MIN_TORCH:
+        warnings.append(
+            f"requirements.txt pins torch {'.'.join(torch_pin.groups())}; ZeroGPU needs torch 2.8 or later."
+        )
+    uses_spaces = any(
+        re.search(r"^\s*(import spaces\b|from spaces import)", (app_dir / name).read_text(), re.MULTILINE)
+        for name in files
+        if name.endswith(".py")
+    )
+    if not uses_spaces:
+        warnings.append(
+            "No uploaded module imports `spaces`: on ZeroGPU a GPU is attached only while a function decorated "
+            "with @spaces.GPU runs, so without one the model gets no GPU "
+            "(https://huggingface.co/docs/hub/spaces-zerogpu)."
+        )
+    return warnings
+
+
+def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | None, list[str]]:
+    """(head repo id, local folder to push or None, that folder's files) for --checkpoint."""
+    if args.checkpoint is None:
+        return None, None, []
+    folder = Path(args.checkpoint).expanduser()
+    if folder.is_dir():
+        missing = [name for name in HEAD_FILES if not (folder / name).is_file()]
+        if missing:
+            raise DeployError(
+                f"{folder} is not a head checkpoint: {', '.join(missing)} missing. "
+                "Train one with `python train_head.py`, then pass its output folder to --checkpoint."
+            )
+        files = sorted(
+            path.relative_to(folder).as_posix()
+            for path in folder.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        )
+        return args.head_repo or f"{args.space}-head", folder, files
+    # "checkpoints/foodvision-mini" also looks like a repo id: when its first part is a local folder the
+    # user meant a path that does not exist, not a repo.
+    if REPO_ID_PATTERN.fullmatch(args.checkpoint) and not Path(args.checkpoint.split("/")[0]).is_dir():
+        if args.head_repo:
+            raise DeployError(
+                "--head-repo names where a local --checkpoint folder is pushed; drop it, or pass a folder."
+            )
+        return args.checkpoint, None, []
+    raise DeployError(
+        f"--checkpoint {args.checkpoint}: no such folder, and not a Hub repo id (USER/NAME). "
+        "Pass the folder train_head.py wrote (checkpoints/foodvision-mini by default) or the head's model repo id."
+    )
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    app_dir = args.app_dir.resolve()
+    files = space_files(app_dir)
+    check_local_imports(app_dir, files)
+    warnings = check_front_matter(app_dir, args.hardware, files)
+    head_repo, head_folder, head_files = resolve_checkpoint(args)
+    if head_repo is None:
+        warnings.append(
+            f"No --checkpoint: unless the Space already has {CHECKPOINT_VARIABLE} set, app.py trains a head at "
+            "start-up (downloading the course's dataset), and it is lost whenever the Space restarts."
+        )
+    elif args.private:
+        warnings.append(
+            f"--private: the Space can read the private head {head_repo} only with a read token; add one as the "
+            f"Space secret HF_TOKEN (`hf spaces secrets add {args.space} -s HF_TOKEN`)."
+        )
+    return Plan(
+        space_repo=args.space,
+        hardware=args.hardware,
+        private=args.private,
+        endpoint=args.endpoint,
+        app_dir=app_dir,
+        files=files,
+        head_repo=head_repo,
+        head_folder=head_folder,
+        head_files=head_files,
+        warnings=warnings,
+    )
+
+
+def print_plan(plan: Plan) -> None:
+    visibility = "private" if plan.private else "public"
+    print(f"Space     {plan.space_url} (sdk gradio, hardware {plan.hardware}, {visibility})")
+    if plan.head_folder is not None:
+        print(f"Head      push {plan.head_folder} ({len(plan.head_files)} files) to model repo {plan.head_repo}")
+    if plan.head_repo is not None:
+        print(f"Variable  {CHECKPOINT_VARIABLE}={plan.head_repo}")
+    pins = ", ".join(f"{name}=={version}" for name, version in SPACE_TORCH_PINS.items())
+    print(f"Files     {len(plan.files)} from {plan.app_dir}, in one commit (requirements.txt with {pins}):")
+    for name in plan.files:
+        print(f"  {name}")
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+class Deployer:
+    """Runs a Plan against the Hub; each step names itself so that errors can say where they happened."""
+
+    def __init__(self, plan: Plan, api: HfApi):
+        self.plan = plan
+        self.api = api
+        self.step = "starting"
+
+    def run(self) -> None:
+        plan = self.plan
+        self.check_token()
+        existing = self.existing_space()
+        self.create_space(existing)
+        if plan.head_folder is not None:
+            self.push_head()
+        elif plan.head_repo is not None:
+            self.check_head_repo()
+        if plan.head_repo is not None:
+            self.step = f"setting the Space variable {CHECKPOINT_VARIABLE}"
+            self.api.add_space_variable(
+                plan.space_repo, CHECKPOINT_VARIABLE, plan.head_repo, description="Hub repo of the head app.py serves"
+            )
+        self.upload_app(existing)
+
+    def check_token(self) -> None:
+        self.step = "checking the token (whoami)"
+        account = self.api.whoami()
+        role = account.get("auth", {}).get("accessToken", {}).get("role")
+        if role == "read":
+            raise DeployError(
+                f"The token of {account.get('name')} is read-only; creating a Space needs write access. "
+                "Create a write token at https://huggingface.co/settings/tokens and log in with it (`hf auth login`)."
+            )
+        print(f"Logged in as {account.get('name')}")
+
+    def existing_space(self):
+        """The Space's info when it exists (DeployError if it is not a Gradio Space), else None."""
+        self.step = f"looking up the Space {self.plan.space_repo}"
+        try:
+            info = self.api.space_info(self.plan.space_repo)
+        except RepositoryNotFoundError:
+            return None
+        if info.sdk != "gradio":
+            raise DeployError(
+                f"The Space {self.plan.space_repo} already exists with sdk {info.sdk!r}, not 'gradio', and deploy.py "
+                "does not convert Spaces. Deploy under another name (python deploy.py USER/OTHER-NAME), or delete "
+                f"that Space first (`hf repos delete {self.plan.space_repo} --repo-type space`, or its Settings page "
+                f"at {self.plan.space_url}/settings) and run deploy.py again."
+            )
+        return info
+
+    def create_space(self, existing) -> None:
+        plan = self.plan
+        if existing is None:
+            self.step = f"creating the Space {plan.space_repo} on {plan.hardware}"
+            self.api.create_repo(
+                plan.space_repo,
+                repo_type="space",
+                space_sdk="gradio",
+                space_hardware=plan.hardware,
+                private=plan.private or None,  # None: the namespace's default visibility
+                exist_ok=True,
+            )
+            return
+        # create_repo ignores the hardware of a Space that exists: ask for it explicitly when it differs.
+        runtime = existing.runtime
+        requested = (runtime.requested_hardware or runtime.hardware) if runtime is not None else None
+        if requested != plan.hardware:
+            self.step = f"requesting {plan.hardware} for the Space {plan.space_repo}"
+            self.api.request_space_hardware(plan.space_repo, plan.hardware)
+
+    def push_head(self) -> None:
+        plan = self.plan
+        self.step = f"creating the model repo {plan.head_repo}"
+        self.api.create_repo(plan.head_repo, repo_type="model", private=plan.private or None, exist_ok=True)
+        self.step = f"uploading the head {plan.head_folder} to {plan.head_repo}"
+        operations = [CommitOperationAdd(name, str(plan.head_folder / name)) for name in plan.head_files]
+        self.api.create_commit(
+            plan.head_repo, operations, repo_type="model", commit_message="Upload FoodVision Mini head (deploy.py)"
+        )
+        print(f"Pushed the head to {plan.endpoint}/{plan.head_repo}")
+
+    def check_head_repo(self) -> None:
+        self.step = f"looking up the head's model repo {self.plan.head_repo}"
+        try:
+            self.api.repo_info(self.plan.head_repo, repo_type="model")
+        except RepositoryNotFoundError:
+            raise DeployError(
+                f"--checkpoint {self.plan.head_repo}: no such model repo visible to this token. Publish the head with "
+                f"`python train_head.py --push-to-hub {self.plan.head_repo}`, or pass its local folder to --checkpoint."
+            ) from None
+
+    def upload_app(self, existing) -> None:
+        plan = self.plan
+        self.step = f"uploading the app to {plan.space_repo}"
+        remote_files = [sibling.rfilename for sibling in (existing.siblings or [])] if existing is not None else []
+        stale = sorted(path for path in remote_files if is_stale(path, plan.files))
+        operations = [
+            CommitOperationAdd(
+                name, space_requirements(plan.app_dir) if name == "requirements.txt" else str(plan.app_dir / name)
+            )
+            for name in plan.files
+        ]
+        operations += [CommitOperationDelete(path) for path in stale]
+        commit = self.api.create_commit(
+            plan.space_repo, operations, repo_type="space", commit_message="Deploy FoodVision Mini (deploy.py)"
+        )
+        deleted = f", deleted {len(stale)} stale: {', '.join(stale)}" if stale else ""
+        print(f"Uploaded {len(plan.files)} files in one commit{deleted}: {commit.commit_url}")
+
+
+def explain_hub_error(error: HfHubHTTPError, plan: Plan, step: str, token_source: str) -> str:
+    """One actionable paragraph for an HTTP error the Hub answered while doing `step`."""
+    status = error.response.status_code if error.response is not None else None
+    namespace = plan.space_repo.split("/")[0]
+    if status == 401:
+        # HF_TOKEN wins over the `hf auth login` token, so logging in again does not help while it is set.
+        fix = (
+            "HF_TOKEN takes precedence over `hf auth login`: set it to a valid write token "
+            "(https://huggingface.co/settings/tokens), or unset it and log in with `hf auth login`."
+            if token_source == "HF_TOKEN"
+            else LOGIN_HINT
+        )
+        return (
+            f"The Hub did not accept the token from {token_source} while {step} (401 Unauthorized): not logged in, "
+            f"or the token is invalid or expired. {fix}"
+        )
+    if status == 402:
+        if plan.hardware == ZERO_GPU_FLAVOR:
+            return (
+                f"The Hub refused {step} with 402 Payment Required: this account cannot host another ZeroGPU Space. "
+                "Free accounts can host up to 2 (email verified, account older than 30 days); PRO accounts more. "
+                "Free a slot by deleting or switching another ZeroGPU Space, or subscribe at "
+                "https://huggingface.co/subscribe/pro, then run deploy.py again."
+            )
+        return (
+            f"The Hub refused {step} with 402 Payment Required: {namespace}'s plan does not cover a Gradio Space on "
+            f"{plan.hardware} (cpu-basic needs PRO, paid hardware needs billing; free accounts: use --hardware zero, "
+            "ZeroGPU, free for up to 2 Spaces). Or subscribe, or add a payment method, at "
+            "https://huggingface.co/settings/billing, then run deploy.py again."
+        )
+    if status == 403:
+        return (
+            f"The Hub refused {step} (403 Forbidden): the token may not write to {namespace}. Use a token with write "
+            "access to that user or organization (a fine-grained token needs the write permission on it), via "
+            "`hf auth login` or HF_TOKEN, or deploy under your own user name."
+        )
+    detail = error.server_message or str(error).strip().splitlines()[0]
+    return (
+        f"The Hub answered {status} while {step}: {detail}. "
+        "Run deploy.py again; if it persists, check https://status.huggingface.co."
+    )
+
+
+def token_and_source(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token to use and where it came from (said in errors: HF_TOKEN hides the `hf auth login` one)."""
+    if args.token:
+        return args.token, "--token"
+    source = "HF_TOKEN" if os.environ.get("HF_TOKEN") else "`hf auth login`"
+    return get_token(), source
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = make_plan(args)
+    except DeployError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print_plan(plan)
+    if args.dry_run:
+        print("Dry run: nothing was sent to the Hub.")
+        return 0
+    token, token_source = token_and_source(args)
+    deployer = Deployer(plan, HfApi(endpoint=plan.endpoint, token=token))
+    try:
+        if not token:
+            raise LocalTokenNotFoundError
+        deployer.run()
+    except DeployError as error:
+        message = str(error)
+    except LocalTokenNotFoundError:
+        message = f"No Hugging Face token: not logged in, and HF_TOKEN is unset. {LOGIN_HINT}"
+    except HfHubHTTPError as error:
+        message = explain_hub_error(error, plan, deployer.step, token_source)
+    except OfflineModeIsEnabled:
+        message = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it and run deploy.py again."
+    except httpx2.TransportError as error:
+        message = (
+            f"Cannot reach the Hub at {plan.endpoint} while {deployer.step} ({type(error).__name__}: {error}). "
+            "Check the network connection and any proxy, or HF_ENDPOINT / --endpoint if you set one, then run again."
+        )
+    else:
+        print_first_start(plan)
+        return 0
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def print_first_start(plan: Plan) -> None:
+    print(f"\nSpace: {plan.space_url}")
+    where = (
+        "ZeroGPU (a GPU is attached only while @spaces.GPU functions run)"
+        if plan.hardware == ZERO_GPU_FLAVOR
+        else plan.hardware
+    )
+    head = (
+        f"the head from {plan.head_repo}" if plan.head_repo else "then trains a head (no FOODVISION_CHECKPOINT given)"
+    )
+    print(
+        f"First start, on {where}: the Space installs requirements.txt, runs app.py, which downloads torchvision's "
+        f"vit_b_16 weights (330 MB) and {head}; that takes a few minutes. Follow it in the Space's Logs tab."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

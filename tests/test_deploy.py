@@ -1,0 +1,399 @@
+"""deploy.py against a stand-in Hub: an HTTP server on 127.0.0.1 that answers the routes HfApi calls
+the way huggingface.co does (as read from huggingface_hub 2.4.0's source) and records every request, so
+the tests see exactly what would be created, uploaded and set, and in which order. No real network."""
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+
+import deploy
+
+TOKEN = "hf_stand_in_token"
+USER = "alice"
+SPACE = f"{USER}/foodvision"
+REPO_ROUTE = re.compile(r"^/api/(?P<kind>models|spaces)/(?P<repo>[\w.-]+/[\w.-]+)(?P<rest>/.*)?$")
+
+
+class StandInHub:
+    """Just enough of the Hub's API for HfApi.whoami, space_info, repo_info, create_repo, create_commit
+    (validate-yaml, preupload, commit), add_space_variable and request_space_hardware. Every file is
+    declared "regular" at preupload, so contents travel base64-encoded in the NDJSON commit (no LFS).
+    `failures` maps "whoami", "create spaces", "create models" or "commit" to the status that route answers instead."""
+
+    def __init__(self):
+        self.requests: list[dict] = []  # {"method", "path", "body", "auth"} in arrival order
+        self.unserved: list[str] = []  # routes the stand-in does not know: deploy.py called something new
+        self.repos: dict[str, dict] = {}  # "spaces/alice/x" or "models/alice/x" -> {"sdk", "files", "hardware"}
+        self.failures: dict[str, int] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def add_repo(self, kind: str, repo_id: str, sdk: str | None = None, files=(), hardware: str = "cpu-basic"):
+        self.repos[f"{kind}/{repo_id}"] = {"sdk": sdk, "files": dict.fromkeys(files, b""), "hardware": hardware}
+
+    def calls(self, method: str, pattern: str) -> list[dict]:
+        return [
+            request for request in self.requests if request["method"] == method and re.search(pattern, request["path"])
+        ]
+
+    def commits(self, kind: str, repo_id: str) -> list[list[dict]]:
+        """The NDJSON lines of every commit to that repo, in order."""
+        return [request["body"] for request in self.calls("POST", f"^/api/{kind}/{repo_id}/commit/")]
+
+    def handler_class(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest's output to the test's own
+                pass
+
+            def do_GET(self):
+                self.handle_request("GET")
+
+            def do_POST(self):
+                self.handle_request("POST")
+
+            def handle_request(self, method: str):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+                    body = [json.loads(line) for line in raw.decode().splitlines() if line]
+                else:
+                    body = json.loads(raw) if raw else None
+                path = self.path.split("?")[0]
+                hub.requests.append(
+                    {"method": method, "path": path, "body": body, "auth": self.headers.get("Authorization")}
+                )
+                status, payload, headers = hub.answer(method, path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def answer(self, method: str, path: str, body) -> tuple[int, object, dict]:
+        if method == "GET" and path == "/api/whoami-v2":
+            if "whoami" in self.failures:
+                return self.failures["whoami"], {"error": "Invalid credentials in Authorization header"}, {}
+            return 200, {"type": "user", "name": USER, "auth": {"accessToken": {"role": "write"}}}, {}
+        if method == "POST" and path == "/api/repos/create":
+            kind = f"{body.get('type') or 'model'}s"
+            repo_id = f"{body['organization']}/{body['name']}"
+            prefix = "spaces/" if kind == "spaces" else ""
+            if f"create {kind}" in self.failures:
+                return self.failures[f"create {kind}"], {"error": "Payment required"}, {}
+            if f"{kind}/{repo_id}" in self.repos:
+                return 409, {"error": "You already created this repo", "url": f"{self.url}/{prefix}{repo_id}"}, {}
+            self.add_repo(kind, repo_id, sdk=body.get("sdk"), hardware=body.get("hardware"))
+            return 200, {"url": f"{self.url}/{prefix}{repo_id}"}, {}
+        if method == "POST" and path == "/api/validate-yaml":
+            return 200, {"errors": [], "warnings": []}, {}
+        match = REPO_ROUTE.match(path)
+        if match is None:
+            self.unserved.append(f"{method} {path}")
+            return 404, {"error": "not served by the stand-in"}, {}
+        key, rest = f"{match['kind']}/{match['repo']}", match["rest"] or ""
+        repo = self.repos.get(key)
+        if repo is None:
+            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+        if method == "GET" and rest == "":
+            info = {"id": match["repo"], "private": False, "siblings": [{"rfilename": name} for name in repo["files"]]}
+            if match["kind"] == "spaces":
+                hardware = {"current": repo["hardware"], "requested": repo["hardware"]}
+                info |= {"sdk": repo["sdk"], "runtime": {"stage": "RUNNING", "hardware": hardware}}
+            return 200, info, {}
+        if method == "POST" and rest.startswith("/preupload/"):
+            files = [{"path": file["path"], "uploadMode": "regular", "shouldIgnore": False} for file in body["files"]]
+            return 200, {"files": files}, {}
+        if method == "POST" and rest.startswith("/commit/"):
+            if "commit" in self.failures:
+                return self.failures["commit"], {"error": "You don't have the rights to push here"}, {}
+            for line in body:
+                if line["key"] == "file":
+                    repo["files"][line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                elif line["key"] == "deletedFile":
+                    repo["files"].pop(line["value"]["path"])
+            return 200, {"commitUrl": f"{self.url}/{key}/commit/{'0' * 40}", "commitOid": "0" * 40}, {}
+        if method == "POST" and rest == "/variables" and match["kind"] == "spaces":
+            return 200, {body["key"]: {"value": body["value"], "updatedAt": "2026-01-01T00:00:00.000Z"}}, {}
+        if method == "POST" and rest == "/hardware" and match["kind"] == "spaces":
+            repo["hardware"] = body["flavor"]
+            return 200, {"stage": "BUILDING", "hardware": {"current": None, "requested": body["flavor"]}}, {}
+        self.unserved.append(f"{method} {path}")
+        return 404, {"error": "not served by the stand-in"}, {}
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running stand-in Hub that huggingface_hub talks to, with a fake token; and tmp_path as the working
+    folder, so no relative path reaches the real project."""
+    stand_in = StandInHub()
+    stand_in.thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", stand_in.url)  # deploy.py's --endpoint default
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.chdir(tmp_path)
+    yield stand_in
+    stand_in.server.shutdown()
+    stand_in.server.server_close()
+    assert stand_in.unserved == [], "deploy.py called routes the stand-in does not serve"
+
+
+README = """---
+title: FoodVision Mini
+sdk: gradio
+sdk_version: 6.31.0
+python_version: "3.10.13"
+app_file: app.py
+---
+
+# FoodVision Mini
+"""
+
+APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
+    "app.py": "import spaces\nimport model\n",
+    "model.py": "VIT = 'vit_b_16'\n",
+    "figures.py": "def plot(): ...\n",
+    "requirements.txt": "torch==2.14.1\ngradio==6.31.0\n",
+    "README.md": README,
+    "examples/a.jpg": "not really a jpeg",
+    "examples/SOURCE.md": "photo credits\n",
+    "standins.py": "# test stand-ins\n",
+    "deploy.py": "# this script\n",
+    "train_vit.py": "# from-scratch training\n",
+    "predict.py": "# command line\n",
+    "tests/test_x.py": "def test(): ...\n",
+    "benchmarks/b.py": "# benchmark\n",
+    "data/x.zip": "zip",
+    "checkpoints/foodvision-mini/config.json": '{"class_names": ["pizza", "steak", "sushi"]}',
+    "checkpoints/foodvision-mini/model.safetensors": "weights",
+    "runs/log.txt": "training log",
+}
+SPACE_FILES = {
+    "README.md",
+    "app.py",
+    "model.py",
+    "figures.py",
+    "requirements.txt",
+    "examples/a.jpg",
+    "examples/SOURCE.md",
+}
+
+
+@pytest.fixture
+def app_dir(tmp_path) -> Path:
+    folder = tmp_path / "project"
+    for name, text in APP_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def run_deploy(app_dir: Path, *args: str) -> int:
+    return deploy.main([SPACE, "--app-dir", str(app_dir), *args])
+
+
+def committed_files(commit: list[dict]) -> dict[str, bytes]:
+    return {
+        line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in commit if line["key"] == "file"
+    }
+
+
+def request_index(hub: StandInHub, method: str, pattern: str) -> int:
+    return next(
+        index
+        for index, request in enumerate(hub.requests)
+        if request["method"] == method and re.search(pattern, request["path"])
+    )
+
+
+def test_deploys_exactly_the_app_files_to_a_zero_gpu_space_after_pushing_the_head(hub, app_dir, capsys):
+    checkpoint = app_dir / "checkpoints" / "foodvision-mini"
+    assert run_deploy(app_dir, "--checkpoint", str(checkpoint)) == 0
+
+    [create_space] = [
+        call["body"] for call in hub.calls("POST", "^/api/repos/create$") if call["body"]["type"] == "space"
+    ]
+    assert create_space == {
+        "name": "foodvision",
+        "organization": USER,
+        "type": "space",
+        "sdk": "gradio",
+        "hardware": "zero-a10g",
+    }
+    [space_commit] = hub.commits("spaces", SPACE)  # one commit, holding every file
+    uploaded = committed_files(space_commit)
+    assert set(uploaded) == SPACE_FILES
+    assert uploaded["app.py"] == (app_dir / "app.py").read_bytes()
+
+    [create_head] = [
+        call["body"] for call in hub.calls("POST", "^/api/repos/create$") if call["body"]["type"] == "model"
+    ]
+    assert (create_head["organization"], create_head["name"]) == (USER, "foodvision-head")
+    [head_commit] = hub.commits("models", f"{USER}/foodvision-head")
+    assert set(committed_files(head_commit)) == {"config.json", "model.safetensors"}
+
+    [variable] = [call["body"] for call in hub.calls("POST", f"^/api/spaces/{SPACE}/variables$")]
+    assert (variable["key"], variable["value"]) == ("FOODVISION_CHECKPOINT", f"{USER}/foodvision-head")
+    # The head and the variable exist before the app's commit starts the Space's first build.
+    head_at = request_index(hub, "POST", f"^/api/models/{USER}/foodvision-head/commit/")
+    variable_at = request_index(hub, "POST", "/variables$")
+    assert head_at < variable_at < request_index(hub, "POST", f"^/api/spaces/{SPACE}/commit/")
+    assert {call["auth"] for call in hub.requests} == {f"Bearer {TOKEN}"}
+    out = capsys.readouterr().out
+    assert f"{hub.url}/spaces/{SPACE}" in out and "First start" in out
+
+
+def test_updating_a_gradio_space_requests_the_hardware_and_deletes_files_that_no_longer_belong(hub, app_dir):
+    hub.add_repo("models", f"{USER}/head")
+    remote = [
+        ".gitattributes",
+        "LICENSE",
+        "README.md",
+        "app.py",
+        "old_module.py",
+        "examples/gone.jpg",
+        "tests/test_x.py",
+    ]
+    hub.add_repo("spaces", SPACE, sdk="gradio", files=remote, hardware="cpu-basic")
+
+    assert run_deploy(app_dir, "--hardware", "cpu-upgrade", "--checkpoint", f"{USER}/head") == 0
+
+    assert hub.calls("POST", "^/api/repos/create$") == []  # create_repo ignores hardware on an existing Space
+    [hardware] = hub.calls("POST", f"^/api/spaces/{SPACE}/hardware$")
+    assert hardware["body"] == {"flavor": "cpu-upgrade"}
+    [commit] = hub.commits("spaces", SPACE)
+    assert {line["value"]["path"] for line in commit if line["key"] == "deletedFile"} == {
+        "old_module.py",
+        "examples/gone.jpg",
+        "tests/test_x.py",
+    }
+    assert set(hub.repos[f"spaces/{SPACE}"]["files"]) == SPACE_FILES | {".gitattributes", "LICENSE"}
+    assert hub.calls("POST", "^/api/models/") == []  # a repo id is used as it is: nothing pushed
+    [variable] = hub.calls("POST", "/variables$")
+    assert variable["body"]["value"] == f"{USER}/head"
+
+
+def test_dry_run_prints_the_plan_and_contacts_nothing(hub, app_dir, capsys):
+    (app_dir / "README.md").write_text(README.replace('"3.10.13"', '"3.11"'))
+
+    assert run_deploy(app_dir, "--dry-run", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini")) == 0
+
+    assert hub.requests == []
+    captured = capsys.readouterr()
+    listed = {line.strip() for line in captured.out.splitlines() if line.startswith("  ")}
+    assert listed == SPACE_FILES
+    assert f"FOODVISION_CHECKPOINT={USER}/foodvision-head" in captured.out
+    assert "python_version 3.11" in captured.err and "3.10.13" in captured.err  # ZeroGPU would not build it
+
+
+def assert_failed_cleanly(capsys, code: int, *phrases: str) -> str:
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err
+    for phrase in phrases:
+        assert phrase in captured.err
+    return captured.err
+
+
+def test_a_rejected_token_asks_to_log_in_and_stops(hub, app_dir, capsys):
+    hub.failures["whoami"] = 401
+
+    code = run_deploy(app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    assert_failed_cleanly(capsys, code, "401", "hf auth login", "HF_TOKEN takes precedence")
+    assert [call["path"] for call in hub.requests] == ["/api/whoami-v2"]
+
+
+def test_no_token_at_all_asks_to_log_in_without_contacting_the_hub(hub, app_dir, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir), "hf auth login")
+    assert hub.requests == []
+
+
+def test_payment_required_suggests_zero_gpu_and_uploads_nothing(hub, app_dir, capsys):
+    hub.failures["create spaces"] = 402
+
+    code = run_deploy(
+        app_dir, "--hardware", "cpu-basic", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini")
+    )
+
+    assert_failed_cleanly(capsys, code, "402", "free accounts: use --hardware zero")
+    assert hub.calls("POST", "/preupload/|/commit/|/variables$") == []
+    created = [call["body"]["type"] for call in hub.calls("POST", "^/api/repos/create$")]
+    assert created == ["space"]  # refused before the head repo was created or anything uploaded
+
+
+def test_an_existing_space_with_another_sdk_is_left_alone(hub, app_dir, capsys):
+    hub.add_repo("spaces", SPACE, sdk="docker", files=["Dockerfile"])
+
+    error = assert_failed_cleanly(capsys, run_deploy(app_dir), "'docker'", "another name", "hf repos delete")
+    assert SPACE in error
+    assert [call["method"] for call in hub.requests] == ["GET", "GET"]  # whoami, space info; nothing written
+
+
+def test_a_module_that_imports_a_local_only_one_stops_the_deploy(hub, app_dir, capsys):
+    (app_dir / "app.py").write_text("import spaces\n\ndef main():\n    from predict import run\n")
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir), "app.py (line 4) imports predict", "LOCAL_ONLY_MODULES")
+    assert hub.requests == []
+
+
+def test_a_token_without_write_access_gets_a_permission_message(hub, app_dir, capsys):
+    hub.failures["commit"] = 403
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir), "403", "write access", USER)
+
+
+def test_an_unreachable_hub_is_named(hub, app_dir, capsys):
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{closed_port}"
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir, "--endpoint", endpoint), f"Cannot reach the Hub at {endpoint}")
+
+
+def test_unknown_hardware_is_refused_before_anything_runs(hub, app_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_deploy(app_dir, "--hardware", "a-big-gpu")
+    assert exit_info.value.code == 2
+    assert "zero" in capsys.readouterr().err and hub.requests == []
+
+
+def test_the_command_line_exits_1_with_one_message_and_no_traceback(hub, app_dir):
+    """The `python deploy.py` path, environment included: HF_ENDPOINT and HF_TOKEN are read from it."""
+    hub.failures["whoami"] = 401
+    script = Path(deploy.__file__)
+
+    result = subprocess.run(
+        [sys.executable, str(script), SPACE, "--app-dir", str(app_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(script.parent)},
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "hf auth login" in result.stderr
+    assert [call["path"] for call in hub.requests] == ["/api/whoami-v2"]

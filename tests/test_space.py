@@ -1,0 +1,114 @@
+"""The app as a Hugging Face Space on every tier: the function bound to the prediction event is a ZeroGPU task (a
+stand-in `spaces` module records what is decorated) and still predicts on the CPU; the Space's Python versions
+compile every module; README's front matter asks for what ZeroGPU runs."""
+
+import importlib
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import deploy
+import serving
+from standins import EXAMPLE_PHOTOS, REPO
+
+MODULES = sorted(str(path) for path in REPO.glob("*.py"))
+
+
+@pytest.fixture
+def app_with_stand_in_spaces(monkeypatch):
+    """app.py imported with a `spaces` module whose GPU decorator records the functions it wraps."""
+    decorated = []
+
+    def gpu(function=None, duration=None):
+        def wrap(task):
+            def on_a_gpu(*args, **kwargs):
+                return task(*args, **kwargs)
+
+            decorated.append((on_a_gpu, duration))
+            return on_a_gpu
+
+        return wrap(function) if callable(function) else wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    import app
+
+    yield importlib.reload(app), decorated
+    monkeypatch.undo()
+    importlib.reload(app)  # back to the real `spaces` package (or none)
+
+
+def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(
+    app_with_stand_in_spaces, trained_head_checkpoint, torch_home
+):
+    app, decorated = app_with_stand_in_spaces
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
+    demo = app.build_demo(foodvision)
+    [predict] = [function for function in demo.fns.values() if function.api_name == "predict"]
+    tasks = {task: duration for task, duration in decorated}
+    assert predict.fn in tasks, "the function bound to the prediction event is not decorated with @spaces.GPU"
+    assert 0 < tasks[predict.fn] <= 60  # ZeroGPU's default is 60 s; shorter queues sooner
+    probabilities, timing, patches, attention, rollout, prediction = predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
+    assert probabilities == prediction.probabilities and sum(probabilities.values()) == pytest.approx(1)
+    assert "ms" in timing and all(Path(picture).is_file() for picture in (patches, attention, rollout))
+    assert [function.api_name for function in demo.fns.values() if function.fn in tasks] == ["predict"]
+
+
+def test_the_real_spaces_package_leaves_the_function_as_it_is():
+    spaces = pytest.importorskip("spaces")  # requirements-dev.txt installs it, as Spaces do
+
+    def task():
+        return 42
+
+    assert spaces.GPU(duration=10)(task) is task  # outside ZeroGPU (no SPACES_ZERO_GPU)
+
+
+def space_pythons() -> dict[str, Path]:
+    """The pyenv interpreters of the Python versions ZeroGPU runs (README front matter), where installed."""
+    root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or "/nonexistent")
+    found = {}
+    for version in deploy.ZERO_GPU_PYTHON_VERSIONS:
+        minor = ".".join(version.split(".")[:2])
+        candidates = sorted(root.glob(f"versions/{minor}.*/bin/python"))
+        exact = root / "versions" / version / "bin" / "python"
+        if exact.exists() or candidates:
+            found[version] = exact if exact.exists() else candidates[-1]
+    return found
+
+
+@pytest.mark.parametrize("version", deploy.ZERO_GPU_PYTHON_VERSIONS)
+def test_every_module_compiles_under_the_spaces_python(version):
+    python = space_pythons().get(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here (pyenv install {version})")
+    compile_all = "import sys\nfor path in sys.argv[1:]:\n    compile(open(path).read(), path, 'exec')\n"
+    result = subprocess.run([str(python), "-c", compile_all, *MODULES], capture_output=True, text=True)
+    assert result.returncode == 0, f"{python}: {result.stderr}"
+
+
+def front_matter() -> dict[str, str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("---\n")[1]
+    return dict(re.findall(r"^(\w+): \"?([^\"\n]*)\"?$", block, re.MULTILINE))
+
+
+def test_readme_front_matter_is_a_space_zerogpu_runs():
+    settings = front_matter()
+    assert settings["sdk"] == "gradio" and settings["app_file"] == "app.py"
+    assert settings["python_version"] in deploy.ZERO_GPU_PYTHON_VERSIONS
+    gradio_pin = re.search(r"^gradio==(\S+)$", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    assert settings["sdk_version"] == gradio_pin
+
+
+def test_the_spaces_requirements_pin_a_torch_zerogpu_supports():
+    requirements = deploy.space_requirements(REPO).decode()
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", requirements, re.MULTILINE))
+    assert pins == deploy.SPACE_TORCH_PINS
+    major, minor = map(int, pins["torch"].split(".")[:2])
+    assert (major, minor) >= deploy.ZERO_GPU_MIN_TORCH
+    local = (REPO / "requirements.txt").read_text().splitlines()
+    others = [line for line in local if not re.match(r"^(torch|torchvision)==", line)]
+    assert [line for line in requirements.splitlines() if not re.match(r"^(torch|torchvision)==", line)] == others
