@@ -285,7 +285,6 @@ def equation_walk(patch_embedding, pixels: torch.Tensor, logits: torch.Tensor, c
     embedding = patch_embedding
     with torch.inference_mode():
         image = pixels[None].float().to(embedding.projection.weight.device)
-        patches = image.unfold(2, patch, patch).unfold(3, patch, patch)  # (1, C, grid, grid, P, P)
         patch_embeddings = embedding.projection(image).flatten(2).transpose(1, 2)  # x_p E, (1, N, D)
         z0 = embedding(image)  # Eq. 1 (eval mode: no dropout)
     distances = mean_attention_distance(attentions, patch).mean(dim=1)  # (layers,) mean over the heads
@@ -301,7 +300,7 @@ def equation_walk(patch_embedding, pixels: torch.Tensor, logits: torch.Tensor, c
             "x_p",
             f"N = HW/P^2 = {grid * grid} patches of P x P x C = {patch}x{patch}x{config.in_channels}",
             f"{grid * grid}x{patch * patch * config.in_channels}",
-            numbers(patches),
+            "the same values as x, regrouped patch by patch",
         ),
         ("x_p E", "Eq. 1: every flattened patch times E", f"{grid * grid}x{hidden}", numbers(patch_embeddings)),
         ("z_0", "Eq. 1: [x_class; x_p E] + E_pos", f"{1 + grid * grid}x{hidden}", numbers(z0)),

@@ -244,3 +244,21 @@ class HubFilesHandler(QuietHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(body)
+
+
+def inject_outliers(model: torch.nn.Module, scale: float, channels: int = 6, seed: int = 0) -> torch.nn.Module:
+    """Give a torchvision VisionTransformer the LayerNorm outlier channels of real pretrained ViTs (RepQ-ViT;
+    "massive activations"), without changing its function: in the same `channels` of every ln_1 and ln_2, the
+    affine scale and bias are multiplied by `scale` and the following Linear's matching input columns divided by
+    it. In fp32 the logits stay (up to rounding); a per-tensor int8 activation scale no longer fits the rest."""
+    chosen = torch.randperm(model.hidden_dim, generator=torch.Generator().manual_seed(seed))[:channels]
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            for norm, following in (
+                (layer.ln_1, layer.self_attention.in_proj_weight),
+                (layer.ln_2, layer.mlp[0].weight),
+            ):
+                norm.weight[chosen] *= scale
+                norm.bias[chosen] *= scale
+                following[:, chosen] /= scale
+    return model
