@@ -47,7 +47,7 @@ from figures import (
     position_embedding_similarity,
     similarity_picture,
 )
-from images import IMAGE_EXTENSIONS, attention_overlay, patch_grid, to_display
+from images import attention_overlay, example_photos, patch_grid, to_display
 from serving import (
     DEFAULT_CHECKPOINT_DIR,
     FoodVision,
@@ -62,8 +62,7 @@ from serving import (
     unavailable,
 )
 
-APP_DIR = Path(__file__).resolve().parent
-EXAMPLES = sorted(str(path) for path in (APP_DIR / "examples").glob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+EXAMPLES = [str(path) for path in example_photos()]
 # One request at a time, using every core: on a CPU that gives the lowest latency per request and bounds memory;
 # the queue holds the rest.
 ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}

@@ -29,9 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from images import IMAGE_EXTENSIONS, attention_overlay, load_rgb, to_display
-
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+from images import attention_overlay, example_photos, load_rgb, to_display
 
 
 def _checked_attentions(attentions) -> list[torch.Tensor]:
@@ -391,10 +389,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model, transforms, _ = load_classifier(args.checkpoint)
     predictor = Predictor(model, precision="fp32")  # the served weights in model.py's ViT, unquantized
-    examples = sorted(path for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    examples = example_photos()
     photos = [args.image] if args.image else examples
     if not photos:
-        parser.error(f"no --image given and no photos in {EXAMPLES_DIR}")
+        parser.error("no --image given and no photos in examples/")
 
     def attention_for(paths):
         batch = torch.stack([transforms(load_rgb(path, min_size=transforms.resize_size[0])) for path in paths])

@@ -27,11 +27,17 @@ MAX_PIXELS = 8192 * 8192
 # phone panoramas (about 4:1 to 10:1) and bounds the resized long side at 20 x 256 pixels.
 MAX_ASPECT_RATIO = 20
 
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # real photos bundled with the app (SOURCE.md)
 # torchvision's ImageFolder list, so a folder reads the same here and there.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # Modes Pillow stores 16-bit (or wider) grey levels in; its convert() clips them at 255.
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def example_photos() -> list[Path]:
+    """The bundled example photos, sorted: the page's examples, the int8 path's calibration and self-check."""
+    return sorted(path for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 class ImageError(ValueError):

@@ -1,29 +1,44 @@
 """Fast CPU inference for the FoodVision Mini classifier: logits, and attention maps when asked, in one pass.
 
-    predictor = Predictor(model)                      # model from classifier.load_classifier
+    predictor = Predictor(model, calibration=calibration_images(transforms))  # model from classifier.load_classifier
     logits = predictor(images)                        # (B, classes), float32
     maps = []; logits = predictor(images, maps)       # maps: model.py's contract, one (B, heads, 1+N, 1+N) a layer
 
-precision="auto" runs the backbone as model.py's ViT, holding the extractor's own tensors, with every encoder
-Linear in int8 (dynamic quantization: int8 weights per output channel, activations quantized on the fly), on CPUs
-whose int8 products add in int32 (AVX-512 VNNI); bf16 is chosen only with AMX tiles, as AVX512-BF16 alone runs
-slower than fp32 (benchmarks/matmul.py). torchvision's module cannot take the same path: nn.MultiheadAttention keeps
-its qkv and output projections, a third of the encoder's multiply-adds, out of reach of quantize_dynamic, while
-model.py's blocks are plain nn.Linear layers. precision="fp32" runs the extractor itself, untouched (bitwise the
-logits of calling it), and model.py's ViT in fp32 when attention maps are asked for. Speed and agreement with fp32
-are measured by benchmarks/latency.py (figures in BENCHMARKS.md).
+precision="auto" runs the backbone as model.py's ViT, holding the extractor's own tensors, with the encoder's
+Linears in int8 (dynamic quantization: int8 weights per output channel, activations quantized on the fly with one
+scale per tensor), on CPUs whose int8 products add in int32 (AVX-512 VNNI); bf16 is chosen only with AMX tiles, as
+AVX512-BF16 alone runs slower than fp32 (benchmarks/matmul.py). torchvision's module cannot take the same path:
+nn.MultiheadAttention keeps its qkv and output projections, a third of the encoder's multiply-adds, out of reach of
+quantize_dynamic, while model.py's blocks are plain nn.Linear layers. precision="fp32" runs the extractor itself,
+untouched (bitwise the logits of calling it), and model.py's ViT in fp32 when attention maps are asked for.
+
+Pretrained ViTs have a few LayerNorm output channels far larger than the rest, which one activation scale per
+tensor cannot fit: SmoothQuant (smooth_activations) moves half of each channel's range into the weights,
+calibrated on the bundled photos, and the most sensitive Linear stays fp32. `agreement` measures the int8 path
+against fp32 on the weights it serves: train_head.py records it in the checkpoint, and the app serves int8 only
+where a record for its setup passed or a self-check does (serving.py). Speed and agreement: benchmarks/latency.py,
+BENCHMARKS.md.
 """
 
+import hashlib
 import warnings
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+from images import example_photos, load_rgb
 from model import ViT, ViTConfig, convert_torchvision_state_dict
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
+INT8_METHOD = "int8 dynamic, SmoothQuant alpha 0.5 on qkv and fc1, blocks.0.attention.projection fp32"
+SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength: each channel's range is split evenly between x and W
+# Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
+# (benchmarks/latency.py --outliers); it is under 1% of the work.
+FP32_LINEARS = ("blocks.0.attention.projection",)
+MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise, with the same top-1 class as fp32
 
 
 def cpu_supports_bf16() -> bool:
@@ -74,6 +89,61 @@ class FullRangeInt8Linear(quantized_dynamic.Linear):
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
 
 
+@torch.no_grad()
+def smooth_activations(vit: ViT, calibration: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> None:
+    """SmoothQuant (Xiao et al. 2023) for the Linears that read a LayerNorm (qkv, Eq. 2; the MLP's first, Eq. 3):
+    with X the Linear's input over the calibration images' tokens, input channel j gets
+    s_j = max|X_j|^alpha / max|W_j|^(1-alpha); the LayerNorm's affine weight and bias are divided by s and the
+    Linear's columns multiplied by it. The fp32 function stays as it was, while an outlier channel's range shrinks
+    toward the others'. New Parameters replace the old: the ViT shares its tensors with the torchvision model."""
+    pairs = [(block.attention.norm, block.attention.qkv) for block in vit.blocks]
+    pairs += [(block.mlp.norm, block.mlp.mlp[0]) for block in vit.blocks]
+    largest = {}
+
+    def record(linear: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        observed = inputs[0].abs().flatten(0, -2).amax(dim=0)
+        largest[linear] = torch.maximum(largest[linear], observed) if linear in largest else observed
+
+    hooks = [linear.register_forward_pre_hook(record) for _, linear in pairs]
+    try:
+        vit.forward_features(calibration)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for norm, linear in pairs:
+        weight_range = linear.weight.abs().amax(dim=0).clamp_min(1e-5)
+        scale = (largest[linear].clamp_min(1e-5).pow(alpha) / weight_range.pow(1 - alpha)).clamp_min(1e-5)
+        norm.weight = nn.Parameter(norm.weight / scale, requires_grad=False)
+        norm.bias = nn.Parameter(norm.bias / scale, requires_grad=False)
+        linear.weight = nn.Parameter(linear.weight * scale, requires_grad=False)
+
+
+def calibration_images(transforms) -> torch.Tensor:
+    """The bundled example photos as model inputs: real photos, which a stand-in cannot replace for calibration."""
+    return torch.stack([transforms(load_rgb(path, min_size=transforms.resize_size[0])) for path in example_photos()])
+
+
+def calibration_fingerprint() -> str:
+    """SHA-256 of the calibration photos' bytes: a record made with other photos is not this setup's."""
+    digest = hashlib.sha256()
+    for path in example_photos():
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def int8_setup(weights_sha256: str) -> dict:
+    """What an int8 agreement measurement depends on: the method, the exact weights, torch and its quantized
+    kernels, the CPU's int8 instructions and the calibration photos. A record holds only where all are the same."""
+    return {
+        "method": INT8_METHOD,
+        "weights_sha256": weights_sha256,
+        "torch": torch.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
+        "vnni": bool(torch.cpu._is_vnni_supported()),
+        "calibration_sha256": calibration_fingerprint(),
+    }
+
+
 def vit_from_torchvision(model: nn.Module) -> ViT:
     """model.py's ViT holding the very tensors of a torchvision VisionTransformer (any head size): the renaming
     copies nothing, so it costs no memory beside the torchvision model."""
@@ -94,20 +164,39 @@ def vit_from_torchvision(model: nn.Module) -> ViT:
 
 class Predictor:
     """Logits, and optionally every layer's attention maps, for a batch of preprocessed images, in the precision
-    chosen at construction (see resolve_precision). int8 quantizes each activation tensor with one scale, so an
-    image's logits move slightly with the other images of its batch; the app classifies one photo at a time."""
+    chosen at construction (see resolve_precision). int8 needs `calibration` images (calibration_images) for its
+    SmoothQuant scales, and quantizes each activation tensor with one scale, so an image's logits move slightly with
+    the other images of its batch: the app classifies one photo at a time, and `agreement` measures it so."""
 
-    def __init__(self, model: nn.Module, precision: str = "auto"):
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str = "auto",
+        calibration: torch.Tensor | None = None,
+        *,
+        smooth: bool = True,
+        fp32_linears: tuple[str, ...] = FP32_LINEARS,
+    ):
+        """smooth and fp32_linears change INT8_METHOD, for measuring what each part brings (benchmarks, tests)."""
         self.model = model.eval()
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.vit = vit_from_torchvision(model)
         if self.precision == "int8":
-            # The head stays fp32: it is tiny and sets the probabilities directly.
+            if smooth and calibration is None:
+                raise ValueError("the int8 path needs calibration images: pass calibration=calibration_images(...)")
+            if smooth:
+                smooth_activations(self.vit, calibration)
+            # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
             linear = FullRangeInt8Linear if torch.cpu._is_vnni_supported() else quantized_dynamic.Linear
+            kept = {name.removeprefix("blocks.") for name in fp32_linears}
             with warnings.catch_warnings():  # torch.ao's notice that torchao will take over (still there in 2.14)
                 warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
                 warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
-                qconfig = {nn.Linear: per_channel_dynamic_qconfig}
+                qconfig = {
+                    name: per_channel_dynamic_qconfig
+                    for name, module in self.vit.blocks.named_modules()
+                    if isinstance(module, nn.Linear) and name not in kept
+                }
                 quantize_dynamic(self.vit.blocks, qconfig, mapping={nn.Linear: linear}, inplace=True)
 
     @torch.inference_mode()
@@ -123,3 +212,66 @@ class Predictor:
         if attention_maps is not None:
             attention_maps.extend(attention.float() for attention in recorded)
         return logits.float()
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """y = LN(z_L^0) (Eq. 4) in float32, the head's input, in this predictor's precision."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.vit.forward_features(images).float()
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A fast path against fp32 on the same images, each image alone as the app runs it."""
+
+    inputs: int
+    top1: float  # share of images with the same top class
+    near_tie_margin: float  # the largest gap between fp32's top two probabilities where the top class changed
+    max_probability_difference: float
+    mean_probability_difference: float
+    worst_feature_cosine: float  # of y (Eq. 4), the head's input
+
+    @property
+    def passed(self) -> bool:
+        """Probabilities within MAX_PROBABILITY_DIFFERENCE of fp32's. The top class then changes only where fp32's
+        top two are within twice that (a near tie, which any approximation can swap): the same top-1 elsewhere."""
+        return self.max_probability_difference <= MAX_PROBABILITY_DIFFERENCE
+
+    def describe(self) -> str:
+        flips = round((1 - self.top1) * self.inputs)
+        ties = f" (the {flips} other: fp32's top two within {self.near_tie_margin:.4f})" if flips else ""
+        return (
+            f"top-1 {self.top1:.1%} the same{ties}, probabilities within {self.max_probability_difference:.4f} "
+            f"(mean {self.mean_probability_difference:.5f}), features' cosine >= {self.worst_feature_cosine:.4f}, "
+            f"over {self.inputs} images"
+        )
+
+    def as_record(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+@torch.inference_mode()
+def reference_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """fp32 y (Eq. 4) of a torchvision VisionTransformer, through model.py's ViT holding its tensors."""
+    return vit_from_torchvision(model).forward_features(images)
+
+
+@torch.inference_mode()
+def agreement(fast: Predictor, images: torch.Tensor, reference: torch.Tensor) -> Agreement:
+    """`fast` against fp32 features `reference` (B, D) of the same images, one image at a time; both go through
+    the same fp32 head, so the difference is the backbone's."""
+    features = torch.cat([fast.features(image[None]) for image in images])
+    head = fast.vit.forward_head
+    probabilities, expected = head(features).softmax(dim=-1), head(reference.float()).softmax(dim=-1)
+    difference = (probabilities - expected).abs()
+    same = probabilities.argmax(dim=-1) == expected.argmax(dim=-1)
+    top_two = expected.topk(2, dim=-1).values
+    margins = (top_two[:, 0] - top_two[:, 1])[~same]
+    return Agreement(
+        inputs=len(images),
+        top1=same.float().mean().item(),
+        near_tie_margin=margins.max().item() if len(margins) else 0.0,
+        max_probability_difference=difference.max().item(),
+        mean_probability_difference=difference.mean().item(),
+        worst_feature_cosine=nn.functional.cosine_similarity(features, reference.float(), dim=-1).min().item(),
+    )

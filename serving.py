@@ -8,6 +8,7 @@ do; the page shows it as an error, the command line prints it.
 import argparse
 import copy
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +32,17 @@ from classifier import (
 )
 from devices import default_device, resolve_device
 from images import ImageError, load_rgb
-from inference import PRECISIONS, Predictor, resolve_precision, vit_from_torchvision
+from inference import (
+    MAX_PROBABILITY_DIFFERENCE,
+    PRECISIONS,
+    Predictor,
+    agreement,
+    calibration_images,
+    int8_setup,
+    reference_features,
+    resolve_precision,
+    vit_from_torchvision,
+)
 from model import VIT_CONFIGS
 
 
@@ -73,12 +84,16 @@ class FoodVision:
     problem: str | None = None
     precision: str = "auto"  # inference.Predictor's, one of inference.PRECISIONS
     weights_check: WeightsCheck | None = None  # whether the backbone is the published weights file
+    predictor: Predictor | None = None  # built from model and precision when not given
+    precision_reason: str = ""  # why this precision serves (the record or self-check behind int8)
     # Eq. 1 of the served weights on the CPU, for the explanations drawn beside a prediction: on ZeroGPU the model
     # itself is reachable only inside the GPU function
     patch_embedding: torch.nn.Module | None = None
 
     def __post_init__(self):
-        self.predictor = Predictor(self.model, self.precision) if self.model is not None else None
+        if self.predictor is None and self.model is not None:
+            calibration = calibration_images(self.transforms) if self.device.type == "cpu" else None
+            self.predictor = Predictor(self.model, self.precision, calibration)
 
     @property
     def grid_size(self) -> int:
@@ -127,7 +142,7 @@ class FoodVision:
         """Markdown for the top of the page: what is missing, or where the model runs and any warning about it."""
         if self.model is None:
             return self.describe()
-        lines = [f"**Running on** {self.where()}."]
+        lines = [f"**Running on** {self.where()}." + (f" {self.precision_reason}" if self.precision_reason else "")]
         if self.weights_check is not None and not self.weights_check.published:
             lines.append(f"**Warning:** {self.weights_check.describe()}; the predictions are not the real model's.")
         return "\n\n".join(lines)
@@ -150,6 +165,7 @@ class FoodVision:
             f"- **Classes:** {', '.join(self.config['class_names'])}",
             f"- **Parameters:** {total:,} in all, of which {trainable_parameters(self.model):,} in the trained head",
             f"- **Runs on:** {self.where()} (precision {precision}; figures in BENCHMARKS.md)",
+            *([f"- **Why this precision:** {self.precision_reason}"] if self.precision_reason else []),
         ]
         for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
             if self.config.get(key):
@@ -181,16 +197,60 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     device = torch.device(device)
     weights_check = check_weights_file(config["weights"])
     patch_embedding = copy.deepcopy(vit_from_torchvision(model).patch_embedding)  # before the model leaves the CPU
+    model = model.to(device)
+    predictor, reason = choose_predictor(model, transforms, precision, config, weights_check)
+    print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
     return FoodVision(
         transforms,
         model.patch_size,
-        model.to(device),
+        model,
         config,
         source,
         device,
         precision=precision,
         weights_check=weights_check,
         patch_embedding=patch_embedding,
+        predictor=predictor,
+        precision_reason=reason,
+    )
+
+
+def choose_predictor(model, transforms, precision: str, config: dict, weights_check: WeightsCheck):
+    """(Predictor, why): with precision "auto", the int8 path serves only where it has proven itself on these
+    weights: the checkpoint records a passing measurement on its test split for exactly this setup
+    (inference.int8_setup), or, failing that, a self-check against fp32 on the bundled example photos passes.
+    Otherwise fp32 serves, and the reason says why."""
+    device = next(model.parameters()).device
+    calibration = calibration_images(transforms) if device.type == "cpu" else None
+    resolved = resolve_precision(precision, device)
+    if device.type != "cpu":
+        return Predictor(model, resolved), f"{resolved} on {device}: the int8 and bf16 paths are CPU paths."
+    if precision != "auto":
+        return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
+    if resolved != "int8":
+        reason = f"{resolved}: this CPU has no fast int8 path (it needs AVX-512 VNNI; bf16 needs AMX)."
+        return Predictor(model, resolved, calibration), reason
+    fast = Predictor(model, "int8", calibration)
+    record = config.get("int8") or {}
+    if record.get("setup") == int8_setup(weights_check.sha256) and record["agreement"]["passed"]:
+        measured = record["agreement"]
+        return fast, (
+            f"int8 serves: train_head.py measured it against fp32 on the test split for exactly this setup: "
+            f"top-1 {measured['top1']:.0%} the same, probabilities within {measured['max_probability_difference']:.4f}."
+        )
+    if record.get("setup"):
+        why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
+    else:
+        why_no_record = "the checkpoint has no int8 measurement"
+    check = agreement(fast, calibration, reference_features(model, calibration))
+    if check.passed:
+        return (
+            fast,
+            f"int8 serves: {why_no_record}, and a self-check on the bundled photos passed ({check.describe()}).",
+        )
+    return Predictor(model, "fp32"), (
+        f"fp32 serves, not int8: {why_no_record}, and int8 disagreed with fp32 on the bundled photos "
+        f"({check.describe()}); the int8 path promises probabilities within {MAX_PROBABILITY_DIFFERENCE} of fp32's."
     )
 
 

@@ -26,8 +26,10 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
+from images import example_photos
+
 REPO = Path(__file__).resolve().parent
-EXAMPLE_PHOTOS = sorted(path for path in (REPO / "examples").iterdir() if path.suffix.lower() in (".jpg", ".jpeg"))
+EXAMPLE_PHOTOS = example_photos()
 
 
 def write_random_backbone(home: Path) -> Path:

@@ -35,6 +35,7 @@ from classifier import (
     CheckpointError,
     WeightsUnavailableError,
     build_feature_extractor,
+    check_weights_file,
     describe_weights,
     model_card,
     push_to_hub,
@@ -43,6 +44,7 @@ from classifier import (
 )
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
 from devices import resolve_device
+from inference import Predictor, agreement, calibration_images, int8_setup, resolve_precision
 from outputs import epoch_line, plot_curves
 
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
@@ -112,6 +114,24 @@ def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batc
         )
         tqdm.write(epoch_line(history[-1]))
     return history
+
+
+def measure_int8(model: nn.Module, test_set: ImageDataset, test_features: torch.Tensor, weights: str) -> dict:
+    """The app's int8 path against fp32 on the test split, with these very weights (real pretrained ViTs have the
+    outlier channels a random backbone lacks): top-1 agreement, the largest probability difference and the worst
+    feature cosine, with the setup the measurement holds for (inference.int8_setup). The app serves int8 only where
+    such a record passed for its own setup, or its self-check does."""
+    if resolve_precision("auto", torch.device("cpu")) != "int8":
+        return {"measured": False, "why": "this CPU has no fast int8 path (AVX-512 VNNI); the app will self-check"}
+    fast = Predictor(model, "int8", calibration_images(test_set.transform))
+    images = [test_set[index][0] for index in tqdm(range(len(test_set)), desc="int8 check (test split)", leave=False)]
+    measured = agreement(fast, torch.stack(images), test_features)
+    tqdm.write(f"int8 path against fp32 on the test split: {measured.describe()}")
+    return {
+        "measured": True,
+        "setup": int8_setup(check_weights_file(weights).sha256),
+        "agreement": measured.as_record(),
+    }
 
 
 def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:
@@ -208,6 +228,7 @@ def train_head(
             test_images=len(test_set),
         ),
         versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
+        int8=measure_int8(model, test_set, test[0], weights),
     )
     metrics = dict(
         history=history, device=device, features_seconds=features_seconds, head_training_seconds=training_seconds

@@ -14,7 +14,7 @@ from common import interleaved_ms, load_benchmark_classifier, median, print_mach
 from PIL import Image, ImageOps
 
 from images import load_rgb
-from inference import Predictor
+from inference import Predictor, calibration_images
 from standins import twelve_megapixel_jpeg
 
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     full = transforms(load_rgb(args.photo)).unsqueeze(0)
     draft = transforms(load_rgb(args.photo, min_size=resize)).unsqueeze(0)
-    predictor = Predictor(model)
+    predictor = Predictor(model, calibration=calibration_images(transforms))
     probabilities = {name: predictor(x).softmax(-1)[0] for name, x in (("full", full), ("draft", draft))}
     pixel_difference = (full - draft).abs()
     print(

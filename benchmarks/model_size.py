@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from classifier import build_feature_extractor, head_state_dict
-from inference import Predictor
+from inference import Predictor, calibration_images
 
 CLASSES = ("pizza", "steak", "sushi")
 
@@ -64,7 +64,7 @@ def main() -> None:
     random_backbone_home(WORK_DIR / "torch_home")
     vit, vit_transforms = build_feature_extractor(class_names=CLASSES)
     vit.eval()
-    predictor = Predictor(vit)
+    predictor = Predictor(vit, calibration=calibration_images(vit_transforms))
     effnet, effnet_size = efficientnet_b2_extractor()
     vit_input = torch.randn(1, 3, vit_transforms.crop_size[0], vit_transforms.crop_size[0])
     effnet_input = torch.randn(1, 3, effnet_size, effnet_size)

@@ -20,7 +20,7 @@ import predict
 from app import EXAMPLES, MAX_UPLOAD, parse_args
 from classifier import load_classifier
 from images import load_rgb, patch_grid, to_display
-from inference import Predictor
+from inference import Predictor, calibration_images
 from standins import EXAMPLE_PHOTOS, REPO, app_server, encoded, free_port, png_declaring, twelve_megapixel_jpeg
 
 PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
@@ -41,7 +41,7 @@ def client(served):
 def reference(trained_head_checkpoint, torch_home):
     """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid)."""
     model, transforms, config = load_classifier(trained_head_checkpoint)
-    predictor = Predictor(model)  # the app's default inference path
+    predictor = Predictor(model, calibration=calibration_images(transforms))  # the app's default inference path
 
     def compute(path) -> tuple[dict[str, float], np.ndarray]:
         pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))

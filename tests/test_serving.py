@@ -1,0 +1,91 @@
+"""serving.py: which precision serves and why. The int8 path serves only where it has proven itself on the weights
+being served (a passing record for exactly this setup, or a self-check on the bundled photos), and the page says
+which weights file is serving: torchvision checks the SHA-256 in its file name only when it downloads."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+import classifier
+import inference
+import serving
+from classifier import CONFIG_FILE, check_weights_file
+
+pytestmark = pytest.mark.skipif(inference.auto_precision() != "int8", reason="this CPU has no fast int8 path")
+
+
+@pytest.fixture
+def checkpoint_copy(trained_head_checkpoint, tmp_path):
+    return shutil.copytree(trained_head_checkpoint, tmp_path / "checkpoint")
+
+
+def edit_record(checkpoint, **setup_changes) -> None:
+    config = json.loads((checkpoint / CONFIG_FILE).read_text())
+    config["int8"]["setup"] |= setup_changes
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, torch_home):
+    record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
+    assert record["measured"] and record["agreement"]["passed"] and record["agreement"]["inputs"] == 24
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
+    assert foodvision.predictor.precision == "int8"
+    assert "train_head.py measured it against fp32 on the test split for exactly this setup" in foodvision.status()
+
+
+def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy, torch_home):
+    edit_record(checkpoint_copy, weights_sha256="0" * 64)
+    foodvision = serving.load(str(checkpoint_copy), "cpu")
+    assert foodvision.predictor.precision == "int8"
+    assert "record is for another setup or did not pass, and a self-check on the bundled photos passed" in (
+        foodvision.status()
+    )
+
+
+def test_a_failing_self_check_serves_fp32_and_says_why(checkpoint_copy, torch_home, monkeypatch, capsys):
+    edit_record(checkpoint_copy, torch="0.0")
+    failing = inference.Agreement(4, 0.75, 0.3, 0.41, 0.1, 0.8)
+    monkeypatch.setattr(serving, "agreement", lambda *args: failing)
+    foodvision = serving.load(str(checkpoint_copy), "cpu")
+    assert foodvision.predictor.precision == "fp32"
+    assert "fp32 serves, not int8" in foodvision.status() and "probabilities within 0.4100" in foodvision.status()
+    assert "Precision: fp32. fp32 serves, not int8" in capsys.readouterr().err  # and in the log
+
+
+def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_home):
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
+    assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.status()
+
+
+def test_stand_in_weights_are_named_on_the_page_and_the_verdict_is_remembered(torch_home, monkeypatch):
+    verdict = check_weights_file("IMAGENET1K_V1")
+    assert not verdict.published and verdict.expected_prefix == "c867db91"
+    assert "these are not the published IMAGENET1K_V1 weights" in verdict.describe()
+    file = verdict.file
+    assert hashlib.sha256(file.read_bytes()).hexdigest() == verdict.sha256
+
+    def no_hashing(*args):
+        raise AssertionError("hashed again although size and modification time are unchanged")
+
+    monkeypatch.setattr(classifier.hashlib, "sha256", no_hashing)
+    assert check_weights_file("IMAGENET1K_V1") == verdict
+
+
+def test_a_file_matching_its_name_is_the_published_one(tmp_path, monkeypatch):
+    content = b"stand-in weights"
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    file = tmp_path / f"vit_b_16-{prefix}.pth"
+    file.write_bytes(content)
+    monkeypatch.setattr(classifier, "cache_file", lambda weights: file)
+    assert check_weights_file("IMAGENET1K_V1").published
+    file.write_bytes(b"something else")  # a different size: hashed again
+    assert not check_weights_file("IMAGENET1K_V1").published
+
+
+def test_the_record_names_everything_it_depends_on(trained_head_checkpoint, torch_home):
+    setup = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]["setup"]
+    assert setup == inference.int8_setup(check_weights_file("IMAGENET1K_V1").sha256)
+    assert setup["torch"] == torch.__version__ and setup["method"] == inference.INT8_METHOD
