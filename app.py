@@ -113,7 +113,7 @@ class Pictures:
         path = self.folder / f"{uuid.uuid4().hex}-{name}.png"
         partial = path.with_suffix(".partial")
         if isinstance(picture, Image.Image):
-            picture.save(partial, format="png")
+            picture.save(partial, format="png", compress_level=1)  # a few ms, not tens: bytes are cheap on loopback
         else:  # a matplotlib Figure
             picture.savefig(partial, format="png", dpi=110)
         partial.rename(path)

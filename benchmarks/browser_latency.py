@@ -29,12 +29,8 @@ INSIDE_SHOWN = (
 def drop(page, photo: Path, inside: bool) -> tuple[float, float | None]:
     """One photo set on the page's file input: ms until the timing line (written with the label) shows, and,
     where the page has it, until the "Inside the ViT" views (the Eq. 1-4 walk and the head maps) show."""
-    clear = page.locator("#photo button[aria-label='Clear']")
-    if clear.count():  # the previous photo, cleared: the timing line empties
-        clear.click()
-    page.wait_for_function("!document.querySelector('#timing').innerText.includes('ms')", timeout=60_000)
-    if inside:
-        page.wait_for_function(f"!({INSIDE_SHOWN})()", timeout=60_000)
+    page.reload()  # a fresh page, as a new visitor's: no earlier photo, timing or views
+    page.wait_for_selector("#photo input[type=file]", state="attached")
     started = time.perf_counter()
     page.locator("#photo input[type=file]").set_input_files(str(photo))
     page.wait_for_function("document.querySelector('#timing').innerText.includes('ms')", timeout=60_000, polling=5)
