@@ -3,139 +3,21 @@ the way huggingface.co does (as read from huggingface_hub 2.4.0's source) and re
 the tests see exactly what would be created, uploaded and set, and in which order. No real network."""
 
 import base64
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 
 import deploy
+from standins import HUB_TOKEN, HUB_USER, StandInHub
 
-TOKEN = "hf_stand_in_token"
-USER = "alice"
+TOKEN, USER = HUB_TOKEN, HUB_USER
 SPACE = f"{USER}/foodvision"
-REPO_ROUTE = re.compile(r"^/api/(?P<kind>models|spaces)/(?P<repo>[\w.-]+/[\w.-]+)(?P<rest>/.*)?$")
-
-
-class StandInHub:
-    """Just enough of the Hub's API for HfApi.whoami, space_info, repo_info, create_repo, create_commit
-    (validate-yaml, preupload, commit), add_space_variable and request_space_hardware. Every file is
-    declared "regular" at preupload, so contents travel base64-encoded in the NDJSON commit (no LFS).
-    `failures` maps "whoami", "create spaces", "create models" or "commit" to the status that route answers instead."""
-
-    def __init__(self):
-        self.requests: list[dict] = []  # {"method", "path", "body", "auth"} in arrival order
-        self.unserved: list[str] = []  # routes the stand-in does not know: deploy.py called something new
-        self.repos: dict[str, dict] = {}  # "spaces/alice/x" or "models/alice/x" -> {"sdk", "files", "hardware"}
-        self.failures: dict[str, int] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def add_repo(self, kind: str, repo_id: str, sdk: str | None = None, files=(), hardware: str = "cpu-basic"):
-        self.repos[f"{kind}/{repo_id}"] = {"sdk": sdk, "files": dict.fromkeys(files, b""), "hardware": hardware}
-
-    def calls(self, method: str, pattern: str) -> list[dict]:
-        return [
-            request for request in self.requests if request["method"] == method and re.search(pattern, request["path"])
-        ]
-
-    def commits(self, kind: str, repo_id: str) -> list[list[dict]]:
-        """The NDJSON lines of every commit to that repo, in order."""
-        return [request["body"] for request in self.calls("POST", f"^/api/{kind}/{repo_id}/commit/")]
-
-    def handler_class(self):
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest's output to the test's own
-                pass
-
-            def do_GET(self):
-                self.handle_request("GET")
-
-            def do_POST(self):
-                self.handle_request("POST")
-
-            def handle_request(self, method: str):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Type", "").startswith("application/x-ndjson"):
-                    body = [json.loads(line) for line in raw.decode().splitlines() if line]
-                else:
-                    body = json.loads(raw) if raw else None
-                path = self.path.split("?")[0]
-                hub.requests.append(
-                    {"method": method, "path": path, "body": body, "auth": self.headers.get("Authorization")}
-                )
-                status, payload, headers = hub.answer(method, path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
-
-    def answer(self, method: str, path: str, body) -> tuple[int, object, dict]:
-        if method == "GET" and path == "/api/whoami-v2":
-            if "whoami" in self.failures:
-                return self.failures["whoami"], {"error": "Invalid credentials in Authorization header"}, {}
-            return 200, {"type": "user", "name": USER, "auth": {"accessToken": {"role": "write"}}}, {}
-        if method == "POST" and path == "/api/repos/create":
-            kind = f"{body.get('type') or 'model'}s"
-            repo_id = f"{body['organization']}/{body['name']}"
-            prefix = "spaces/" if kind == "spaces" else ""
-            if f"create {kind}" in self.failures:
-                return self.failures[f"create {kind}"], {"error": "Payment required"}, {}
-            if f"{kind}/{repo_id}" in self.repos:
-                return 409, {"error": "You already created this repo", "url": f"{self.url}/{prefix}{repo_id}"}, {}
-            self.add_repo(kind, repo_id, sdk=body.get("sdk"), hardware=body.get("hardware"))
-            return 200, {"url": f"{self.url}/{prefix}{repo_id}"}, {}
-        if method == "POST" and path == "/api/validate-yaml":
-            return 200, {"errors": [], "warnings": []}, {}
-        match = REPO_ROUTE.match(path)
-        if match is None:
-            self.unserved.append(f"{method} {path}")
-            return 404, {"error": "not served by the stand-in"}, {}
-        key, rest = f"{match['kind']}/{match['repo']}", match["rest"] or ""
-        repo = self.repos.get(key)
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        if method == "GET" and rest == "":
-            info = {"id": match["repo"], "private": False, "siblings": [{"rfilename": name} for name in repo["files"]]}
-            if match["kind"] == "spaces":
-                hardware = {"current": repo["hardware"], "requested": repo["hardware"]}
-                info |= {"sdk": repo["sdk"], "runtime": {"stage": "RUNNING", "hardware": hardware}}
-            return 200, info, {}
-        if method == "POST" and rest.startswith("/preupload/"):
-            files = [{"path": file["path"], "uploadMode": "regular", "shouldIgnore": False} for file in body["files"]]
-            return 200, {"files": files}, {}
-        if method == "POST" and rest.startswith("/commit/"):
-            if "commit" in self.failures:
-                return self.failures["commit"], {"error": "You don't have the rights to push here"}, {}
-            for line in body:
-                if line["key"] == "file":
-                    repo["files"][line["value"]["path"]] = base64.b64decode(line["value"]["content"])
-                elif line["key"] == "deletedFile":
-                    repo["files"].pop(line["value"]["path"])
-            return 200, {"commitUrl": f"{self.url}/{key}/commit/{'0' * 40}", "commitOid": "0" * 40}, {}
-        if method == "POST" and rest == "/variables" and match["kind"] == "spaces":
-            return 200, {body["key"]: {"value": body["value"], "updatedAt": "2026-01-01T00:00:00.000Z"}}, {}
-        if method == "POST" and rest == "/hardware" and match["kind"] == "spaces":
-            repo["hardware"] = body["flavor"]
-            return 200, {"stage": "BUILDING", "hardware": {"current": None, "requested": body["flavor"]}}, {}
-        self.unserved.append(f"{method} {path}")
-        return 404, {"error": "not served by the stand-in"}, {}
 
 
 @pytest.fixture
