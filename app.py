@@ -195,10 +195,7 @@ class Page:
         heads = self.pictures.save(draw_head_maps(maps[layer - 1][0], shown), f"heads-layer-{layer}")
         distances = mean_attention_distance(maps, self.patch)
         distance_plot = draw_attention_distance(distances, self.reference_distances, "average over the examples")
-        logits = torch.tensor([list(prediction.probabilities.values())]).log()  # log-probabilities: same softmax
-        walk = equation_walk(
-            self.foodvision.patch_embedding, prediction.pixels, logits, list(prediction.probabilities), maps
-        )
+        walk = equation_walk(self.foodvision.patch_embedding, prediction.pixels, prediction.probabilities, distances)
         return heads, self.pictures.save(distance_plot, "distance"), walk
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:

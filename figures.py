@@ -271,22 +271,22 @@ def draw_patch_similarity(similarity: torch.Tensor, patch: int, size: int = 224)
     return picture
 
 
-def equation_walk(patch_embedding, pixels: torch.Tensor, logits: torch.Tensor, class_names: list[str], attentions):
+def equation_walk(
+    patch_embedding, pixels: torch.Tensor, probabilities: dict[str, float], distances: torch.Tensor
+) -> str:
     """Section 3.1's Eqs. 1-4 on one image, as a Markdown table: each step's tensor with its shape and the
-    equation that makes it, from the (3, H, W) model input to the logits. Eq. 1's tensors are computed here with
-    the fp32 patch embedding (a fraction of the model's work); the encoder's layers are described by this image's
-    attention maps (their mean attention distance), the end by the logits the prediction returned. patch_embedding:
-    model.py's PatchEmbedding holding the served weights."""
+    equation that makes it, from the (3, H, W) model input to the class probabilities. Eq. 1's tensors are computed
+    here with the fp32 patch embedding (a fraction of the model's work); the encoder's layers are described by this
+    image's mean attention distances, (layers, heads) from mean_attention_distance, the end by the probabilities
+    the prediction returned. patch_embedding: model.py's PatchEmbedding holding the served weights."""
     config = patch_embedding.config
     size, patch, hidden = config.image_size, config.patch_size, config.hidden_dim
     grid = config.grid_size
-    embedding = patch_embedding
     with torch.inference_mode():
-        image = pixels[None].float().to(embedding.projection.weight.device)
-        patch_embeddings = embedding.projection(image).flatten(2).transpose(1, 2)  # x_p E, (1, N, D)
-        z0 = embedding(image)  # Eq. 1 (eval mode: no dropout)
-    distances = mean_attention_distance(attentions, patch).mean(dim=1)  # (layers,) mean over the heads
-    probabilities = logits.float().softmax(dim=-1).flatten().tolist()
+        image = pixels[None].float().to(patch_embedding.projection.weight.device)
+        patch_embeddings = patch_embedding.projection(image).flatten(2).transpose(1, 2)  # x_p E, (1, N, D)
+        z0 = patch_embedding(image)  # Eq. 1 (eval mode: no dropout)
+    layer_distances = torch.as_tensor(distances).mean(dim=1)  # (layers,) mean over the heads
 
     def numbers(tensor: torch.Tensor) -> str:
         tensor = tensor.detach().float()
@@ -306,14 +306,14 @@ def equation_walk(patch_embedding, pixels: torch.Tensor, logits: torch.Tensor, c
             f"z_1 ... z_{config.num_layers}",
             f"Eqs. 2-3 in each of the {config.num_layers} layers (the last one: the class token's output only)",
             f"{1 + grid * grid}x{hidden} each",
-            "mean attention distance by layer: " + ", ".join(f"{d:.0f}" for d in distances.tolist()) + " px",
+            "mean attention distance by layer: " + ", ".join(f"{d:.0f}" for d in layer_distances.tolist()) + " px",
         ),
         ("y", "Eq. 4: LN(z_L^0), the class token's final state", f"{hidden}", "the head's input"),
         (
             "logits",
             "the head: y W + b, then softmax",
-            f"{len(class_names)}",
-            ", ".join(f"{name} {p:.3f}" for name, p in zip(class_names, probabilities)),
+            f"{len(probabilities)}",
+            ", ".join(f"{name} {p:.3f}" for name, p in probabilities.items()),
         ),
     ]
     lines = ["| tensor | what makes it | shape | this photo |", "|---|---|---|---|"]
