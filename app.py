@@ -13,6 +13,7 @@ nothing, and without the `spaces` package there is none. `import app` builds not
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -66,6 +67,10 @@ EXAMPLES = [str(path) for path in example_photos()]
 # One request at a time, using every core: on a CPU that gives the lowest latency per request and bounds memory;
 # the queue holds the rest.
 ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
+# While a request runs, a small elapsed-time counter instead of Gradio's default spinner over every output: the
+# spinners animate every frame, and on a 2-core machine that drawing takes the CPU the model needs (the label shows
+# about 0.1 s sooner; BENCHMARKS.md, in a real browser).
+QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 MAX_UPLOAD = "25mb"
 # Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill its disk.
@@ -83,17 +88,13 @@ def gpu(function):
     return spaces.GPU(duration=GPU_SECONDS)(function) if spaces is not None else function
 
 
-def on_the_page(serve):
-    """`serve` with ServingError shown on the page as an error message (gr.Error) under its title."""
-
-    def call(*args):
-        try:
-            return serve(*args)
-        except ServingError as error:
-            raise gr.Error(str(error), title=error.title) from None
-
-    call.__name__ = serve.__name__
-    return call
+@contextlib.contextmanager
+def errors_on_the_page():
+    """A ServingError raised inside becomes an error message on the page (gr.Error) under its title."""
+    try:
+        yield
+    except ServingError as error:
+        raise gr.Error(str(error), title=error.title) from None
 
 
 class Pictures:
@@ -128,7 +129,6 @@ class Page:
         self.pictures = Pictures()
         transforms = foodvision.transforms
         self.mean, self.std = transforms.mean, transforms.std
-        self.reference_distances = None  # the examples' attention distances, from the first prediction on
         if foodvision.model is not None:
             # Figure 7 (left and centre) depend on the weights alone: computed once, at start
             embedding = foodvision.patch_embedding
@@ -137,17 +137,6 @@ class Page:
             self.similarity_map = self.pictures.save(
                 similarity_picture(self.similarity, SIMILARITY_SCALE, SIMILARITY_GAP), "similarity"
             )
-            if foodvision.device.type == "cpu":  # elsewhere (ZeroGPU) the model runs only inside predict
-                self.reference_distances = self.examples_attention_distance()
-
-    def examples_attention_distance(self) -> torch.Tensor | None:
-        """The mean attention distance per head over the bundled example photos: the reference each visitor's photo
-        is drawn against."""
-        distances = [
-            mean_attention_distance([m[None] for m in self.foodvision.classify(path).attention_maps], self.patch)
-            for path in EXAMPLES
-        ]
-        return torch.stack(distances).mean(dim=0) if distances else None
 
     @property
     def patch(self) -> int:
@@ -161,14 +150,20 @@ class Page:
         return self.pictures.save(patch_grid(shown, self.patch), "patches")
 
     def predict(self, image_path: str | None):
-        """The prediction (top 3), the timing, the patch grid, the last layer's class-token attention, Figure 6's
-        rollout, and the prediction itself for the deeper views that follow."""
+        """The prediction (top 3) and its timing as soon as the model has spoken, then with them the patch grid, the
+        last layer's class-token attention, Figure 6's rollout, and the prediction itself for the deeper views that
+        follow: two updates of one request, so the label does not wait for the drawing."""
         if not image_path:  # the photo was removed from the page
-            return None, "", None, None, None, None
+            yield None, "", None, None, None, None
+            return
         started = time.perf_counter()
         prediction = self.foodvision.classify(image_path)
-        if self.reference_distances is None:
-            self.reference_distances = self.examples_attention_distance()
+        answered_ms = (time.perf_counter() - started) * 1000
+        timing = (
+            f"**Model:** {prediction.model_ms:.0f} ms · **prediction:** {answered_ms:.0f} ms "
+            f"(decode, preprocess, model; {self.foodvision.device.type})"
+        )
+        yield prediction.probabilities, timing, None, None, None, None  # the previous photo's pictures go
         shown = to_display(prediction.pixels, self.mean, self.std)
         grid = self.foodvision.grid_size
         overlay = attention_overlay(shown, prediction.last_layer_attention.reshape(grid, grid))
@@ -178,12 +173,8 @@ class Page:
             self.pictures.save(overlay, "attention"),
             self.pictures.save(draw_rollout(shown, rollout), "rollout"),
         ]
-        total_ms = (time.perf_counter() - started) * 1000
-        timing = (
-            f"**Model:** {prediction.model_ms:.0f} ms · **whole request:** {total_ms:.0f} ms "
-            f"(decode, preprocess, model, drawing; {self.foodvision.device.type})"
-        )
-        return prediction.probabilities, timing, *pictures, prediction
+        drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
+        yield prediction.probabilities, f"{timing} · **pictures:** {drawn_ms:.0f} ms more", *pictures, prediction
 
     def inside(self, prediction: Prediction | None, layer: int):
         """The deeper views of a prediction: one layer's attention per head, the attention distance per head
@@ -194,7 +185,8 @@ class Page:
         shown = to_display(prediction.pixels, self.mean, self.std)
         heads = self.pictures.save(draw_head_maps(maps[layer - 1][0], shown), f"heads-layer-{layer}")
         distances = mean_attention_distance(maps, self.patch)
-        distance_plot = draw_attention_distance(distances, self.reference_distances, "average over the examples")
+        reference = self.foodvision.reference_distances
+        distance_plot = draw_attention_distance(distances, reference, "average over the examples")
         walk = equation_walk(self.foodvision.patch_embedding, prediction.pixels, prediction.probabilities, distances)
         return heads, self.pictures.save(distance_plot, "distance"), walk
 
@@ -296,16 +288,25 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
         # itself and answer a non-image with an error users cannot read, while every upload here goes through
         # images.load_rgb's guards and messages.
         @gpu
-        @on_the_page
         def predict(upload: dict | None):
-            return page.predict(uploaded_file(upload))
+            with errors_on_the_page():
+                yield from page.predict(uploaded_file(upload))
 
-        @on_the_page
         def show_patches(upload: dict | None) -> str | None:
-            return page.patches(uploaded_file(upload))
+            with errors_on_the_page():
+                return page.patches(uploaded_file(upload))
 
         outputs = [label, timing, patches, attention, rollout, prediction]
-        event = image.change(predict, image, outputs, preprocess=False, api_name="predict", **ONE_AT_A_TIME)
+        event = image.change(
+            predict,
+            image,
+            outputs,
+            preprocess=False,
+            api_name="predict",
+            show_progress_on=label,
+            **QUIET_PROGRESS,
+            **ONE_AT_A_TIME,
+        )
         # The patch grid alone: an API endpoint (a button the page never shows), and the page's one view when no
         # model is serving
         patches_only = dict(inputs=image, outputs=patches, preprocess=False, **ONE_AT_A_TIME)
@@ -313,7 +314,9 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
         if foodvision.model is None:
             image.change(show_patches, api_visibility="private", **patches_only)
         else:
-            inside = dict(inputs=[prediction, layer], outputs=[heads, distance, walk], api_visibility="private")
+            inside = dict(
+                inputs=[prediction, layer], outputs=[heads, distance, walk], api_visibility="private", **QUIET_PROGRESS
+            )
             event.then(page.inside, **inside)
             layer.release(page.inside, **inside)
             similarity.select(page.patch_similarity, None, chosen, api_visibility="private")

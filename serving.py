@@ -31,6 +31,7 @@ from classifier import (
     trainable_parameters,
 )
 from devices import default_device, resolve_device
+from figures import mean_attention_distance
 from images import ImageError, load_rgb
 from inference import (
     MAX_PROBABILITY_DIFFERENCE,
@@ -89,6 +90,10 @@ class FoodVision:
     # Eq. 1 of the served weights on the CPU, for the explanations drawn beside a prediction: on ZeroGPU the model
     # itself is reachable only inside the GPU function
     patch_embedding: torch.nn.Module | None = None
+    # (layers, heads): the bundled examples' mean attention distance per head (Figure 7, right), the reference each
+    # visitor's photo is drawn against; computed once at load, since on ZeroGPU whatever a GPU call computes stays in
+    # the forked process that ran it
+    reference_distances: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.predictor is None and self.model is not None:
@@ -196,7 +201,9 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         return unavailable(source, str(error))
     device = torch.device(device)
     weights_check = check_weights_file(config["weights"])
-    patch_embedding = copy.deepcopy(vit_from_torchvision(model).patch_embedding)  # before the model leaves the CPU
+    vit = vit_from_torchvision(model)  # the same tensors, still on the CPU: the explanations are computed from here
+    patch_embedding = copy.deepcopy(vit.patch_embedding)
+    reference_distances = examples_attention_distance(vit, transforms)
     model = model.to(device)
     predictor, reason = choose_predictor(model, transforms, precision, config, weights_check)
     print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
@@ -210,9 +217,18 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         precision=precision,
         weights_check=weights_check,
         patch_embedding=patch_embedding,
+        reference_distances=reference_distances,
         predictor=predictor,
         precision_reason=reason,
     )
+
+
+def examples_attention_distance(vit, transforms) -> torch.Tensor:
+    """(layers, heads): the mean attention distance per head over the bundled example photos, in fp32 on the CPU."""
+    attention_maps = []
+    with torch.inference_mode():
+        vit.forward_features(calibration_images(transforms), attention_maps)
+    return mean_attention_distance(attention_maps, vit.config.patch_size)
 
 
 def choose_predictor(model, transforms, precision: str, config: dict, weights_check: WeightsCheck):

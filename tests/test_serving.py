@@ -13,6 +13,8 @@ import classifier
 import inference
 import serving
 from classifier import CONFIG_FILE, check_weights_file
+from figures import mean_attention_distance
+from images import example_photos
 
 pytestmark = pytest.mark.skipif(inference.auto_precision() != "int8", reason="this CPU has no fast int8 path")
 
@@ -89,3 +91,15 @@ def test_the_record_names_everything_it_depends_on(trained_head_checkpoint, torc
     setup = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]["setup"]
     assert setup == inference.int8_setup(check_weights_file("IMAGENET1K_V1").sha256)
     assert setup["torch"] == torch.__version__ and setup["method"] == inference.INT8_METHOD
+
+
+def test_the_examples_reference_distances_are_computed_at_load_from_each_example(trained_head_checkpoint, torch_home):
+    """Figure 7 (right)'s reference comes with the loaded model, before any prediction (a ZeroGPU call runs in a
+    forked process, so a reference it computed would be lost), and is the examples' average, photo by photo."""
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
+    per_photo = [
+        mean_attention_distance([maps[None] for maps in foodvision.classify(str(photo)).attention_maps], 16)
+        for photo in example_photos()
+    ]
+    assert len(per_photo) >= 2 and not torch.allclose(per_photo[0], per_photo[1])  # an average of differing photos
+    assert torch.allclose(foodvision.reference_distances, torch.stack(per_photo).mean(dim=0), atol=1e-3)

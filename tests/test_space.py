@@ -3,6 +3,7 @@ stand-in `spaces` module records what is decorated) and still predicts on the CP
 compile every module; README's front matter asks for what ZeroGPU runs."""
 
 import importlib
+import inspect
 import re
 import subprocess
 import sys
@@ -25,8 +26,15 @@ def app_with_stand_in_spaces(monkeypatch):
 
     def gpu(function=None, duration=None):
         def wrap(task):
-            def on_a_gpu(*args, **kwargs):
-                return task(*args, **kwargs)
+            if inspect.isgeneratorfunction(task):  # as the real decorator, which streams a generator's updates
+
+                def on_a_gpu(*args, **kwargs):
+                    yield from task(*args, **kwargs)
+
+            else:
+
+                def on_a_gpu(*args, **kwargs):
+                    return task(*args, **kwargs)
 
             decorated.append((on_a_gpu, duration))
             return on_a_gpu
@@ -51,7 +59,9 @@ def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(
     tasks = {task: duration for task, duration in decorated}
     assert predict.fn in tasks, "the function bound to the prediction event is not decorated with @spaces.GPU"
     assert 0 < tasks[predict.fn] <= 60  # ZeroGPU's default is 60 s; shorter queues sooner
-    probabilities, timing, patches, attention, rollout, prediction = predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
+    first, last = predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
+    probabilities, timing, patches, attention, rollout, prediction = last
+    assert first[:2] == (probabilities, timing.split(" · **pictures")[0])  # the label first, then the pictures
     assert probabilities == prediction.probabilities and sum(probabilities.values()) == pytest.approx(1)
     assert "ms" in timing and all(Path(picture).is_file() for picture in (patches, attention, rollout))
     assert [function.api_name for function in demo.fns.values() if function.fn in tasks] == ["predict"]
