@@ -10,6 +10,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
 
     python benchmarks/browser_latency.py                                  # the 12 MP photo, about 2 minutes
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
+    python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
 """
 
 import argparse
@@ -27,7 +28,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has
 SETTLE_S = 1.0  # a visitor drops a photo seconds after the page appears, not while it is still rendering
 
-WATCH = """(pictures) => {
+WATCH = r"""(pictures) => {
   const marks = window.foodvisionMarks = {};
   const input = document.querySelector('#photo input[type=file]');
   input.addEventListener('change', () => { marks.drop = performance.now(); }, {once: true, capture: true});
@@ -48,12 +49,20 @@ WATCH = """(pictures) => {
   new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true,
                                                       attributes: true, attributeFilter: ['src']});
   document.addEventListener('load', check, true);  // a picture finishing loading is no DOM mutation
+  marks.requests = [];  // for --timeline: [path, start, first byte, end] of every request the page makes
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const path = new URL(entry.name).pathname.replace(/^.*gradio_api\//, '').slice(0, 40);
+      marks.requests.push([path, entry.startTime, entry.responseStart, entry.responseEnd]);
+    }
+  }).observe({type: 'resource'});
 }"""
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
-def drop(browser, url: str, photo: Path) -> dict[str, float]:
-    """One visitor: a fresh tab, the photo set on its file input; ms from the drop to each view shown."""
+def drop(browser, url: str, photo: Path, timeline: bool = False) -> dict[str, float]:
+    """One visitor: a fresh tab, the photo set on its file input; ms from the drop to each view shown. With
+    `timeline`, also prints the page's requests (ms from the drop: start, first byte, end) and its timing line."""
     page = browser.new_page(viewport={"width": 1280, "height": 1300})
     try:
         page.goto(url)
@@ -66,6 +75,11 @@ def drop(browser, url: str, photo: Path) -> dict[str, float]:
         waiting = " && ".join(f"typeof window.foodvisionMarks.{view} === 'number'" for view in views)
         page.wait_for_function(f"() => {waiting}", timeout=60_000, polling=100)
         marks = page.evaluate("window.foodvisionMarks")
+        if timeline:
+            print(f"{url}: {page.locator('#timing').inner_text()}")
+            for path, *times in sorted(marks["requests"], key=lambda request: request[1]):
+                print(f"  {path:40} " + " ".join(f"{time - marks['drop']:6.0f}" for time in times))
+            print("  " + ", ".join(f"{view} {marks[view] - marks['drop']:.0f}" for view in views))
         return {view: marks[view] - marks["drop"] for view in views}
     finally:
         page.close()
@@ -76,6 +90,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=15, help="timed drops per app (after 2 warm-up drops)")
     parser.add_argument("--photo", type=Path, help="default: a generated 12 MP JPEG (standins.twelve_megapixel_jpeg)")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
+    parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -92,7 +107,7 @@ def main() -> None:
         }
         for round_ in range(args.requests + 2):  # two warm-up rounds: lazily initialised parts, browser caches
             for app_dir, url in urls.items():
-                shown = drop(browser, url, photo)
+                shown = drop(browser, url, photo, args.timeline and round_ == args.requests + 1)
                 if round_ >= 2:
                     for view, ms in shown.items():
                         times[app_dir].setdefault(view, []).append(ms)
