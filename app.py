@@ -69,7 +69,7 @@ EXAMPLES = [str(path) for path in example_photos()]
 ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 # While a request runs, a small elapsed-time counter instead of Gradio's default spinner over every output: the
 # spinners animate every frame, and on a 2-core machine that drawing takes the CPU the model needs (the label shows
-# about 0.1 s sooner; BENCHMARKS.md, in a real browser).
+# about 0.07 s sooner; BENCHMARKS.md, in a real browser).
 QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 MAX_UPLOAD = "25mb"
