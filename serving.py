@@ -40,7 +40,6 @@ from inference import (
     agreement,
     calibration_images,
     int8_setup,
-    reference_features,
     resolve_precision,
     vit_from_torchvision,
 )
@@ -203,9 +202,15 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     weights_check = check_weights_file(config["weights"])
     vit = vit_from_torchvision(model)  # the same tensors, still on the CPU: the explanations are computed from here
     patch_embedding = copy.deepcopy(vit.patch_embedding)
-    reference_distances = examples_attention_distance(vit, transforms)
+    examples = calibration_images(transforms)
+    # One fp32 pass over the bundled photos gives the int8 self-check's reference y (Eq. 4) and the examples' mean
+    # attention distance, the reference each visitor's photo is drawn against in Figure 7 (right)
+    attention_maps = []
+    with torch.inference_mode():
+        examples_features = vit.forward_features(examples, attention_maps)
+    reference_distances = mean_attention_distance(attention_maps, model.patch_size)
     model = model.to(device)
-    predictor, reason = choose_predictor(model, transforms, precision, config, weights_check)
+    predictor, reason = choose_predictor(model, examples, examples_features, precision, config, weights_check)
     print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
     return FoodVision(
         transforms,
@@ -223,21 +228,21 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     )
 
 
-def examples_attention_distance(vit, transforms) -> torch.Tensor:
-    """(layers, heads): the mean attention distance per head over the bundled example photos, in fp32 on the CPU."""
-    attention_maps = []
-    with torch.inference_mode():
-        vit.forward_features(calibration_images(transforms), attention_maps)
-    return mean_attention_distance(attention_maps, vit.config.patch_size)
-
-
-def choose_predictor(model, transforms, precision: str, config: dict, weights_check: WeightsCheck):
+def choose_predictor(
+    model,
+    examples: torch.Tensor,
+    examples_features: torch.Tensor,
+    precision: str,
+    config: dict,
+    weights_check: WeightsCheck,
+):
     """(Predictor, why): with precision "auto", the int8 path serves only where it has proven itself on these
     weights: the checkpoint records a passing measurement on its test split for exactly this setup
     (inference.int8_setup), or, failing that, a self-check against fp32 on the bundled example photos passes.
-    Otherwise fp32 serves, and the reason says why."""
+    Otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
+    (inference.calibration_images) and `examples_features` their fp32 y (Eq. 4)."""
     device = next(model.parameters()).device
-    calibration = calibration_images(transforms) if device.type == "cpu" else None
+    calibration = examples if device.type == "cpu" else None
     resolved = resolve_precision(precision, device)
     if device.type != "cpu":
         return Predictor(model, resolved), f"{resolved} on {device}: the int8 and bf16 paths are CPU paths."
@@ -258,7 +263,7 @@ def choose_predictor(model, transforms, precision: str, config: dict, weights_ch
         why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
     else:
         why_no_record = "the checkpoint has no int8 measurement"
-    check = agreement(fast, calibration, reference_features(model, calibration))
+    check = agreement(fast, calibration, examples_features)
     if check.passed:
         return (
             fast,
