@@ -269,7 +269,7 @@ def load_image(path: Path):
     try:
         return load_rgb(path)
     except ImageError as error:
-        raise DatasetError(f"Cannot read the image {path} ({error}) Delete or replace it, then run again.") from None
+        raise DatasetError(f"Cannot read the image {path} ({error}). Delete or replace it, then run again.") from None
 
 
 class ImageDataset(torch.utils.data.Dataset):
