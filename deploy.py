@@ -168,8 +168,10 @@ def space_files(app_dir: Path) -> list[str]:
     return sorted({*modules, *examples, *config})
 
 
-def check_local_imports(app_dir: Path, files: list[str]) -> None:
-    """DeployError when an uploaded module imports a project module that stays home (it would fail on the Space)."""
+def imported_modules(app_dir: Path, files: list[str]) -> set[str]:
+    """The top-level modules the uploaded modules import; a DeployError when one of them is a project module that
+    stays home (it would fail on the Space)."""
+    everything = set()
     uploaded = {name.removesuffix(".py") for name in files if name.endswith(".py")}
     kept_home = {path.stem for path in app_dir.glob("*.py")} - uploaded
     for name in (name for name in files if name.endswith(".py")):
@@ -184,12 +186,14 @@ def check_local_imports(app_dir: Path, files: list[str]) -> None:
                 imported = [node.module.split(".")[0]]
             else:
                 continue
+            everything.update(imported)
             for module in set(imported) & kept_home:
                 raise DeployError(
                     f"{name} (line {node.lineno}) imports {module}, which deploy.py keeps off the Space "
                     f"(LOCAL_ONLY_MODULES), so the Space would fail with ModuleNotFoundError. Move what it needs into "
                     f"an uploaded module, or take {module}.py out of LOCAL_ONLY_MODULES in deploy.py."
                 )
+    return everything
 
 
 def is_stale(remote_path: str, files: list[str]) -> bool:
@@ -214,7 +218,7 @@ def space_requirements(app_dir: Path) -> bytes:
     return ("\n".join(pinned) + "\n").encode()
 
 
-def check_front_matter(app_dir: Path, hardware: str, files: list[str]) -> list[str]:
+def check_front_matter(app_dir: Path, hardware: str, files: list[str], imported: set[str]) -> list[str]:
     """The Space's settings come from README.md's front matter: stop on a wrong SDK or app file; return
     warnings for what ZeroGPU would refuse at build or run time."""
     try:
@@ -245,17 +249,7 @@ def check_front_matter(app_dir: Path, hardware: str, files: list[str]) -> list[s
             f"README.md asks for python_version {python_version or '(unset)'}; ZeroGPU builds only Python "
             f"{' or '.join(ZERO_GPU_PYTHON_VERSIONS)}. Set one of them in the front matter, or the build will fail."
         )
-    torch_pin = re.search(r"^torch\s*==\s*(\d+)\.(\d+)", space_requirements(app_dir).decode(), re.MULTILINE)
-    if torch_pin and tuple(map(int, torch_pin.groups())) < ZERO_GPU_MIN_TORCH:
-        warnings.append(
-            f"requirements.txt pins torch {'.'.join(torch_pin.groups())}; ZeroGPU needs torch 2.8 or later."
-        )
-    uses_spaces = any(
-        re.search(r"^\s*(import spaces\b|from spaces import)", (app_dir / name).read_text(), re.MULTILINE)
-        for name in files
-        if name.endswith(".py")
-    )
-    if not uses_spaces:
+    if "spaces" not in imported:
         warnings.append(
             "No uploaded module imports `spaces`: on ZeroGPU a GPU is attached only while a function decorated "
             "with @spaces.GPU runs, so without one the model gets no GPU "
@@ -299,8 +293,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
 def make_plan(args: argparse.Namespace) -> Plan:
     app_dir = args.app_dir.resolve()
     files = space_files(app_dir)
-    check_local_imports(app_dir, files)
-    warnings = check_front_matter(app_dir, args.hardware, files)
+    warnings = check_front_matter(app_dir, args.hardware, files, imported_modules(app_dir, files))
     head_repo, head_folder, head_files = resolve_checkpoint(args)
     if head_repo is None:
         warnings.append(

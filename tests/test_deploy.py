@@ -187,6 +187,19 @@ def test_dry_run_prints_the_plan_and_contacts_nothing(hub, app_dir, capsys):
     assert "python_version 3.11" in captured.err and "3.10.13" in captured.err  # ZeroGPU would not build it
 
 
+@pytest.mark.parametrize(
+    "app_source, warned",
+    [("import model\n", True), ("try:\n    import spaces\nexcept ImportError:\n    spaces = None\n", False)],
+    ids=["no spaces", "guarded import"],
+)
+def test_a_zero_gpu_app_that_never_imports_spaces_is_warned_about(hub, app_dir, capsys, app_source, warned):
+    (app_dir / "app.py").write_text(app_source)
+
+    assert run_deploy(app_dir, "--dry-run", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini")) == 0
+
+    assert ("No uploaded module imports `spaces`" in capsys.readouterr().err) == warned
+
+
 def assert_failed_cleanly(capsys, code: int, *phrases: str) -> str:
     captured = capsys.readouterr()
     assert code == 1
