@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -22,7 +23,6 @@ import threading
 import time
 import urllib.request
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,39 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Debian's chromium (apt-get install -y chromium) drives the browser test and benchmark: Playwright's own browser
+# download does not work offline.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def probabilities_of(label: dict) -> dict[str, float]:
+    """{class name: probability} from a gr.Label value as the API returns it."""
+    return {item["label"]: item["confidence"] for item in label["confidences"]}
+
+
+def fresh_clone(destination: Path) -> Path:
+    """The repository as a user's fresh clone has it, copied to `destination`: no checkpoint, no data, no tests or
+    benchmarks."""
+    ignored = (".git", ".venv", "checkpoints", "data", "tests", "test-artifacts", "__pycache__", "benchmarks")
+    return Path(shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(*ignored)))
+
+
+def page_config_once(url: str, text: str, timeout: float = 300) -> str:
+    """The config of the page at `url` once it holds `text` (polled every 0.2 s; the first start serves a notice
+    page first, then the app); RuntimeError when it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            page = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+            if text in page:
+                return page
+        except OSError:
+            pass  # between the notice page and the app
+        time.sleep(0.2)
+    raise RuntimeError(f"the page at {url} never said {text!r} in {timeout:.0f} s")
+
+
 @contextlib.contextmanager
 def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180):
     """`python app.py --port <free> *args` run from app_dir; yields (url, process) once the page answers, and
@@ -191,7 +224,7 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler], **attributes)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     for name, value in attributes.items():
         setattr(server, name, value)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # polls: a quick shutdown
     thread.start()
     try:
         yield server
@@ -286,56 +319,32 @@ class StandInHub:
         self.unserved: list[str] = []  # routes the stand-in does not know: deploy.py called something new
         self.repos: dict[str, dict] = {}  # "spaces/alice/x" or "models/alice/x" -> {"sdk", "files", "hardware"}
         self.failures: dict[str, int] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.url = ""  # while serving
+
+    @contextlib.contextmanager
+    def serving(self):
+        """The stand-in answering at self.url on 127.0.0.1 while the context lasts."""
+        with http_server(StandInHubHandler, hub=self) as server:
+            self.url = f"http://127.0.0.1:{server.server_port}"
+            yield self
 
     def add_repo(self, kind: str, repo_id: str, sdk: str | None = None, files=(), hardware: str = "cpu-basic"):
         self.repos[f"{kind}/{repo_id}"] = {"sdk": sdk, "files": dict.fromkeys(files, b""), "hardware": hardware}
 
-    def calls(self, method: str, pattern: str) -> list[dict]:
+    def call_indices(self, method: str, pattern: str) -> list[int]:
+        """Where in `requests` the calls with `method` to a path matching `pattern` are."""
         return [
-            request for request in self.requests if request["method"] == method and re.search(pattern, request["path"])
+            index
+            for index, request in enumerate(self.requests)
+            if request["method"] == method and re.search(pattern, request["path"])
         ]
+
+    def calls(self, method: str, pattern: str) -> list[dict]:
+        return [self.requests[index] for index in self.call_indices(method, pattern)]
 
     def commits(self, kind: str, repo_id: str) -> list[list[dict]]:
         """The NDJSON lines of every commit to that repo, in order."""
         return [request["body"] for request in self.calls("POST", f"^/api/{kind}/{repo_id}/commit/")]
-
-    def handler_class(self):
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest's output to the test's own
-                pass
-
-            def do_GET(self):
-                self.handle_request("GET")
-
-            def do_POST(self):
-                self.handle_request("POST")
-
-            def handle_request(self, method: str):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Type", "").startswith("application/x-ndjson"):
-                    body = [json.loads(line) for line in raw.decode().splitlines() if line]
-                else:
-                    body = json.loads(raw) if raw else None
-                path = self.path.split("?")[0]
-                hub.requests.append(
-                    {"method": method, "path": path, "body": body, "auth": self.headers.get("Authorization")}
-                )
-                status, payload, headers = hub.answer(method, path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
 
     def answer(self, method: str, path: str, body) -> tuple[int, object, dict]:
         if method == "GET" and path == "/api/whoami-v2":
@@ -387,3 +396,32 @@ class StandInHub:
             return 200, {"stage": "BUILDING", "hardware": {"current": None, "requested": body["flavor"]}}, {}
         self.unserved.append(f"{method} {path}")
         return 404, {"error": "not served by the stand-in"}, {}
+
+
+class StandInHubHandler(QuietHandler):
+    """Records each request in the server's `hub` (a StandInHub) and sends back what hub.answer says."""
+
+    def do_GET(self):
+        self.handle_request("GET")
+
+    def do_POST(self):
+        self.handle_request("POST")
+
+    def handle_request(self, method: str):
+        hub = self.server.hub
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            body = [json.loads(line) for line in raw.decode().splitlines() if line]
+        else:
+            body = json.loads(raw) if raw else None
+        path = self.path.split("?")[0]
+        hub.requests.append({"method": method, "path": path, "body": body, "auth": self.headers.get("Authorization")})
+        status, payload, headers = hub.answer(method, path, body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)

@@ -14,6 +14,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
 """
 
 import argparse
+import shutil
 import statistics
 import time
 from contextlib import ExitStack
@@ -21,10 +22,8 @@ from pathlib import Path
 
 from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
-from standins import app_server, twelve_megapixel_jpeg
+from standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has
 SETTLE_S = 1.0  # a visitor drops a photo seconds after the page appears, not while it is still rendering
 
@@ -92,6 +91,8 @@ def main() -> None:
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
     args = parser.parse_args()
+    if shutil.which(CHROMIUM) is None:
+        parser.error(f"{CHROMIUM} is not installed; install Debian's chromium: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
     photo = args.photo or twelve_megapixel_jpeg()

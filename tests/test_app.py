@@ -3,8 +3,6 @@ checked against the same prediction computed in this process; plus predict.py.""
 
 import re
 import shutil
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +19,18 @@ from app import EXAMPLES, MAX_UPLOAD, parse_args
 from classifier import load_classifier
 from images import load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
-from standins import EXAMPLE_PHOTOS, REPO, app_server, encoded, free_port, png_declaring, twelve_megapixel_jpeg
+from standins import (
+    EXAMPLE_PHOTOS,
+    REPO,
+    app_server,
+    encoded,
+    free_port,
+    fresh_clone,
+    page_config_once,
+    png_declaring,
+    probabilities_of,
+    twelve_megapixel_jpeg,
+)
 
 PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
 
@@ -51,10 +60,6 @@ def reference(trained_head_checkpoint, torch_home):
         return dict(zip(config["class_names"], probabilities)), np.asarray(grid)
 
     return compute
-
-
-def probabilities_of(label: dict) -> dict[str, float]:
-    return {item["label"]: item["confidence"] for item in label["confidences"]}
 
 
 def assert_prediction(result, expected: dict[str, float]):
@@ -182,30 +187,10 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
 
 
-def fresh_clone(tmp_path: Path) -> Path:
-    """The repository as a user's fresh clone has it: no checkpoint, no data, no tests or benchmarks."""
-    ignored = (".git", ".venv", "checkpoints", "data", "tests", "test-artifacts", "__pycache__", "benchmarks")
-    return Path(shutil.copytree(REPO, tmp_path / "clone", ignore=shutil.ignore_patterns(*ignored)))
-
-
-def page_config_once(url: str, text: str, timeout: float = 300) -> str:
-    """The page's config once it holds `text`: the first start serves a notice page first, then the app."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            page = urllib.request.urlopen(url + "config", timeout=10).read().decode()
-            if text in page:
-                return page
-        except OSError:
-            pass  # between the notice page and the app
-        assert time.monotonic() < deadline, f"the page never said {text!r}"
-        time.sleep(0.5)
-
-
 def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
     """No checkpoint, no cached weights, the dataset unreachable (every download goes to a closed
     port): the page says so, predictions get that as an error, and the patch view still works."""
-    clone = fresh_clone(tmp_path)
+    clone = fresh_clone(tmp_path / "clone")
     closed = f"http://127.0.0.1:{free_port()}"
     offline = {
         "TORCH_HOME": str(tmp_path / "empty-torch-home"),
@@ -232,7 +217,7 @@ def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
 def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home, pizza_steak_sushi_dataset):
     """A fresh clone whose dataset is already downloaded (a folder with the course zip's name) and whose weights
     are cached: the address answers at once with a notice that a head is being trained, then serves the app."""
-    clone = fresh_clone(tmp_path)
+    clone = fresh_clone(tmp_path / "clone")
     shutil.copytree(pizza_steak_sushi_dataset, clone / "data" / "pizza_steak_sushi")
     environment = {"TORCH_HOME": str(torch_home), "FOODVISION_CHECKPOINT": "", "HF_HUB_OFFLINE": "1"}
     with app_server(clone, env=environment) as (url, _):

@@ -8,9 +8,8 @@ import shutil
 import pytest
 from gradio_client import Client, handle_file
 
-from standins import REPO, app_server, twelve_megapixel_jpeg
+from standins import CHROMIUM, CHROMIUM_FLAGS, REPO, app_server, probabilities_of, twelve_megapixel_jpeg
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(
@@ -44,12 +43,12 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(trained_head_che
     server = app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)})
     with server as (url, _):
         label = Client(url, verbose=False).predict(handle_file(photo), api_name="/predict")[0]
-        expected = {item["label"]: item["confidence"] for item in label["confidences"]}
+        expected = probabilities_of(label)
         top_class = max(expected, key=expected.get)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+                args=CHROMIUM_FLAGS,
             )
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1300})

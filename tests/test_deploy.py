@@ -4,8 +4,6 @@ the tests see exactly what would be created, uploaded and set, and in which orde
 
 import base64
 import os
-import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +12,7 @@ import huggingface_hub
 import pytest
 
 import deploy
-from standins import HUB_TOKEN, HUB_USER, StandInHub
+from standins import HUB_TOKEN, HUB_USER, StandInHub, free_port
 
 TOKEN, USER = HUB_TOKEN, HUB_USER
 SPACE = f"{USER}/foodvision"
@@ -24,18 +22,15 @@ SPACE = f"{USER}/foodvision"
 def hub(monkeypatch, tmp_path):
     """A running stand-in Hub that huggingface_hub talks to, with a fake token; and tmp_path as the working
     folder, so no relative path reaches the real project."""
-    stand_in = StandInHub()
-    stand_in.thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", stand_in.url)  # deploy.py's --endpoint default
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
-    monkeypatch.chdir(tmp_path)
-    yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    with StandInHub().serving() as stand_in:
+        monkeypatch.setenv("HF_ENDPOINT", stand_in.url)  # deploy.py's --endpoint default
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+        monkeypatch.chdir(tmp_path)
+        yield stand_in
     assert stand_in.unserved == [], "deploy.py called routes the stand-in does not serve"
 
 
@@ -99,14 +94,6 @@ def committed_files(commit: list[dict]) -> dict[str, bytes]:
     }
 
 
-def request_index(hub: StandInHub, method: str, pattern: str) -> int:
-    return next(
-        index
-        for index, request in enumerate(hub.requests)
-        if request["method"] == method and re.search(pattern, request["path"])
-    )
-
-
 def test_deploys_exactly_the_app_files_to_a_zero_gpu_space_after_pushing_the_head(hub, app_dir, capsys):
     checkpoint = app_dir / "checkpoints" / "foodvision-mini"
     assert run_deploy(app_dir, "--checkpoint", str(checkpoint)) == 0
@@ -136,9 +123,10 @@ def test_deploys_exactly_the_app_files_to_a_zero_gpu_space_after_pushing_the_hea
     [variable] = [call["body"] for call in hub.calls("POST", f"^/api/spaces/{SPACE}/variables$")]
     assert (variable["key"], variable["value"]) == ("FOODVISION_CHECKPOINT", f"{USER}/foodvision-head")
     # The head and the variable exist before the app's commit starts the Space's first build.
-    head_at = request_index(hub, "POST", f"^/api/models/{USER}/foodvision-head/commit/")
-    variable_at = request_index(hub, "POST", "/variables$")
-    assert head_at < variable_at < request_index(hub, "POST", f"^/api/spaces/{SPACE}/commit/")
+    [head_at] = hub.call_indices("POST", f"^/api/models/{USER}/foodvision-head/commit/")
+    [variable_at] = hub.call_indices("POST", "/variables$")
+    [space_at] = hub.call_indices("POST", f"^/api/spaces/{SPACE}/commit/")
+    assert head_at < variable_at < space_at
     assert {call["auth"] for call in hub.requests} == {f"Bearer {TOKEN}"}
     out = capsys.readouterr().out
     assert f"{hub.url}/spaces/{SPACE}" in out and "First start" in out
@@ -261,10 +249,7 @@ def test_a_token_without_write_access_gets_a_permission_message(hub, app_dir, ca
 
 
 def test_an_unreachable_hub_is_named(hub, app_dir, capsys):
-    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{closed_port}"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
     assert_failed_cleanly(capsys, run_deploy(app_dir, "--endpoint", endpoint), f"Cannot reach the Hub at {endpoint}")
 

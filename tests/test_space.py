@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+from huggingface_hub import metadata_load
 
 import deploy
 import serving
@@ -99,14 +100,8 @@ def test_every_module_compiles_under_the_spaces_python(version):
     assert result.returncode == 0, f"{python}: {result.stderr}"
 
 
-def front_matter() -> dict[str, str]:
-    text = (REPO / "README.md").read_text()
-    block = text.split("---\n")[1]
-    return dict(re.findall(r"^(\w+): \"?([^\"\n]*)\"?$", block, re.MULTILINE))
-
-
 def test_readme_front_matter_is_a_space_zerogpu_runs():
-    settings = front_matter()
+    settings = metadata_load(REPO / "README.md")  # as the Hub and deploy.check_front_matter read it
     assert settings["sdk"] == "gradio" and settings["app_file"] == "app.py"
     assert settings["python_version"] in deploy.ZERO_GPU_PYTHON_VERSIONS
     gradio_pin = re.search(r"^gradio==(\S+)$", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)

@@ -21,12 +21,11 @@ from torch import nn
 import train_head
 from classifier import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, build_feature_extractor, load_classifier, save_head
 from data import load_image
-from standins import HubFilesHandler, http_server
+from standins import REPO, HubFilesHandler, http_server
 
 # Chance is 1/3; standins' seeded data and random backbone give a head far above this bar. The margin
 # allows for other torch builds' rounding, not for a head that fails.
 MIN_TEST_ACCURACY = 0.8
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_json(path: Path) -> dict:
@@ -170,7 +169,7 @@ def load_in_subprocess(repo_id: str, env: dict, local: Path) -> subprocess.Compl
     )
     return subprocess.run(
         [sys.executable, "-c", script, repo_id, str(local)],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         env=dict(os.environ, **env),
         capture_output=True,
         text=True,

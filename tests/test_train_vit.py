@@ -22,9 +22,8 @@ from torchvision.transforms import v2
 import train_vit
 from data import ImageDataset
 from model import build_vit
-from standins import free_port
+from standins import REPO, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 # A ViT small enough to train in seconds on a CPU (24k parameters, 16 patches of 8x8); at this size
 # fp32 beats bf16 autocast
 TINY = [
