@@ -48,10 +48,10 @@ def agreement_images(transforms) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def agreement_set(trained_head_checkpoint):
-    """(model, transforms, 100 inputs, their fp32 features), the reference every int8 variant is held to."""
+    """(model, calibration images, 100 inputs, their fp32 features), the reference every int8 variant is held to."""
     model, transforms, _ = load_classifier(trained_head_checkpoint)
     images = agreement_images(transforms)
-    return model, transforms, images, inference.reference_features(model, images)
+    return model, inference.calibration_images(transforms), images, inference.reference_features(model, images)
 
 
 @pytest.mark.parametrize("outlier_scale", [1, 10, 30, 100])
@@ -60,10 +60,10 @@ def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set
     function-preserving outlier injection of real pretrained ViTs' LayerNorm channels (standins.inject_outliers)."""
     if inference.auto_precision() != "int8":
         pytest.skip("this CPU has no fast int8 path (AVX-512 VNNI)")
-    model, transforms, images, reference = agreement_set
+    model, calibration, images, reference = agreement_set
     injected = inject_outliers(copy.deepcopy(model), outlier_scale)
     torch.testing.assert_close(inference.reference_features(injected, images[:4]), reference[:4], rtol=0, atol=1e-4)
-    fast = Predictor(injected, "int8", inference.calibration_images(transforms))
+    fast = Predictor(injected, "int8", calibration)
     measured = inference.agreement(fast, images, reference)
     assert measured.inputs == 100
     assert measured.passed, measured.describe()
@@ -85,8 +85,8 @@ def test_without_smoothing_int8_breaks_on_outlier_channels(agreement_set):
 
 def test_the_pages_attention_from_the_int8_path_is_fp32s(agreement_set):
     """What the app draws, the class token's last-layer attention, is fp32's within rounding on the int8 path."""
-    model, transforms, images, _ = agreement_set
-    fast = Predictor(model, "int8", inference.calibration_images(transforms))
+    model, calibration, images, _ = agreement_set
+    fast = Predictor(model, "int8", calibration)
     attention, reference_maps = [], []
     for image in images[:20]:
         maps = []
@@ -174,11 +174,11 @@ def test_auto_picks_int8_only_with_vnni_and_bf16_only_with_amx(monkeypatch):
 def test_without_vnni_int8_would_miss_the_agreement_bound(agreement_set, monkeypatch):
     """Why auto_precision wants VNNI: the 7-bit activations of quantize_dynamic's default Linear (for CPUs that add
     int8 products in int16) move the probabilities further from fp32's than the full-range path does."""
-    model, transforms, images, reference = agreement_set
+    model, calibration, images, reference = agreement_set
     differences = {}
     for vnni in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
-        predictor = Predictor(model, "int8", inference.calibration_images(transforms))
+        predictor = Predictor(model, "int8", calibration)
         differences[vnni] = inference.agreement(predictor, images, reference).mean_probability_difference
     assert differences[True] < differences[False]
 
