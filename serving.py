@@ -120,6 +120,8 @@ class FoodVision:
         started = time.perf_counter()
         attention_maps = []
         logits = self.predictor(pixels.unsqueeze(0).to(self.device), attention_maps)
+        if self.device.type == "cuda":  # CUDA kernels run after their launch returns: wait, or the clock reads launches
+            torch.cuda.synchronize(self.device)
         model_ms = (time.perf_counter() - started) * 1000
         probabilities = logits.float().softmax(dim=-1)[0].tolist()
         maps = [attention[0].cpu() for attention in attention_maps]
@@ -245,7 +247,10 @@ def choose_predictor(
     calibration = examples if device.type == "cpu" else None
     resolved = resolve_precision(precision, device)
     if device.type != "cpu":
-        return Predictor(model, resolved), f"{resolved} on {device}: the int8 and bf16 paths are CPU paths."
+        return Predictor(model, resolved), (
+            f"{resolved} on {device}: for one photo at a time, bf16 and fp16 autocast ran slower than fp32 on an H100 "
+            "(BENCHMARKS.md), and the int8 path is a CPU path."
+        )
     if precision != "auto":
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
     if resolved != "int8":
