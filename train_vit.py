@@ -188,7 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain run does not."""
+    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; a plain run
+    does not."""
     try:
         device = resolve_device(device_name)
     except ValueError as error:
@@ -196,6 +197,13 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     if "RANK" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
+        # nccl runs one process per GPU; every process checks, so rank 0 reports it instead of waiting for the rest
+        processes, gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
+        if processes > gpus:
+            raise TrainingError(
+                f"torchrun started {processes} processes on this machine, but it has {gpus} CUDA GPU(s): "
+                f"use --nproc_per_node={gpus}, or --device cpu to train on the CPU"
+            )
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

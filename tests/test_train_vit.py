@@ -186,6 +186,7 @@ def test_torchrun_two_processes_download_once_and_keep_identical_replicas(
         f"--master_port={free_port()}",
     ]
     flags = [*TINY, "--dataset-url", url, "--download-dir", str(downloads), "--output", str(output), "--epochs", "3"]
+    flags += ["--device", "cpu"]  # gloo, also where a GPU is: one process per GPU is what nccl needs
     result = subprocess.run(
         [*torchrun, "train_vit.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD
     )
@@ -346,3 +347,14 @@ def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(pizza_ste
     torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-4)
     steps = [row["lr"] for row in json.loads((accumulated / "metrics.json").read_text())]
     assert steps == [row["lr"] for row in json.loads((whole / "metrics.json").read_text())]
+
+
+def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU machine: rank 0 reports it too, instead of waiting for rank 1."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(train_vit, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(train_vit.TrainingError, match="2 processes .* 1 CUDA GPU.*--nproc_per_node=1, or --device cpu"):
+        train_vit.init_distributed("cuda")
