@@ -17,6 +17,7 @@ from PIL import Image
 import predict
 from app import EXAMPLES, MAX_UPLOAD, parse_args
 from classifier import load_classifier
+from devices import default_device
 from images import load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
 from standins import (
@@ -48,14 +49,17 @@ def client(served):
 
 @pytest.fixture(scope="module")
 def reference(trained_head_checkpoint, torch_home):
-    """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid)."""
+    """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid),
+    on the device and in the precision the server defaults to (on a CUDA machine, fp32 on the GPU)."""
     model, transforms, config = load_classifier(trained_head_checkpoint)
-    predictor = Predictor(model, calibration=calibration_images(transforms))  # the app's default inference path
+    device = default_device()
+    calibration = calibration_images(transforms) if device.type == "cpu" else None
+    predictor = Predictor(model.to(device), calibration=calibration)  # the app's default inference path
 
     def compute(path) -> tuple[dict[str, float], np.ndarray]:
         pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))
         # with its attention maps, as the app asks: int8 rounding follows the (fp32-equal) attention path taken
-        probabilities = predictor(pixels.unsqueeze(0), []).softmax(dim=-1)[0].tolist()
+        probabilities = predictor(pixels.unsqueeze(0).to(device), []).softmax(dim=-1)[0].tolist()
         grid = patch_grid(to_display(pixels, transforms.mean, transforms.std), model.patch_size)
         return dict(zip(config["class_names"], probabilities)), np.asarray(grid)
 

@@ -270,7 +270,10 @@ def test_the_command_line_exits_1_with_one_message_and_no_traceback(hub, app_dir
         [sys.executable, str(script), SPACE, "--app-dir", str(app_dir)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(script.parent)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(script.parent), os.environ.get("PYTHONPATH")])),
+        },
         timeout=60,
     )
 

@@ -5,6 +5,7 @@ compile every module; README's front matter asks for what ZeroGPU runs."""
 import importlib
 import inspect
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -79,6 +80,8 @@ def test_the_real_spaces_package_leaves_the_function_as_it_is():
 
 def space_pythons() -> dict[str, Path]:
     """The pyenv interpreters of the Python versions ZeroGPU runs (README front matter), where installed."""
+    if shutil.which("pyenv") is None:
+        return {}
     root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or "/nonexistent")
     found = {}
     for version in deploy.ZERO_GPU_PYTHON_VERSIONS:
