@@ -94,6 +94,10 @@ class TrainingError(Exception):
     """A bad flag, configuration or checkpoint; the message says what and how to fix it."""
 
 
+class ProcessError(TrainingError):
+    """A TrainingError that only some of torchrun's processes meet, so each of them reports it (the others wait)."""
+
+
 def at_least(minimum, kind=int):
     """An argparse type: a number no smaller than `minimum`, else argparse's one-line usage error."""
 
@@ -188,8 +192,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; a plain run
-    does not."""
+    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain run does not."""
     try:
         device = resolve_device(device_name)
     except ValueError as error:
@@ -197,14 +200,15 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     if "RANK" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
-        # nccl runs one process per GPU; every process checks, so rank 0 reports it instead of waiting for the rest
-        processes, gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
-        if processes > gpus:
-            raise TrainingError(
-                f"torchrun started {processes} processes on this machine, but it has {gpus} CUDA GPU(s): "
+        # nccl needs one GPU per process. Only a process whose GPU is missing can tell: under torchrun's
+        # --virtual-local-rank every process is local rank 0 and sees one GPU, however many processes there are
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise ProcessError(
+                f"torchrun started local process {local_rank}, but this machine has {gpus} CUDA GPU(s): "
                 f"use --nproc_per_node={gpus}, or --device cpu to train on the CPU"
             )
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
@@ -488,7 +492,8 @@ def main(argv=None) -> int:
     try:
         train(args)
     except (TrainingError, DatasetError) as error:
-        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process fails alike: one message is enough
+        # under torchrun every process fails alike, except in a ProcessError: one message is enough
+        if int(os.environ.get("RANK", 0)) == 0 or isinstance(error, ProcessError):
             print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -6,6 +6,7 @@ weights as an uninterrupted one; bad flags, configurations and data end in one c
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -349,12 +350,31 @@ def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(pizza_ste
     assert steps == [row["lr"] for row in json.loads((whole / "metrics.json").read_text())]
 
 
-def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
-    """torchrun --nproc_per_node=2 on a one-GPU machine: rank 0 reports it too, instead of waiting for rank 1."""
+def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch, capsys):
+    """torchrun --nproc_per_node=2 on a one-GPU machine: the process without a GPU says so (rank 0 waits for it)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(train_vit, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    message = "local process 1, but this machine has 1 CUDA GPU.*--nproc_per_node=1, or --device cpu"
+    with pytest.raises(train_vit.TrainingError, match=message):
+        train_vit.init_distributed("cuda")
+    monkeypatch.setattr(train_vit, "train", lambda args: train_vit.init_distributed("cuda"))
+    assert train_vit.main([]) == 1
+    assert re.search(message, capsys.readouterr().err)  # reported by rank 1 itself
+
+
+def test_torchrun_virtual_local_ranks_each_take_their_one_gpu(monkeypatch):
+    """--virtual-local-rank: every process is local rank 0 and sees only its own GPU, as cuda:0."""
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(train_vit, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(train_vit.TrainingError, match="2 processes .* 1 CUDA GPU.*--nproc_per_node=1, or --device cpu"):
-        train_vit.init_distributed("cuda")
+    chosen, backends = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(train_vit.dist, "init_process_group", backends.append)
+    monkeypatch.setattr(train_vit.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(train_vit.dist, "get_world_size", lambda: 2)
+    assert train_vit.init_distributed("cuda") == (0, 2, torch.device("cuda", 0))
+    assert chosen == [torch.device("cuda", 0)] and backends == ["nccl"]
