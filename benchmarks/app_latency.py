@@ -63,7 +63,7 @@ def main() -> None:
             for photo in photos:
                 for name, client in clients.items():
                     started = time.perf_counter()
-                    timing = client.predict(handle_file(photo), api_name="/predict")[1]  # label, timing, pictures
+                    _, timing, *_ = client.predict(handle_file(photo), api_name="/predict")  # the label, the timing
                     elapsed = (time.perf_counter() - started) * 1000
                     if round_:
                         total[name].append(elapsed)
