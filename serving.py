@@ -248,8 +248,8 @@ def choose_predictor(
     resolved = resolve_precision(precision, device)
     if device.type != "cpu":
         return Predictor(model, resolved), (
-            f"{resolved} on {device}: for one photo at a time, bf16 and fp16 autocast ran slower than fp32 on an H100 "
-            "(BENCHMARKS.md), and the int8 path is a CPU path."
+            f"{resolved} on {device}: for one photo at a time, bf16 and fp16 autocast ran slower than fp32 and TF32 "
+            "no faster on an H100 and an H200 (BENCHMARKS.md); the int8 path is a CPU path."
         )
     if precision != "auto":
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
