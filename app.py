@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless the user turns it on
@@ -121,6 +122,28 @@ class Pictures:
         return str(path)
 
 
+@dataclass(frozen=True)
+class KeptPrediction:
+    """What "Inside the ViT" draws of a visitor's last prediction, kept in their gr.State, which Gradio holds until an
+    hour after the tab closes: each head's class-token attention and mean attention distance, about 0.7 MB, where
+    every layer's full maps would be 22 MB a visitor (tests/test_app.py)."""
+
+    probabilities: dict[str, float]
+    pixels: torch.Tensor  # (3, H, W) model input, normalised, for the walk through Eqs. 1-4
+    class_token_attention: torch.Tensor  # (layers, heads, N): each head's attention from the class token to a patch
+    distances: torch.Tensor  # (layers, heads): mean attention distance in pixels (Figure 7, right)
+
+    @classmethod
+    def of(cls, prediction: Prediction, patch_size: int) -> "KeptPrediction":
+        maps = prediction.attention_maps
+        return cls(
+            prediction.probabilities,
+            prediction.pixels,
+            torch.stack([attention[:, 0, 1:] for attention in maps]),
+            mean_attention_distance([attention[None] for attention in maps], patch_size),
+        )
+
+
 class Page:
     """What the page computes for a photo, from one decode and one model pass (serving.FoodVision.classify)."""
 
@@ -173,21 +196,20 @@ class Page:
             self.pictures.save(overlay, "attention"),
             self.pictures.save(draw_rollout(shown, rollout), "rollout"),
         ]
+        kept = KeptPrediction.of(prediction, self.patch)
         drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
-        yield prediction.probabilities, f"{timing} · **pictures:** {drawn_ms:.0f} ms more", *pictures, prediction
+        yield prediction.probabilities, f"{timing} · **pictures:** {drawn_ms:.0f} ms more", *pictures, kept
 
-    def inside(self, prediction: Prediction | None, layer: int):
-        """The deeper views of a prediction: one layer's attention per head, the attention distance per head
+    def inside(self, kept: KeptPrediction | None, layer: int):
+        """The deeper views of the last prediction: one layer's attention per head, the attention distance per head
         against depth (Figure 7, right) with the examples' for reference, and the Eq. 1-4 walk."""
-        if prediction is None:
+        if kept is None:
             return None, None, ""
-        maps = [attention[None] for attention in prediction.attention_maps]
-        shown = to_display(prediction.pixels, self.mean, self.std)
-        heads = self.pictures.save(draw_head_maps(maps[layer - 1][0], shown), f"heads-layer-{layer}")
-        distances = mean_attention_distance(maps, self.patch)
+        shown = to_display(kept.pixels, self.mean, self.std)
+        heads = self.pictures.save(draw_head_maps(kept.class_token_attention[layer - 1], shown), f"heads-layer-{layer}")
         reference = self.foodvision.reference_distances
-        distance_plot = draw_attention_distance(distances, reference, "average over the examples")
-        walk = equation_walk(self.foodvision.patch_embedding, prediction.pixels, prediction.probabilities, distances)
+        distance_plot = draw_attention_distance(kept.distances, reference, "average over the examples")
+        walk = equation_walk(self.foodvision.patch_embedding, kept.pixels, kept.probabilities, kept.distances)
         return heads, self.pictures.save(distance_plot, "distance"), walk
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:

@@ -352,18 +352,17 @@ def draw_attention_distance(
     return figure
 
 
-def draw_head_maps(attention_layer: torch.Tensor, image: Image.Image, gap: int = 4) -> Image.Image:
+def draw_head_maps(class_token_attention: torch.Tensor, image: Image.Image, gap: int = 4) -> Image.Image:
     """One layer's attention from the class token to the patches, one overlay per head, row by row in head order
-    (a grid about as wide as it is tall). attention_layer: (heads, 1+N, 1+N), or (1, heads, 1+N, 1+N) for one
-    image's slice of a batch. Each head's map is rescaled to [0, 1] on its own: the point is where it looks."""
-    if attention_layer.ndim == 4:
-        if attention_layer.shape[0] != 1:
-            raise ValueError(f"attention_layer holds {attention_layer.shape[0]} images; pass one, e.g. attention[i]")
-        attention_layer = attention_layer[0]
-    if attention_layer.ndim != 3 or attention_layer.shape[-1] != attention_layer.shape[-2]:
-        raise ValueError(f"attention_layer must be (heads, 1+N, 1+N), got shape {tuple(attention_layer.shape)}")
-    grid = _grid_size(attention_layer.shape[-1] - 1)
-    overlays = [attention_overlay(image, head[0, 1:].reshape(grid, grid)) for head in attention_layer]
+    (a grid about as wide as it is tall). class_token_attention: (heads, N), a layer's map (heads, 1+N, 1+N)
+    as `attention[:, 0, 1:]`. Each head's map is rescaled to [0, 1] on its own: the point is where it looks."""
+    if class_token_attention.ndim != 2:
+        raise ValueError(
+            f"class_token_attention must be (heads, N), a layer's attention[:, 0, 1:], got shape "
+            f"{tuple(class_token_attention.shape)}"
+        )
+    grid = _grid_size(class_token_attention.shape[-1])
+    overlays = [attention_overlay(image, head.reshape(grid, grid)) for head in class_token_attention]
     return _tile(overlays, math.ceil(math.sqrt(len(overlays))), gap)
 
 
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     _save(draw_rollout(picture, attention_rollout(attentions)[0]), args.out / "rollout.png")
-    _save(draw_head_maps(attentions[-1][0], picture), args.out / f"head_maps_layer{len(attentions)}.png")
+    _save(draw_head_maps(attentions[-1][0, :, 0, 1:], picture), args.out / f"head_maps_layer{len(attentions)}.png")
     _save(draw_attention_distance(distances, reference, "example photos"), args.out / "attention_distance.png")
     _save(draw_filters(embedding_filters(embedding.projection.weight)), args.out / "embedding_filters.png")
     similarity = position_embedding_similarity(embedding.position_embedding)

@@ -15,9 +15,11 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import predict
-from app import EXAMPLES, MAX_UPLOAD, parse_args
+import serving
+from app import EXAMPLES, MAX_UPLOAD, Page, parse_args
 from classifier import load_classifier
 from devices import default_device
+from figures import mean_attention_distance
 from images import load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
 from standins import (
@@ -189,6 +191,23 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
             assert np.array_equal(np.asarray(Image.open(result).convert("RGB")), expected[photo][1])
     peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{served[1].pid}/status").read_text()).group(1))
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
+
+
+def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(trained_head_checkpoint, torch_home):
+    """Gradio holds a visitor's gr.State until an hour after the tab closes: what the page keeps for "Inside the ViT"
+    is the class token's attention and the distances, not every layer's full maps."""
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
+    page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
+    *_, kept = list(page.predict(photo))[-1]
+    full = foodvision.classify(photo)
+    kept_bytes = sum(value.nbytes for value in vars(kept).values() if isinstance(value, torch.Tensor))
+    assert kept_bytes < 1_000_000 < 20_000_000 < sum(attention.nbytes for attention in full.attention_maps)
+    maps = [attention[None] for attention in full.attention_maps]
+    torch.testing.assert_close(kept.distances, mean_attention_distance(maps, foodvision.patch_size))
+    torch.testing.assert_close(kept.class_token_attention[-1], full.attention_maps[-1][:, 0, 1:])
+    assert kept.probabilities == pytest.approx(full.probabilities, abs=1e-6)
+    heads, distance, walk = page.inside(kept, 12)
+    assert Image.open(heads).width > 224 and Image.open(distance).size[0] > 0 and "Eq. 4" in walk
 
 
 def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):

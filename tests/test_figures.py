@@ -319,15 +319,14 @@ def test_draw_head_maps_shows_each_heads_planted_patch_brightest():
     for head, patch in enumerate(planted):
         attention[head, 0, 1 + patch] = 1.0
     image = Image.new("RGB", (32, 32), (128, 128, 128))
-    sheet = draw_head_maps(attention, image, gap=4)
+    sheet = draw_head_maps(attention[:, 0, 1:], image, gap=4)
     assert sheet.mode == "RGB" and sheet.size == (68, 68)  # 2x2 tiles of 32 px with 4 px gaps
     for head, patch in enumerate(planted):
         row, column = divmod(head, 2)
         tile = sheet.crop((column * 36, row * 36, column * 36 + 32, row * 36 + 32))
         assert brightest_block(tile, 8) == divmod(patch, 4)
-    assert np.array_equal(np.asarray(draw_head_maps(attention[None], image)), np.asarray(sheet))
-    with pytest.raises(ValueError, match="2 images"):
-        draw_head_maps(torch.stack([attention, attention]), image)
+    with pytest.raises(ValueError, match=r"\(heads, N\), a layer's attention\[:, 0, 1:\], got shape \(4, 17, 17\)"):
+        draw_head_maps(attention, image)
 
 
 # A model.py ViT end to end
@@ -363,7 +362,7 @@ def test_the_analyses_run_on_a_tiny_vit(tiny_vit_attentions):
     assert components.shape == (28, 3, 8, 8)
     image = Image.new("RGB", (32, 32), "white")
     assert draw_rollout(image, rollout[0]).size == (32, 32)
-    assert draw_head_maps(attentions[-1][0], image).size == (2 * 32 + 4, 2 * 32 + 4)
+    assert draw_head_maps(attentions[-1][0, :, 0, 1:], image).size == (2 * 32 + 4, 2 * 32 + 4)
     assert draw_filters(components).size == (7 * 32 + 6 * 4, 4 * 32 + 3 * 4)
     assert isinstance(draw_attention_distance(distances), Figure)
 
