@@ -11,9 +11,12 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
     python benchmarks/browser_latency.py                                  # the 12 MP photo, about 2 minutes
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
     python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
+    python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during one drop
 """
 
 import argparse
+import collections
+import json
 import shutil
 import statistics
 import time
@@ -26,6 +29,7 @@ from standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
 
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has
 SETTLE_S = 1.0  # a visitor drops a photo seconds after the page appears, not while it is still rendering
+TRACE_CATEGORIES = ["toplevel", "devtools.timeline", "disabled-by-default-devtools.timeline"]
 
 WATCH = r"""(pictures) => {
   const marks = window.foodvisionMarks = {};
@@ -59,9 +63,11 @@ WATCH = r"""(pictures) => {
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
-def drop(browser, url: str, photo: Path, timeline: bool = False) -> dict[str, float]:
+def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | None = None) -> dict[str, float]:
     """One visitor: a fresh tab, the photo set on its file input; ms from the drop to each view shown. With
-    `timeline`, also prints the page's requests (ms from the drop: start, first byte, end) and its timing line."""
+    `timeline`, also prints the page's requests (ms from the drop: start, first byte, end) and its timing line;
+    with `trace`, records the drop with Chrome's tracing into that file and prints the browser's CPU until the
+    label shows."""
     page = browser.new_page(viewport={"width": 1280, "height": 1300})
     try:
         page.goto(url)
@@ -70,10 +76,15 @@ def drop(browser, url: str, photo: Path, timeline: bool = False) -> dict[str, fl
         pictures = [selector for selector in PICTURES if page.locator(selector).count()]
         views = ["label", "pictures"] + (["inside"] if page.locator("#walk").count() else [])
         page.evaluate(WATCH, pictures)
+        if trace:
+            browser.start_tracing(page=page, path=trace, categories=TRACE_CATEGORIES)
         page.locator("#photo input[type=file]").set_input_files(str(photo))
         waiting = " && ".join(f"typeof window.foodvisionMarks.{view} === 'number'" for view in views)
         page.wait_for_function(f"() => {waiting}", timeout=60_000, polling=100)
         marks = page.evaluate("window.foodvisionMarks")
+        if trace:
+            browser.stop_tracing()
+            print_browser_cpu(trace, marks["label"] - marks["drop"])
         if timeline:
             print(f"{url}: {page.locator('#timing').inner_text()}")
             for path, *times in sorted(marks["requests"], key=lambda request: request[1]):
@@ -84,12 +95,32 @@ def drop(browser, url: str, photo: Path, timeline: bool = False) -> dict[str, fl
         page.close()
 
 
+def print_browser_cpu(trace: Path, label_ms: float) -> None:
+    """From a Chrome trace of one drop: the CPU time of each browser thread's tasks from the file input's change
+    event to the label's frame (the window in which the server computes the prediction, sharing the machine)."""
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    start = min(
+        e["ts"] for e in events if e.get("name") == "EventDispatch" and e["args"]["data"].get("type") == "change"
+    )
+    cpu_ms = collections.Counter()
+    for e in events:  # the top-level tasks of message-loop and thread-pool threads; tdur is CPU time, microseconds
+        task = e.get("ph") == "X" and e["name"] in ("ThreadControllerImpl::RunTask", "ThreadPool_RunTask")
+        if task and 0 <= e["ts"] - start <= label_ms * 1e3:
+            cpu_ms[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e.get("tdur", e["dur"]) / 1e3
+    print(f"  browser CPU from the drop to the label ({label_ms:.0f} ms): {sum(cpu_ms.values()):.0f} ms")
+    for thread, ms in cpu_ms.most_common(6):
+        print(f"    {thread:32} {ms:6.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=15, help="timed drops per app (after 2 warm-up drops)")
     parser.add_argument("--photo", type=Path, help="default: a generated 12 MP JPEG (standins.twelve_megapixel_jpeg)")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
+    parser.add_argument("--trace", type=Path, help="record each app's last drop with Chrome's tracing into this file")
     args = parser.parse_args()
     if shutil.which(CHROMIUM) is None:
         parser.error(f"{CHROMIUM} is not installed; install Debian's chromium: apt-get install -y chromium")
@@ -108,7 +139,8 @@ def main() -> None:
         }
         for round_ in range(args.requests + 2):  # two warm-up rounds: lazily initialised parts, browser caches
             for app_dir, url in urls.items():
-                shown = drop(browser, url, photo, args.timeline and round_ == args.requests + 1)
+                last = round_ == args.requests + 1
+                shown = drop(browser, url, photo, args.timeline and last, args.trace if last else None)
                 if round_ >= 2:
                     for view, ms in shown.items():
                         times[app_dir].setdefault(view, []).append(ms)
