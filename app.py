@@ -73,6 +73,10 @@ ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 # about 0.07 s sooner; BENCHMARKS.md, in a real browser).
 QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
+# Gradio keeps a session's gr.State in memory until up to an hour after its tab closes, and the session of a REST
+# API call, which holds no connection, until it is evicted: beyond this many sessions the oldest go, which bounds
+# the kept predictions (about 2 MB a visitor) near 4 GB instead of Gradio's default 10,000 sessions.
+STATE_SESSIONS = 2000
 MAX_UPLOAD = "25mb"
 # Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill its disk.
 # Every hour, the files more than an hour old are deleted (the examples are kept).
@@ -124,9 +128,9 @@ class Pictures:
 
 @dataclass(frozen=True)
 class KeptPrediction:
-    """What "Inside the ViT" draws of a visitor's last prediction, kept in their gr.State, which Gradio holds until an
-    hour after the tab closes: each head's class-token attention and mean attention distance, about 0.7 MB, where
-    every layer's full maps would be 22 MB a visitor (tests/test_app.py)."""
+    """What "Inside the ViT" draws of a visitor's last prediction, kept in their gr.State (see STATE_SESSIONS): each
+    head's class-token attention and mean attention distance, about 0.7 MB, where every layer's full maps would be
+    22 MB a visitor (BENCHMARKS.md, "Memory per visitor")."""
 
     probabilities: dict[str, float]
     pixels: torch.Tensor  # (3, H, W) model input, normalised, for the walk through Eqs. 1-4
@@ -174,8 +178,8 @@ class Page:
 
     def predict(self, image_path: str | None):
         """The prediction (top 3) and its timing as soon as the model has spoken, then with them the patch grid, the
-        last layer's class-token attention, Figure 6's rollout, and the prediction itself for the deeper views that
-        follow: two updates of one request, so the label does not wait for the drawing."""
+        last layer's class-token attention, Figure 6's rollout, and the KeptPrediction the deeper views draw from:
+        two updates of one request, so the label does not wait for the drawing."""
         if not image_path:  # the photo was removed from the page
             yield None, "", None, None, None, None
             return
@@ -205,12 +209,17 @@ class Page:
         against depth (Figure 7, right) with the examples' for reference, and the Eq. 1-4 walk."""
         if kept is None:
             return None, None, ""
-        shown = to_display(kept.pixels, self.mean, self.std)
-        heads = self.pictures.save(draw_head_maps(kept.class_token_attention[layer - 1], shown), f"heads-layer-{layer}")
         reference = self.foodvision.reference_distances
         distance_plot = draw_attention_distance(kept.distances, reference, "average over the examples")
         walk = equation_walk(self.foodvision.patch_embedding, kept.pixels, kept.probabilities, kept.distances)
-        return heads, self.pictures.save(distance_plot, "distance"), walk
+        return self.heads(kept, layer), self.pictures.save(distance_plot, "distance"), walk
+
+    def heads(self, kept: KeptPrediction | None, layer: int) -> str | None:
+        """One layer's class-token attention, head by head: the one view that follows the layer slider."""
+        if kept is None:
+            return None
+        shown = to_display(kept.pixels, self.mean, self.std)
+        return self.pictures.save(draw_head_maps(kept.class_token_attention[layer - 1], shown), f"heads-layer-{layer}")
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:
         """The position-embedding similarity map of the patch clicked on Figure 7 (centre)."""
@@ -268,7 +277,7 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
             "(mean over the heads). Right: attention rollout (Figure 6, Appendix D.8), the attention of all layers "
             "multiplied through, with the residual connections: what of each patch reaches the class token."
         )
-        prediction = gr.State()
+        kept = gr.State()
         if foodvision.model is not None:
             layers = foodvision.predictor.vit.config.num_layers
             with gr.Accordion("Inside the ViT: the paper's figures for this photo and these weights", open=True):
@@ -318,7 +327,7 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
             with errors_on_the_page():
                 return page.patches(uploaded_file(upload))
 
-        outputs = [label, timing, patches, attention, rollout, prediction]
+        outputs = [label, timing, patches, attention, rollout, kept]
         event = image.change(
             predict,
             image,
@@ -336,11 +345,9 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
         if foodvision.model is None:
             image.change(show_patches, api_visibility="private", **patches_only)
         else:
-            inside = dict(
-                inputs=[prediction, layer], outputs=[heads, distance, walk], api_visibility="private", **QUIET_PROGRESS
-            )
-            event.then(page.inside, **inside)
-            layer.release(page.inside, **inside)
+            private = dict(api_visibility="private", **QUIET_PROGRESS)
+            event.then(page.inside, [kept, layer], [heads, distance, walk], **private)
+            layer.release(page.heads, [kept, layer], heads, **private)
             similarity.select(page.patch_similarity, None, chosen, api_visibility="private")
     return demo
 
@@ -407,7 +414,11 @@ def main(argv: list[str] | None = None) -> None:
     print(foodvision.describe(), flush=True)
     demo = build_demo(foodvision)
     demo.queue(max_size=QUEUE_SIZE).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=MAX_UPLOAD,
+        state_session_capacity=STATE_SESSIONS,
     )
 
 

@@ -194,13 +194,14 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
 
 
 def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(trained_head_checkpoint, torch_home):
-    """Gradio holds a visitor's gr.State until an hour after the tab closes: what the page keeps for "Inside the ViT"
-    is the class token's attention and the distances, not every layer's full maps."""
+    """What the page keeps in a visitor's gr.State for "Inside the ViT" is the class token's attention and the
+    distances, not every layer's full maps (nor views into them, which would keep them alive)."""
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
     *_, kept = list(page.predict(photo))[-1]
     full = foodvision.classify(photo)
-    kept_bytes = sum(value.nbytes for value in vars(kept).values() if isinstance(value, torch.Tensor))
+    tensors = [value for value in vars(kept).values() if isinstance(value, torch.Tensor)]
+    kept_bytes = sum(tensor.untyped_storage().nbytes() for tensor in tensors)
     assert kept_bytes < 1_000_000 < 20_000_000 < sum(attention.nbytes for attention in full.attention_maps)
     maps = [attention[None] for attention in full.attention_maps]
     torch.testing.assert_close(kept.distances, mean_attention_distance(maps, foodvision.patch_size))

@@ -84,6 +84,11 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(trained_head_che
                 similarity.click(position=centre)
                 loaded(page, "#chosen")
                 assert page.evaluate(width, "#chosen") == 224
+                # the layer slider redraws the heads of the layer it is released on
+                heads = "() => document.querySelector('#heads img').src"
+                page.locator("#layer input[type=range]").fill("1")
+                page.wait_for_function(f"() => ({heads})().includes('heads-layer-1')", timeout=30_000)
+                loaded(page, "#heads")
                 expect(page.locator(".toast-body")).to_have_count(0)  # no error was shown
                 page.get_by_text("What model is serving").click()
                 expect(page.locator("#model-info")).to_contain_text(
