@@ -11,7 +11,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
     python benchmarks/browser_latency.py                                  # the 12 MP photo, about 2 minutes
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
     python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
-    python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during one drop
+    python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during a drop
 """
 
 import argparse
@@ -30,6 +30,9 @@ from standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has
 SETTLE_S = 1.0  # a visitor drops a photo seconds after the page appears, not while it is still rendering
 TRACE_CATEGORIES = ["toplevel", "devtools.timeline", "disabled-by-default-devtools.timeline"]
+# Top-level tasks, each thread's CPU counted once: raster and image-decode tasks (TaskGraphRunner::RunTask) run
+# inside ThreadPool_RunTask in this chromium
+TASKS = ("ThreadControllerImpl::RunTask", "ThreadPool_RunTask")
 
 WATCH = r"""(pictures) => {
   const marks = window.foodvisionMarks = {};
@@ -78,13 +81,16 @@ def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | N
         page.evaluate(WATCH, pictures)
         if trace:
             browser.start_tracing(page=page, path=trace, categories=TRACE_CATEGORIES)
-        page.locator("#photo input[type=file]").set_input_files(str(photo))
-        waiting = " && ".join(f"typeof window.foodvisionMarks.{view} === 'number'" for view in views)
-        page.wait_for_function(f"() => {waiting}", timeout=60_000, polling=100)
+        try:
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+            waiting = " && ".join(f"typeof window.foodvisionMarks.{view} === 'number'" for view in views)
+            page.wait_for_function(f"() => {waiting}", timeout=60_000, polling=100)
+        finally:
+            if trace:
+                browser.stop_tracing()
         marks = page.evaluate("window.foodvisionMarks")
         if trace:
-            browser.stop_tracing()
-            print_browser_cpu(trace, marks["label"] - marks["drop"])
+            print_browser_cpu(trace, url, marks["label"] - marks["drop"])
         if timeline:
             print(f"{url}: {page.locator('#timing').inner_text()}")
             for path, *times in sorted(marks["requests"], key=lambda request: request[1]):
@@ -95,23 +101,33 @@ def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | N
         page.close()
 
 
-def print_browser_cpu(trace: Path, label_ms: float) -> None:
-    """From a Chrome trace of one drop: the CPU time of each browser thread's tasks from the file input's change
-    event to the label's frame (the window in which the server computes the prediction, sharing the machine)."""
+def print_browser_cpu(trace: Path, url: str, label_ms: float) -> None:
+    """From a Chrome trace of one drop: the CPU time of the browser's threads, summed by thread name over its
+    processes, in the top-level tasks that start between the file input's change event and the label's frame (the
+    window in which the server computes the prediction, sharing the machine). Tasks are counted whole."""
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"}
-    start = min(
-        e["ts"] for e in events if e.get("name") == "EventDispatch" and e["args"]["data"].get("type") == "change"
-    )
-    cpu_ms = collections.Counter()
-    for e in events:  # the top-level tasks of message-loop and thread-pool threads; tdur is CPU time, microseconds
-        task = e.get("ph") == "X" and e["name"] in ("ThreadControllerImpl::RunTask", "ThreadPool_RunTask")
-        if task and 0 <= e["ts"] - start <= label_ms * 1e3:
-            cpu_ms[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e.get("tdur", e["dur"]) / 1e3
-    print(f"  browser CPU from the drop to the label ({label_ms:.0f} ms): {sum(cpu_ms.values()):.0f} ms")
+    changes = [
+        e["ts"]
+        for e in events
+        if e.get("name") == "EventDispatch" and e.get("args", {}).get("data", {}).get("type") == "change"
+    ]
+    if not changes:
+        print(f"  {trace}: no change event of the file input in the trace")
+        return
+    start, cpu_ms, untimed = min(changes), collections.Counter(), 0
+    for e in events:  # tdur is CPU time, in microseconds
+        if e.get("ph") == "X" and e["name"] in TASKS and 0 <= e["ts"] - start <= label_ms * 1e3:
+            if "tdur" in e:
+                cpu_ms[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["tdur"] / 1e3
+            else:
+                untimed += 1
+    print(f"  {url}: browser CPU from the drop to the label ({label_ms:.0f} ms): {sum(cpu_ms.values()):.0f} ms")
     for thread, ms in cpu_ms.most_common(6):
         print(f"    {thread:32} {ms:6.1f} ms")
+    if untimed:
+        print(f"    ({untimed} tasks without a CPU time left out)")
 
 
 def main() -> None:
@@ -120,7 +136,9 @@ def main() -> None:
     parser.add_argument("--photo", type=Path, help="default: a generated 12 MP JPEG (standins.twelve_megapixel_jpeg)")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
-    parser.add_argument("--trace", type=Path, help="record each app's last drop with Chrome's tracing into this file")
+    parser.add_argument(
+        "--trace", type=Path, help="after the timed drops, one more per app, recorded with Chrome's tracing (FILE.<n>)"
+    )
     args = parser.parse_args()
     if shutil.which(CHROMIUM) is None:
         parser.error(f"{CHROMIUM} is not installed; install Debian's chromium: apt-get install -y chromium")
@@ -139,11 +157,13 @@ def main() -> None:
         }
         for round_ in range(args.requests + 2):  # two warm-up rounds: lazily initialised parts, browser caches
             for app_dir, url in urls.items():
-                last = round_ == args.requests + 1
-                shown = drop(browser, url, photo, args.timeline and last, args.trace if last else None)
+                shown = drop(browser, url, photo, args.timeline and round_ == args.requests + 1)
                 if round_ >= 2:
                     for view, ms in shown.items():
                         times[app_dir].setdefault(view, []).append(ms)
+        if args.trace:  # untimed: tracing costs the browser CPU of its own
+            for number, url in enumerate(urls.values()):
+                drop(browser, url, photo, trace=args.trace.with_name(f"{args.trace.name}.{number}"))
         browser.close()
     print(
         f"{args.requests} drops per app ({photo.name}, {photo.stat().st_size / 1e6:.1f} MB), apps in turns, a new tab "
