@@ -1,7 +1,7 @@
 """Server memory per visitor: `python app.py` on 127.0.0.1, then one prediction for each of many visitors, each a
-new gradio_client session, as new browser tabs or API users are. Gradio keeps each session's gr.State until an
-hour after it disconnects, so whatever the page keeps for a visitor adds up. Reports the server's resident memory
-(VmRSS) before and after, and per visitor.
+new gradio_client session, as new browser tabs or API users are. Gradio keeps each session's gr.State for a while
+after it disconnects (app.STATE_SESSIONS), so whatever the page keeps for a visitor adds up. Reports the server's
+resident memory (VmRSS) before and after, and per visitor.
 
     python benchmarks/visitor_memory.py                          # about a minute per app
     python benchmarks/visitor_memory.py --visitors 100 --app-dir <older checkout> --app-dir .
@@ -26,9 +26,17 @@ def resident_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--visitors", type=int, default=60, help="new sessions, one prediction each")
+    parser.add_argument("--visitors", type=at_least_one, default=60, help="new sessions, one prediction each")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     args = parser.parse_args()
     print_machine()
