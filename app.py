@@ -126,7 +126,7 @@ class Pictures:
         return str(path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: == on tensors is elementwise
 class KeptPrediction:
     """What "Inside the ViT" draws of a visitor's last prediction, kept in their gr.State (see STATE_SESSIONS): each
     head's class-token attention and mean attention distance, about 0.7 MB, where every layer's full maps would be
