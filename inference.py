@@ -263,15 +263,23 @@ def agreement(fast: Predictor, images: torch.Tensor, reference: torch.Tensor) ->
     features = torch.cat([fast.features(image[None]) for image in images])
     head = fast.vit.forward_head
     probabilities, expected = head(features).softmax(dim=-1), head(reference.float()).softmax(dim=-1)
+    return Agreement(
+        inputs=len(images),
+        **probability_agreement(probabilities, expected),
+        worst_feature_cosine=nn.functional.cosine_similarity(features, reference.float(), dim=-1).min().item(),
+    )
+
+
+def probability_agreement(probabilities: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
+    """Agreement's figures from probabilities (B, classes) against fp32's `expected`: the share of images with the
+    same top class, fp32's largest top-two gap where it changed (a near tie), and the probability differences."""
     difference = (probabilities - expected).abs()
     same = probabilities.argmax(dim=-1) == expected.argmax(dim=-1)
     top_two = expected.topk(2, dim=-1).values
     margins = (top_two[:, 0] - top_two[:, 1])[~same]
-    return Agreement(
-        inputs=len(images),
-        top1=same.float().mean().item(),
-        near_tie_margin=margins.max().item() if len(margins) else 0.0,
-        max_probability_difference=difference.max().item(),
-        mean_probability_difference=difference.mean().item(),
-        worst_feature_cosine=nn.functional.cosine_similarity(features, reference.float(), dim=-1).min().item(),
-    )
+    return {
+        "top1": same.float().mean().item(),
+        "near_tie_margin": margins.max().item() if len(margins) else 0.0,
+        "max_probability_difference": difference.max().item(),
+        "mean_probability_difference": difference.mean().item(),
+    }

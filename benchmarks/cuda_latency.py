@@ -20,7 +20,7 @@ import torch
 from latency import agreement_inputs
 
 from devices import resolve_device
-from inference import MAX_PROBABILITY_DIFFERENCE, vit_from_torchvision
+from inference import MAX_PROBABILITY_DIFFERENCE, probability_agreement, vit_from_torchvision
 from standins import EXAMPLE_PHOTOS, inject_outliers
 
 REFERENCE = "fp32 model.py ViT (served)"
@@ -86,21 +86,6 @@ def probabilities(run, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([run(image[None], True).float().softmax(dim=-1).cpu() for image in images])
 
 
-def compared(fast: torch.Tensor, reference: torch.Tensor) -> dict:
-    """inference.Agreement's figures from probabilities: top-1 agreement, fp32's largest top-two gap where the top
-    class changed (a near tie), and the probability differences."""
-    same = fast.argmax(dim=-1) == reference.argmax(dim=-1)
-    difference = (fast - reference).abs()
-    top_two = reference.topk(2, dim=-1).values
-    margins = (top_two[:, 0] - top_two[:, 1])[~same]
-    return {
-        "top1": same.float().mean().item(),
-        "near_tie_margin": margins.max().item() if len(margins) else 0.0,
-        "max_probability_difference": difference.max().item(),
-        "mean_probability_difference": difference.mean().item(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda)")
@@ -149,7 +134,7 @@ def main() -> None:
         for name, run in paths.items():
             if name.startswith("fp32"):
                 continue
-            measured = compared(probabilities(run, inputs), reference)
+            measured = probability_agreement(probabilities(run, inputs), reference)
             results["agreement"][f"{name}, {backbone}"] = measured
             rows.append(
                 [backbone, name, f"{measured['top1']:.1%}", f"{measured['near_tie_margin']:.4f}",
