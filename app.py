@@ -191,16 +191,17 @@ class Page:
             f"(decode, preprocess, model; {self.foodvision.device.type})"
         )
         yield prediction.probabilities, timing, None, None, None, None  # the previous photo's pictures go
+        kept = KeptPrediction.of(prediction, self.patch)
         shown = to_display(prediction.pixels, self.mean, self.std)
         grid = self.foodvision.grid_size
-        overlay = attention_overlay(shown, prediction.last_layer_attention.reshape(grid, grid))
+        # the class token's attention to each patch in the last layer, mean over the heads
+        overlay = attention_overlay(shown, kept.class_token_attention[-1].mean(dim=0).reshape(grid, grid))
         rollout = attention_rollout([attention[None] for attention in prediction.attention_maps])[0]
         pictures = [
             self.pictures.save(patch_grid(shown, self.patch), "patches"),
             self.pictures.save(overlay, "attention"),
             self.pictures.save(draw_rollout(shown, rollout), "rollout"),
         ]
-        kept = KeptPrediction.of(prediction, self.patch)
         drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
         yield prediction.probabilities, f"{timing} · **pictures:** {drawn_ms:.0f} ms more", *pictures, kept
 

@@ -65,11 +65,6 @@ class Prediction:
     attention_maps: list[torch.Tensor]  # every layer's (heads, 1+N, 1+N), model.py's contract for one image
     model_ms: float
 
-    @property
-    def last_layer_attention(self) -> torch.Tensor:
-        """(N,): how much the class token attends to each patch in the last layer, mean over the heads."""
-        return self.attention_maps[-1][:, 0, 1:].mean(dim=0)
-
 
 @dataclass
 class FoodVision:
