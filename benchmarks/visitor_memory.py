@@ -16,6 +16,7 @@ from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, pri
 from gradio_client import Client, handle_file
 
 from standins import EXAMPLE_PHOTOS, app_server
+from train_vit import at_least
 
 
 def resident_mb(pid: int) -> float:
@@ -26,17 +27,9 @@ def resident_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def at_least_one(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--visitors", type=at_least_one, default=60, help="new sessions, one prediction each")
+    parser.add_argument("--visitors", type=at_least(1), default=60, help="new sessions, one prediction each")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     args = parser.parse_args()
     print_machine()
