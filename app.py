@@ -106,16 +106,30 @@ class Pictures:
     """PNG files for the page, each written under a new name and renamed into place. Gradio copies a returned file
     into its cache atomically; a returned PIL image it writes in place under a name made of the image's hash, so
     two visitors getting the same picture at once could read a half-written file (tests/test_app.py). Files older
-    than a minute are deleted: Gradio has copied them by then."""
+    than MAX_AGE_S are deleted: Gradio has copied them by then."""
+
+    MAX_AGE_S = 60
+    # The folder is swept at most this often, not on every save: under many visitors it holds thousands of files
+    SWEEP_EVERY_S = 30
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="foodvision-pictures-"))
+        self.swept = time.monotonic()
+
+    def sweep(self) -> None:
+        """Delete the files older than MAX_AGE_S, pictures and the leftovers of failed saves alike."""
+        self.swept = time.monotonic()
+        now = time.time()
+        for old in self.folder.iterdir():
+            try:
+                if now - old.stat().st_mtime > self.MAX_AGE_S:
+                    old.unlink()
+            except FileNotFoundError:  # another event's sweep got there first
+                pass
 
     def save(self, picture, name: str) -> str:
-        now = time.time()
-        for old in self.folder.glob("*.png"):
-            if now - old.stat().st_mtime > 60:
-                old.unlink(missing_ok=True)
+        if time.monotonic() - self.swept > self.SWEEP_EVERY_S:
+            self.sweep()
         path = self.folder / f"{uuid.uuid4().hex}-{name}.png"
         partial = path.with_suffix(".partial")
         if isinstance(picture, Image.Image):

@@ -1,8 +1,10 @@
 """The app as users meet it: a real `python app.py` server on 127.0.0.1 driven by gradio_client,
 checked against the same prediction computed in this process; plus predict.py."""
 
+import os
 import re
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from PIL import Image
 
 import predict
 import serving
-from app import EXAMPLES, MAX_UPLOAD, Page, parse_args
+from app import EXAMPLES, MAX_UPLOAD, Page, Pictures, parse_args
 from classifier import load_classifier
 from devices import default_device
 from figures import mean_attention_distance
@@ -326,3 +328,25 @@ def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(serv
                 with Image.open(picture) as image:
                     image.load()  # a truncated PNG fails here
             assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)
+
+
+def test_old_pictures_are_swept_at_most_every_half_minute_and_new_ones_kept(monkeypatch):
+    """The page's picture folder keeps what Gradio may still copy and deletes what it has long copied, the leftover
+    of a failed save included; between sweeps a save does not list the folder."""
+    pictures = Pictures()
+    fresh = Path(pictures.save(Image.new("RGB", (8, 8)), "fresh"))
+    old = Path(pictures.save(Image.new("RGB", (8, 8)), "old"))
+    leftover = pictures.folder / "failed.partial"
+    leftover.write_bytes(b"half a picture")
+    long_ago = time.time() - 2 * Pictures.MAX_AGE_S
+    for path in (old, leftover):
+        os.utime(path, (long_ago, long_ago))
+
+    pictures.save(Image.new("RGB", (8, 8)), "between-sweeps")
+    assert old.exists() and leftover.exists()  # swept less than SWEEP_EVERY_S ago
+
+    monkeypatch.setattr(pictures, "swept", time.monotonic() - Pictures.SWEEP_EVERY_S - 1)
+    newest = Path(pictures.save(Image.new("RGB", (8, 8)), "after-a-sweep"))
+    assert not old.exists() and not leftover.exists()
+    assert fresh.exists() and newest.exists()
+    shutil.rmtree(pictures.folder)
