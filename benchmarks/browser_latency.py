@@ -26,6 +26,7 @@ from pathlib import Path
 from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
 from standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
+from train_vit import at_least
 
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has
 SETTLE_S = 1.0  # a visitor drops a photo seconds after the page appears, not while it is still rendering
@@ -132,7 +133,9 @@ def print_browser_cpu(trace: Path, url: str, label_ms: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=15, help="timed drops per app (after 2 warm-up drops)")
+    parser.add_argument(
+        "--requests", type=at_least(2), default=15, help="timed drops per app, at least 2 (after 2 warm-up drops)"
+    )
     parser.add_argument("--photo", type=Path, help="default: a generated 12 MP JPEG (standins.twelve_megapixel_jpeg)")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")

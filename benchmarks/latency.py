@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from images import load_rgb
 from inference import Predictor, agreement, calibration_images, reference_features, vit_from_torchvision
 from standins import EXAMPLE_PHOTOS, draw_food_image, inject_outliers
+from train_vit import at_least
 
 REFERENCE = "fp32 eager torchvision"
 PLAIN_INT8 = "int8 model.py ViT, every Linear, no smoothing"
@@ -102,7 +103,9 @@ def main() -> None:
     parser.add_argument(
         "--batch32-repeats", type=int, default=2, help="timed passes per path at batch 32 (~5 s each in fp32)"
     )
-    parser.add_argument("--inputs", type=int, default=120, help="images for the agreement check (>= 100)")
+    parser.add_argument(
+        "--inputs", type=at_least(100), default=120, help="images for the agreement check, at least 100"
+    )
     parser.add_argument(
         "--photos", type=Path, nargs="+", default=EXAMPLE_PHOTOS, help="real photos (default: examples/*.jpg)"
     )
