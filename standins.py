@@ -183,12 +183,13 @@ def page_config_once(url: str, text: str, timeout: float = 300) -> str:
 
 
 @contextlib.contextmanager
-def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180):
-    """`python app.py --port <free> *args` run from app_dir; yields (url, process) once the page answers, and
-    stops the server afterwards. A server that does not start raises RuntimeError with its console output."""
+def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180, script: str = "app.py"):
+    """`python app.py --port <free> *args` (or another script taking app.py's arguments) run from app_dir; yields
+    (url, process) once the page answers, and stops the server afterwards. A server that does not start raises
+    RuntimeError with its console output."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), *args],
+        [sys.executable, script, "--port", str(port), *args],
         cwd=app_dir,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -205,7 +206,7 @@ def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: floa
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
                     log = process.communicate()[0].decode(errors="replace")
-                    raise RuntimeError(f"app.py did not start (exit {process.returncode}):\n{log}") from None
+                    raise RuntimeError(f"{script} did not start (exit {process.returncode}):\n{log}") from None
                 time.sleep(0.5)
         yield url, process
     finally:

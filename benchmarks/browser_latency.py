@@ -12,6 +12,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
     python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
     python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during a drop
+    python benchmarks/browser_latency.py --floor      # also this page without the model pass (page_floor.py)
 """
 
 import argparse
@@ -64,6 +65,8 @@ WATCH = r"""(pictures) => {
     }
   }).observe({type: 'resource'});
 }"""
+FLOOR_PAGE = "this page without the model or the decode"
+FLOOR_PAGE_DECODE = "this page with the decode, without the model"
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
@@ -138,6 +141,11 @@ def main() -> None:
     )
     parser.add_argument("--photo", type=Path, help="default: a generated 12 MP JPEG (standins.twelve_megapixel_jpeg)")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also serve this repository's page without the model pass, with and without the photo's decode",
+    )
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
     parser.add_argument(
         "--trace", type=Path, help="after the timed drops, one more per app, recorded with Chrome's tracing (FILE.<n>)"
@@ -148,22 +156,31 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     photo = args.photo or twelve_megapixel_jpeg()
-    app_dirs = [str(app_dir) for app_dir in args.app_dir or [ROOT]]
+    # each served page: its name in the results, the folder it runs in, the script, extra environment
+    pages = [(str(app_dir), app_dir, "app.py", {}) for app_dir in args.app_dir or [ROOT]]
+    if args.floor:
+        floor = str(Path(__file__).resolve().parent / "page_floor.py")
+        pages += [
+            (FLOOR_PAGE, ROOT, floor, {}),
+            (FLOOR_PAGE_DECODE, ROOT, floor, {"FOODVISION_FLOOR_DECODE": "1"}),
+        ]
     print_machine()
     checkpoint = generated_head_checkpoint(WORK_DIR)
-    times = {app_dir: {} for app_dir in app_dirs}
+    times = {name: {} for name, *_ in pages}
     with ExitStack() as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         urls = {
-            app_dir: stack.enter_context(app_server(Path(app_dir), "--checkpoint", str(checkpoint)))[0]
-            for app_dir in app_dirs
+            name: stack.enter_context(
+                app_server(Path(app_dir), "--checkpoint", str(checkpoint), env=env, script=script)
+            )[0]
+            for name, app_dir, script, env in pages
         }
         for round_ in range(args.requests + 2):  # two warm-up rounds: lazily initialised parts, browser caches
-            for app_dir, url in urls.items():
+            for name, url in urls.items():
                 shown = drop(browser, url, photo, args.timeline and round_ == args.requests + 1)
                 if round_ >= 2:
                     for view, ms in shown.items():
-                        times[app_dir].setdefault(view, []).append(ms)
+                        times[name].setdefault(view, []).append(ms)
         if args.trace:  # untimed: tracing costs the browser CPU of its own
             for number, url in enumerate(urls.values()):
                 drop(browser, url, photo, trace=args.trace.with_name(f"{args.trace.name}.{number}"))
@@ -173,8 +190,8 @@ def main() -> None:
         "for every drop; ms from the drop to the first frame with each view"
     )
     rows = [
-        [app_dir, VIEWS[view], len(t), statistics.median(t), statistics.quantiles(t, n=20)[-1], min(t)]
-        for app_dir, views in times.items()
+        [name, VIEWS[view], len(t), statistics.median(t), statistics.quantiles(t, n=20)[-1], min(t)]
+        for name, views in times.items()
         for view, t in views.items()
     ]
     print_table(["app", "shown", "drops", "p50 ms", "p95 ms", "min ms"], rows)
