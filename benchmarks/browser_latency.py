@@ -12,7 +12,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
     python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
     python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during a drop
-    python benchmarks/browser_latency.py --floor      # also this page without the model pass (page_floor.py)
+    python benchmarks/browser_latency.py --floor      # also pages without the model pass (page_floor.py)
 """
 
 import argparse
@@ -65,8 +65,11 @@ WATCH = r"""(pictures) => {
     }
   }).observe({type: 'resource'});
 }"""
-FLOOR_PAGE = "this page without the model or the decode"
-FLOOR_PAGE_DECODE = "this page with the decode, without the model"
+FLOOR_PAGES = {  # page_floor.py's pages
+    "bare": "bare Gradio page: photo, label, timing",
+    "page": "this page without the model or the decode",
+    "decode": "this page with the decode, without the model",
+}
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
@@ -81,7 +84,7 @@ def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | N
         page.wait_for_selector("#photo input[type=file]", state="attached")
         time.sleep(SETTLE_S)
         pictures = [selector for selector in PICTURES if page.locator(selector).count()]
-        views = ["label", "pictures"] + (["inside"] if page.locator("#walk").count() else [])
+        views = ["label"] + (["pictures"] if pictures else []) + (["inside"] if page.locator("#walk").count() else [])
         page.evaluate(WATCH, pictures)
         if trace:
             browser.start_tracing(page=page, path=trace, categories=TRACE_CATEGORIES)
@@ -144,7 +147,8 @@ def main() -> None:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also serve this repository's page without the model pass, with and without the photo's decode",
+        help="also serve pages without the model pass (page_floor.py): this one, with and without the photo's "
+        "decode, and a bare Gradio page",
     )
     parser.add_argument("--timeline", action="store_true", help="print each app's last drop, request by request")
     parser.add_argument(
@@ -160,10 +164,7 @@ def main() -> None:
     pages = [(str(app_dir), app_dir, "app.py", {}) for app_dir in args.app_dir or [ROOT]]
     if args.floor:
         floor = str(Path(__file__).resolve().parent / "page_floor.py")
-        pages += [
-            (FLOOR_PAGE, ROOT, floor, {}),
-            (FLOOR_PAGE_DECODE, ROOT, floor, {"FOODVISION_FLOOR_DECODE": "1"}),
-        ]
+        pages += [(name, ROOT, floor, {"FOODVISION_FLOOR": kind}) for kind, name in FLOOR_PAGES.items()]
     print_machine()
     checkpoint = generated_head_checkpoint(WORK_DIR)
     times = {name: {} for name, *_ in pages}
