@@ -106,7 +106,7 @@ class Pictures:
     """PNG files for the page, each written under a new name and renamed into place. Gradio copies a returned file
     into its cache atomically; a returned PIL image it writes in place under a name made of the image's hash, so
     two visitors getting the same picture at once could read a half-written file (tests/test_app.py). Files older
-    than MAX_AGE_S are deleted: Gradio has copied them by then."""
+    than MAX_AGE_S go at the first save after that, within SWEEP_EVERY_S: Gradio has copied them by then."""
 
     MAX_AGE_S = 60
     # The folder is swept at most this often, not on every save: under many visitors it holds thousands of files
@@ -124,8 +124,10 @@ class Pictures:
             try:
                 if now - old.stat().st_mtime > self.MAX_AGE_S:
                     old.unlink()
-            except FileNotFoundError:  # another event's sweep got there first
+            except FileNotFoundError:  # deleted by another event's sweep, or renamed by a save in progress
                 pass
+            except OSError as error:  # housekeeping never fails a visitor's request
+                print(f"Could not delete an old picture: {error}", file=sys.stderr)
 
     def save(self, picture, name: str) -> str:
         if time.monotonic() - self.swept > self.SWEEP_EVERY_S:

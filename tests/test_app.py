@@ -334,19 +334,51 @@ def test_old_pictures_are_swept_at_most_every_half_minute_and_new_ones_kept(monk
     """The page's picture folder keeps what Gradio may still copy and deletes what it has long copied, the leftover
     of a failed save included; between sweeps a save does not list the folder."""
     pictures = Pictures()
-    fresh = Path(pictures.save(Image.new("RGB", (8, 8)), "fresh"))
-    old = Path(pictures.save(Image.new("RGB", (8, 8)), "old"))
-    leftover = pictures.folder / "failed.partial"
-    leftover.write_bytes(b"half a picture")
-    long_ago = time.time() - 2 * Pictures.MAX_AGE_S
-    for path in (old, leftover):
-        os.utime(path, (long_ago, long_ago))
+    try:
+        fresh = Path(pictures.save(Image.new("RGB", (8, 8)), "fresh"))
+        old = Path(pictures.save(Image.new("RGB", (8, 8)), "old"))
+        leftover = pictures.folder / "failed.partial"
+        leftover.write_bytes(b"half a picture")
+        long_ago = time.time() - 2 * Pictures.MAX_AGE_S
+        for path in (old, leftover):
+            os.utime(path, (long_ago, long_ago))
 
-    pictures.save(Image.new("RGB", (8, 8)), "between-sweeps")
-    assert old.exists() and leftover.exists()  # swept less than SWEEP_EVERY_S ago
+        pictures.save(Image.new("RGB", (8, 8)), "between-sweeps")
+        assert old.exists() and leftover.exists()  # swept less than SWEEP_EVERY_S ago
 
-    monkeypatch.setattr(pictures, "swept", time.monotonic() - Pictures.SWEEP_EVERY_S - 1)
-    newest = Path(pictures.save(Image.new("RGB", (8, 8)), "after-a-sweep"))
-    assert not old.exists() and not leftover.exists()
-    assert fresh.exists() and newest.exists()
-    shutil.rmtree(pictures.folder)
+        monkeypatch.setattr(pictures, "swept", time.monotonic() - Pictures.SWEEP_EVERY_S - 1)
+        newest = Path(pictures.save(Image.new("RGB", (8, 8)), "after-a-sweep"))
+        assert not old.exists() and not leftover.exists()
+        assert fresh.exists() and newest.exists()
+    finally:
+        shutil.rmtree(pictures.folder)
+
+
+def test_a_sweep_goes_on_past_files_that_vanish_or_cannot_be_deleted(monkeypatch, capsys):
+    """Events save and sweep from several threads: a file another sweep deleted, or one that cannot be deleted,
+    leaves the rest of the sweep and the visitor's request alone."""
+    pictures = Pictures()
+    try:
+        paths = [Path(pictures.save(Image.new("RGB", (8, 8)), name)) for name in ("vanished", "stuck", "old")]
+        long_ago = time.time() - 2 * Pictures.MAX_AGE_S
+        for path in paths:
+            os.utime(path, (long_ago, long_ago))
+        vanished, stuck, old = paths
+        unlink = Path.unlink
+
+        def unlink_racing_another_sweep(path, *args, **kwargs):
+            if path == vanished:
+                unlink(path)
+                raise FileNotFoundError(path)
+            if path == stuck:
+                raise PermissionError(f"Permission denied: {path}")
+            return unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "unlink", unlink_racing_another_sweep)
+        pictures.sweep()
+        assert not vanished.exists() and not old.exists() and stuck.exists()
+        assert f"Could not delete an old picture: Permission denied: {stuck}" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        shutil.rmtree(pictures.folder)
+
