@@ -12,7 +12,7 @@ being measured. Every drop is a new visitor: a fresh tab, left to settle for a s
     python benchmarks/browser_latency.py --app-dir ../old-checkout --app-dir .   # two versions, in turns
     python benchmarks/browser_latency.py --requests 3 --timeline          # where one drop's time goes
     python benchmarks/browser_latency.py --requests 3 --trace drop.json   # the browser's CPU during a drop
-    python benchmarks/browser_latency.py --floor      # also pages without the model pass (page_floor.py)
+    python benchmarks/browser_latency.py --floor      # also pages without the model pass (page_floor.py), 5 minutes
 """
 
 import argparse
@@ -73,11 +73,13 @@ FLOOR_PAGES = {  # page_floor.py's pages
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
-def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | None = None) -> dict[str, float]:
-    """One visitor: a fresh tab, the photo set on its file input; ms from the drop to each view shown. With
-    `timeline`, also prints the page's requests (ms from the drop: start, first byte, end) and its timing line;
-    with `trace`, records the drop with Chrome's tracing into that file and prints the browser's CPU until the
-    label shows."""
+def drop(
+    browser, name: str, url: str, photo: Path, timeline: bool = False, trace: Path | None = None
+) -> dict[str, float]:
+    """One visitor of the page `name` at `url`: a fresh tab, the photo set on its file input; ms from the drop to
+    each view shown. With `timeline`, also prints the page's requests (ms from the drop: start, first byte, end) and
+    its timing line; with `trace`, records the drop with Chrome's tracing into that file and prints the browser's
+    CPU until the label shows."""
     page = browser.new_page(viewport={"width": 1280, "height": 1300})
     try:
         page.goto(url)
@@ -97,9 +99,9 @@ def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | N
                 browser.stop_tracing()
         marks = page.evaluate("window.foodvisionMarks")
         if trace:
-            print_browser_cpu(trace, url, marks["label"] - marks["drop"])
+            print_browser_cpu(trace, name, marks["label"] - marks["drop"])
         if timeline:
-            print(f"{url}: {page.locator('#timing').inner_text()}")
+            print(f"{name}: {page.locator('#timing').inner_text()}")
             for path, *times in sorted(marks["requests"], key=lambda request: request[1]):
                 print(f"  {path:40} " + " ".join(f"{time - marks['drop']:6.0f}" for time in times))
             print("  " + ", ".join(f"{view} {marks[view] - marks['drop']:.0f}" for view in views))
@@ -108,7 +110,7 @@ def drop(browser, url: str, photo: Path, timeline: bool = False, trace: Path | N
         page.close()
 
 
-def print_browser_cpu(trace: Path, url: str, label_ms: float) -> None:
+def print_browser_cpu(trace: Path, name: str, label_ms: float) -> None:
     """From a Chrome trace of one drop: the CPU time of the browser's threads, summed by thread name over its
     processes, in the top-level tasks that start between the file input's change event and the label's frame (the
     window in which the server computes the prediction, sharing the machine). Tasks are counted whole."""
@@ -121,7 +123,7 @@ def print_browser_cpu(trace: Path, url: str, label_ms: float) -> None:
         if e.get("name") == "EventDispatch" and e.get("args", {}).get("data", {}).get("type") == "change"
     ]
     if not changes:
-        print(f"  {trace}: no change event of the file input in the trace")
+        print(f"  {name}, {trace}: no change event of the file input in the trace")
         return
     start, cpu_ms, untimed = min(changes), collections.Counter(), 0
     for e in events:  # tdur is CPU time, in microseconds
@@ -130,7 +132,7 @@ def print_browser_cpu(trace: Path, url: str, label_ms: float) -> None:
                 cpu_ms[threads.get((e["pid"], e["tid"]), str(e["tid"]))] += e["tdur"] / 1e3
             else:
                 untimed += 1
-    print(f"  {url}: browser CPU from the drop to the label ({label_ms:.0f} ms): {sum(cpu_ms.values()):.0f} ms")
+    print(f"  {name}: browser CPU from the drop to the label ({label_ms:.0f} ms): {sum(cpu_ms.values()):.0f} ms")
     for thread, ms in cpu_ms.most_common(6):
         print(f"    {thread:32} {ms:6.1f} ms")
     if untimed:
@@ -165,9 +167,12 @@ def main() -> None:
     if args.floor:
         floor = str(Path(__file__).resolve().parent / "page_floor.py")
         pages += [(name, ROOT, floor, {"FOODVISION_FLOOR": kind}) for kind, name in FLOOR_PAGES.items()]
+    names = [name for name, *_ in pages]
+    if len(set(names)) < len(names):
+        parser.error(f"each page is served once: {', '.join(names)}")
     print_machine()
     checkpoint = generated_head_checkpoint(WORK_DIR)
-    times = {name: {} for name, *_ in pages}
+    times = {name: {} for name in names}
     with ExitStack() as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         urls = {
@@ -178,13 +183,13 @@ def main() -> None:
         }
         for round_ in range(args.requests + 2):  # two warm-up rounds: lazily initialised parts, browser caches
             for name, url in urls.items():
-                shown = drop(browser, url, photo, args.timeline and round_ == args.requests + 1)
+                shown = drop(browser, name, url, photo, args.timeline and round_ == args.requests + 1)
                 if round_ >= 2:
                     for view, ms in shown.items():
                         times[name].setdefault(view, []).append(ms)
         if args.trace:  # untimed: tracing costs the browser CPU of its own
-            for number, url in enumerate(urls.values()):
-                drop(browser, url, photo, trace=args.trace.with_name(f"{args.trace.name}.{number}"))
+            for number, (name, url) in enumerate(urls.items()):
+                drop(browser, name, url, photo, trace=args.trace.with_name(f"{args.trace.name}.{number}"))
         browser.close()
     print(
         f"{args.requests} drops per app ({photo.name}, {photo.stat().st_size / 1e6:.1f} MB), apps in turns, a new tab "

@@ -22,6 +22,7 @@ from latency import agreement_inputs
 from devices import resolve_device
 from inference import MAX_PROBABILITY_DIFFERENCE, probability_agreement, vit_from_torchvision
 from standins import EXAMPLE_PHOTOS, inject_outliers
+from train_vit import at_least
 
 REFERENCE = "fp32 model.py ViT (served)"
 
@@ -91,7 +92,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda)")
     parser.add_argument("--repeats", type=int, default=100, help="timed passes per path at batch 1")
     parser.add_argument("--batch32-repeats", type=int, default=20, help="timed passes per path at batch 32")
-    parser.add_argument("--inputs", type=int, default=120, help="images for the agreement check")
+    parser.add_argument(
+        "--inputs", type=at_least(len(EXAMPLE_PHOTOS) + 1), default=120, help="images for the agreement check"
+    )
     parser.add_argument("--outliers", type=float, nargs="*", default=[10, 30, 100], help="outlier scales s")
     args = parser.parse_args()
     try:

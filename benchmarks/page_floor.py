@@ -24,11 +24,10 @@ from serving import FoodVision, Prediction
 FLOORS = ("page", "decode", "bare")
 
 
-def classify_without_model(foodvision: FoodVision, image_path: str) -> Prediction:
-    """serving.FoodVision.classify's result without the model: the photo decoded and preprocessed (floor `decode`)
+def classify_without_model(foodvision: FoodVision, image_path: str, decode: bool) -> Prediction:
+    """serving.FoodVision.classify's result without the model: the photo decoded and preprocessed (with `decode`)
     or not at all, uniform probabilities and attention."""
     size = foodvision.transforms.crop_size[0]
-    decode = os.environ["FOODVISION_FLOOR"] == "decode"
     pixels = foodvision.preprocess(image_path) if decode else torch.zeros(3, size, size)
     config = foodvision.predictor.vit.config
     tokens = 1 + foodvision.grid_size**2
@@ -38,7 +37,8 @@ def classify_without_model(foodvision: FoodVision, image_path: str) -> Predictio
 
 
 def serve_bare_page(argv: list[str]) -> None:
-    """The photo input, the label and the timing line, set up as app.py sets them up, and nothing else."""
+    """The photo input, the label and the timing line, with app.build_demo's element ids (browser_latency watches
+    them) and its quiet progress, and nothing else: no examples, pictures or deeper views, Gradio's default queue."""
     args = app.parse_args(argv)
 
     def answer(upload: dict | None):
@@ -59,5 +59,6 @@ if __name__ == "__main__":
     if floor == "bare":
         serve_bare_page(sys.argv[1:])
     else:
-        FoodVision.classify = classify_without_model
+        decode = floor == "decode"
+        FoodVision.classify = lambda foodvision, image_path: classify_without_model(foodvision, image_path, decode)
         app.main(sys.argv[1:])

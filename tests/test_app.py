@@ -382,3 +382,23 @@ def test_a_sweep_goes_on_past_files_that_vanish_or_cannot_be_deleted(monkeypatch
         monkeypatch.undo()
         shutil.rmtree(pictures.folder)
 
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(
+    trained_head_checkpoint, torch_home, monkeypatch, decode
+):
+    """benchmarks/page_floor.py's stand-in for the model pass (browser_latency --floor) still gives the page all it
+    draws, so the floor measures the page's work and not an error page."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from page_floor import classify_without_model
+
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
+    monkeypatch.setattr(serving.FoodVision, "classify", lambda self, path: classify_without_model(self, path, decode))
+    page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
+    (label, timing, *cleared), (_, _, *pictures, kept) = page.predict(photo)
+    assert label == pytest.approx({name: 1 / 3 for name in foodvision.config["class_names"]})
+    assert "**Model:** 0 ms" in timing and cleared == [None] * 4
+    assert all(Image.open(picture).size[0] >= 224 for picture in pictures)
+    assert kept.pixels.abs().sum() > 0 if decode else kept.pixels.abs().sum() == 0
+    heads, distance, walk = page.inside(kept, foodvision.predictor.vit.config.num_layers)
+    assert Path(heads).is_file() and Path(distance).is_file() and "Eq. 4" in walk
