@@ -65,11 +65,6 @@ WATCH = r"""(pictures) => {
     }
   }).observe({type: 'resource'});
 }"""
-FLOOR_PAGES = {  # page_floor.py's pages
-    "bare": "bare Gradio page: photo, label, timing",
-    "page": "this page without the model or the decode",
-    "decode": "this page with the decode, without the model",
-}
 VIEWS = {"label": "label and timing line", "pictures": "the prediction's pictures", "inside": 'whole "Inside the ViT"'}
 
 
@@ -165,8 +160,10 @@ def main() -> None:
     # each served page: its name in the results, the folder it runs in, the script, extra environment
     pages = [(str(app_dir), app_dir, "app.py", {}) for app_dir in args.app_dir or [ROOT]]
     if args.floor:
+        from page_floor import FLOORS
+
         floor = str(Path(__file__).resolve().parent / "page_floor.py")
-        pages += [(name, ROOT, floor, {"FOODVISION_FLOOR": kind}) for kind, name in FLOOR_PAGES.items()]
+        pages += [(name, ROOT, floor, {"FOODVISION_FLOOR": kind}) for kind, name in FLOORS.items()]
     names = [name for name, *_ in pages]
     if len(set(names)) < len(names):
         parser.error(f"each page is served once: {', '.join(names)}")

@@ -21,7 +21,11 @@ import torch
 import app
 from serving import FoodVision, Prediction
 
-FLOORS = ("page", "decode", "bare")
+FLOORS = {  # FOODVISION_FLOOR: the page's name in browser_latency's results
+    "bare": "bare Gradio page: photo, label, timing",
+    "page": "this page without the model or the decode",
+    "decode": "this page with the decode, without the model",
+}
 
 
 def classify_without_model(foodvision: FoodVision, image_path: str, decode: bool) -> Prediction:
