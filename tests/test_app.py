@@ -52,6 +52,12 @@ def client(served):
 
 
 @pytest.fixture(scope="module")
+def foodvision(trained_head_checkpoint, torch_home):
+    """The served model loaded in this process, as app.py loads it on the CPU, for the page's own methods."""
+    return serving.load(str(trained_head_checkpoint), "cpu")
+
+
+@pytest.fixture(scope="module")
 def reference(trained_head_checkpoint, torch_home):
     """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid),
     on the device and in the precision the server defaults to (on a CUDA machine, fp32 on the GPU)."""
@@ -195,10 +201,9 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
 
 
-def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(trained_head_checkpoint, torch_home):
+def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(foodvision):
     """What the page keeps in a visitor's gr.State for "Inside the ViT" is the class token's attention and the
     distances, not every layer's full maps (nor views into them, which would keep them alive)."""
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
     *_, kept = list(page.predict(photo))[-1]
     full = foodvision.classify(photo)
@@ -384,15 +389,12 @@ def test_a_sweep_goes_on_past_files_that_vanish_or_cannot_be_deleted(monkeypatch
 
 
 @pytest.mark.parametrize("decode", [False, True])
-def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(
-    trained_head_checkpoint, torch_home, monkeypatch, decode
-):
+def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(foodvision, monkeypatch, decode):
     """benchmarks/page_floor.py's stand-in for the model pass (browser_latency --floor) still gives the page all it
     draws, so the floor measures the page's work and not an error page."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from page_floor import classify_without_model
 
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     monkeypatch.setattr(serving.FoodVision, "classify", lambda self, path: classify_without_model(self, path, decode))
     page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
     (label, timing, *cleared), (_, _, *pictures, kept) = page.predict(photo)
