@@ -6,11 +6,12 @@
 
 precision="auto" runs the backbone as model.py's ViT, holding the extractor's own tensors, with the encoder's
 Linears in int8 (dynamic quantization: int8 weights per output channel, activations quantized on the fly with one
-scale per tensor), on CPUs whose int8 products add in int32 (AVX-512 VNNI); bf16 is chosen only with AMX tiles, as
-AVX512-BF16 alone runs slower than fp32 (benchmarks/matmul.py). torchvision's module cannot take the same path:
-nn.MultiheadAttention keeps its qkv and output projections, a third of the encoder's multiply-adds, out of reach of
-quantize_dynamic, while model.py's blocks are plain nn.Linear layers. precision="fp32" runs the extractor itself,
-untouched (bitwise the logits of calling it), and model.py's ViT in fp32 when attention maps are asked for.
+scale per tensor) wherever torch has its x86 int8 kernels (fbgemm), and fp32 elsewhere (ARM builds). The activations'
+range follows how those kernels add int8 products (int8_sums): the full 8 bits where they add in int32 (AVX-512 VNNI),
+7 bits where pairs of products add in int16 (AVX2), which 8 bits would overflow. torchvision's module cannot take the
+same path: nn.MultiheadAttention keeps its qkv and output projections, a third of the encoder's multiply-adds, out of
+reach of quantize_dynamic, while model.py's blocks are plain nn.Linear layers. precision="fp32" runs the extractor
+itself, untouched (bitwise the logits of calling it), and model.py's ViT in fp32 when attention maps are asked for.
 
 Pretrained ViTs have a few LayerNorm output channels far larger than the rest, which one activation scale per
 tensor cannot fit: SmoothQuant (smooth_activations) moves half of each channel's range into the weights,
@@ -20,6 +21,8 @@ where a record for its setup passed or a self-check does (serving.py). Speed and
 BENCHMARKS.md.
 """
 
+import contextlib
+import functools
 import hashlib
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,13 +30,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+from torch.ao.quantization import PerChannelMinMaxObserver, per_channel_dynamic_qconfig, quantize_dynamic
 
 from images import example_photos, load_rgb
 from model import ViT, ViTConfig, convert_torchvision_state_dict
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
-INT8_METHOD = "int8 dynamic, SmoothQuant alpha 0.5 on qkv and fc1, blocks.0.attention.projection fp32"
+INT8_METHOD = (
+    "int8 dynamic, 8-bit activations, weights 8-bit (7-bit where int8 products add in int16), SmoothQuant alpha 0.5 "
+    "on qkv and fc1, blocks.0.attention.projection fp32"
+)
 SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength: each channel's range is split evenly between x and W
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
@@ -48,16 +54,54 @@ def cpu_supports_bf16() -> bool:
 
 
 def int8_engine_available() -> bool:
-    """The x86 quantized kernels (fbgemm) that int8 dynamic quantization runs on."""
+    """The x86 quantized kernels (fbgemm) that int8 dynamic quantization runs on; ARM builds of torch have none."""
     return torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
+@contextlib.contextmanager
+def quiet_torch_ao():
+    """Without torch.ao's notices that torchao will take over its quantization (still there in 2.14)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+        yield
+
+
+# A row of activations at the top of the 8-bit range times weights at the top of theirs: each pair of products is
+# 2 x 255 x 127 = 64,770, past int16's 32,767, so kernels that add pairs in int16 saturate and return about half.
+_OVERFLOW_WIDTH = 64
+
+
+@functools.cache
+def int8_sums() -> str | None:
+    """How this process's int8 kernels add int8 products: "int32" (AVX-512 VNNI's vpdpbusd) or "int16" (pairs of
+    products added in int16 first, as AVX2's vpmaddubsw does), None without the int8 engine. Measured with one
+    product row that overflows int16, not read off the CPU flags: fbgemm picks its kernels by its own rules, and
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 makes it take the int16 ones on a VNNI CPU (how the tests cover both)."""
+    if not int8_engine_available():
+        return None
+    with quiet_torch_ao():
+        weight = torch.quantize_per_channel(
+            torch.ones(1, _OVERFLOW_WIDTH), torch.tensor([1 / 127]), torch.tensor([0]), 0, torch.qint8
+        )
+    packed = torch.ops.quantized.linear_prepack(weight, None)
+    sums = torch.ops.quantized.linear_dynamic(torch.ones(1, _OVERFLOW_WIDTH), packed, reduce_range=False)
+    return "int32" if sums.item() > 0.9 * _OVERFLOW_WIDTH else "int16"
+
+
+def int8_bits() -> tuple[int, int]:
+    """(activation bits, weight bits) that this process's int8 kernels add without overflow. Where products add in
+    int32: 8 and 8. Where pairs add in int16, a pair must stay within 32,767: PyTorch's default gives up one bit of
+    the activations (reduce_range), but those share one scale per tensor, stretched by outlier channels, while the
+    weights have one per output channel; 2 x 255 x 64 fits as well, so here the weights give up the bit."""
+    return (8, 8) if int8_sums() == "int32" else (8, 7)
+
+
 def auto_precision() -> str:
-    """int8 where the CPU adds int8 products in int32 (AVX-512 VNNI): the full 8-bit range keeps the
-    probabilities within the app's 0.02 of fp32's, while the 7-bit range that other CPUs need drifted past it
-    (tests/test_inference.py). bf16 only with AMX tiles: AVX512-BF16 alone ran slower than fp32
-    (benchmarks/matmul.py). Otherwise fp32."""
-    if int8_engine_available() and torch.cpu._is_vnni_supported():
+    """int8 wherever the int8 engine is, with the activation range its kernels need (int8_sums); whether it serves
+    is then decided by measurement on the weights (serving.choose_predictor). Without it, bf16 with AMX tiles
+    (AVX512-BF16 alone ran slower than fp32, benchmarks/matmul.py), else fp32."""
+    if int8_engine_available():
         return "int8"
     return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
 
@@ -82,8 +126,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 class FullRangeInt8Linear(quantized_dynamic.Linear):
     """quantize_dynamic's Linear with activations on the full 8-bit range. PyTorch keeps them to 7 bits
-    (reduce_range) because CPUs without VNNI add int8 products in int16, which 8 bits can overflow; VNNI adds in
-    int32, and the full range halves the rounding step."""
+    (reduce_range) because kernels that add pairs of int8 products in int16 can overflow with 8 bits; where they add
+    in int32 (int8_sums), the full range halves the rounding step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
@@ -133,13 +177,14 @@ def calibration_fingerprint() -> str:
 
 def int8_setup(weights_sha256: str) -> dict:
     """What an int8 agreement measurement depends on: the method, the exact weights, torch and its quantized
-    kernels, the CPU's int8 instructions and the calibration photos. A record holds only where all are the same."""
+    kernels, how those add int8 products here (int8_sums, which sets the activation range) and the calibration
+    photos. A record holds only where all are the same: one made on a VNNI CPU does not vouch for an AVX2 one."""
     return {
         "method": INT8_METHOD,
         "weights_sha256": weights_sha256,
         "torch": torch.__version__,
         "quantized_engine": torch.backends.quantized.engine,
-        "vnni": bool(torch.cpu._is_vnni_supported()),
+        "int8_sums": int8_sums(),  # the kernel path, and with it the activation range
         "calibration_sha256": calibration_fingerprint(),
     }
 
@@ -176,8 +221,10 @@ class Predictor:
         *,
         smooth: bool = True,
         fp32_linears: tuple[str, ...] = FP32_LINEARS,
+        bits: tuple[int, int] | None = None,
     ):
-        """smooth and fp32_linears change INT8_METHOD, for measuring what each part brings (benchmarks, tests)."""
+        """smooth, fp32_linears and bits ((activation, weight) bits, default int8_bits()) change INT8_METHOD, for
+        measuring what each part brings (benchmarks, tests)."""
         self.model = model.eval()
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.vit = vit_from_torchvision(model)
@@ -187,13 +234,20 @@ class Predictor:
             if smooth:
                 smooth_activations(self.vit, calibration)
             # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
-            linear = FullRangeInt8Linear if torch.cpu._is_vnni_supported() else quantized_dynamic.Linear
+            activation_bits, weight_bits = bits or int8_bits()
+            linear = FullRangeInt8Linear if activation_bits == 8 else quantized_dynamic.Linear
             kept = {name.removeprefix("blocks.") for name in fp32_linears}
-            with warnings.catch_warnings():  # torch.ao's notice that torchao will take over (still there in 2.14)
-                warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-                warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+            with quiet_torch_ao():
+                per_channel = per_channel_dynamic_qconfig._replace(
+                    weight=PerChannelMinMaxObserver.with_args(
+                        dtype=torch.qint8,
+                        qscheme=torch.per_channel_symmetric,
+                        quant_min=-(2 ** (weight_bits - 1)),
+                        quant_max=2 ** (weight_bits - 1) - 1,
+                    )
+                )
                 qconfig = {
-                    name: per_channel_dynamic_qconfig
+                    name: per_channel
                     for name, module in self.vit.blocks.named_modules()
                     if isinstance(module, nn.Linear) and name not in kept
                 }

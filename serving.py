@@ -39,7 +39,9 @@ from inference import (
     Predictor,
     agreement,
     calibration_images,
+    int8_bits,
     int8_setup,
+    int8_sums,
     resolve_precision,
     vit_from_torchvision,
 )
@@ -127,7 +129,8 @@ class FoodVision:
         if self.model is None:
             return "nowhere: no model is serving"
         how = {
-            "int8": "model.py's ViT with int8 Linear layers (dynamic quantization)",
+            "int8": "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
+            "this CPU adds int8 products in {})".format(*int8_bits(), int8_sums()),
             "bf16": "model.py's ViT in bf16 (autocast)",
             "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
         }[self.predictor.precision]
@@ -249,7 +252,10 @@ def choose_predictor(
     if precision != "auto":
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
     if resolved != "int8":
-        reason = f"{resolved}: this CPU has no fast int8 path (it needs AVX-512 VNNI; bf16 needs AMX)."
+        reason = (
+            f"{resolved}: torch has no int8 kernels for this CPU (its x86 engine, fbgemm; ARM builds have none), so "
+            "the int8 path cannot be tried."
+        )
         return Predictor(model, resolved, calibration), reason
     fast = Predictor(model, "int8", calibration)
     record = config.get("int8") or {}

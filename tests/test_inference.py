@@ -3,6 +3,11 @@ random backbone and on backbones with real ViTs' outlier channels, the fp32 flag
 native bf16 or int8 kernels fall back to fp32. Speed lives in benchmarks/latency.py."""
 
 import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +26,11 @@ from standins import GENERATED_CLASSES as GENERATED
 from standins import draw_food_image, inject_outliers
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"
 TINY_CALIBRATION = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+needs_int8_engine = pytest.mark.skipif(inference.int8_sums() is None, reason=NO_INT8_ENGINE)
 
 
 def tiny_extractor(seed: int = 0) -> nn.Module:
@@ -58,8 +67,8 @@ def agreement_set(trained_head_checkpoint):
 def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set, outlier_scale):
     """The same top-1 and probabilities within 0.02 of fp32 over 100 inputs, on the random backbone and on the
     function-preserving outlier injection of real pretrained ViTs' LayerNorm channels (standins.inject_outliers)."""
-    if inference.auto_precision() != "int8":
-        pytest.skip("this CPU has no fast int8 path (AVX-512 VNNI)")
+    if inference.int8_sums() is None:
+        pytest.skip(NO_INT8_ENGINE)
     model, calibration, images, reference = agreement_set
     injected = inject_outliers(copy.deepcopy(model), outlier_scale)
     torch.testing.assert_close(inference.reference_features(injected, images[:4]), reference[:4], rtol=0, atol=1e-4)
@@ -75,14 +84,15 @@ def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set
 
 def test_without_smoothing_int8_breaks_on_outlier_channels(agreement_set):
     """Why SmoothQuant: plain per-tensor int8 misses the promise once the outliers are there."""
-    if inference.auto_precision() != "int8":
-        pytest.skip("this CPU has no fast int8 path (AVX-512 VNNI)")
+    if inference.int8_sums() is None:
+        pytest.skip(NO_INT8_ENGINE)
     model, _, images, reference = agreement_set
     fast = Predictor(inject_outliers(copy.deepcopy(model), 100), "int8", smooth=False, fp32_linears=())
     measured = inference.agreement(fast, images[:40], reference[:40])
     assert not measured.passed and measured.max_probability_difference > 0.02
 
 
+@needs_int8_engine
 def test_the_pages_attention_from_the_int8_path_is_fp32s(agreement_set):
     """What the app draws, the class token's last-layer attention, is fp32's within rounding on the int8 path."""
     model, calibration, images, _ = agreement_set
@@ -130,6 +140,8 @@ def test_the_fast_path_shares_the_extractors_tensors():
 def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
     if precision == "bf16" and not inference.cpu_supports_bf16():
         pytest.skip("no native bf16 on this CPU")
+    if precision == "int8" and inference.int8_sums() is None:
+        pytest.skip(NO_INT8_ENGINE)
     model = tiny_extractor()
     images = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
@@ -156,31 +168,76 @@ def test_without_native_bf16_the_bf16_flag_runs_plain_fp32(monkeypatch):
         assert torch.equal(predictor(images), model(images))
 
 
-def test_auto_picks_int8_only_with_vnni_and_bf16_only_with_amx(monkeypatch):
+def test_auto_picks_int8_wherever_the_int8_engine_is_and_bf16_only_with_amx_without_it(monkeypatch):
+    """Whatever the CPU adds int8 products in: the range follows the kernels, and serving.choose_predictor decides
+    by measurement whether int8 serves."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "int8_engine_available", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
-    assert inference.resolve_precision("auto", cpu) == "int8"
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)  # 7-bit activations: too coarse
-    assert inference.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    for sums in ("int32", "int16"):
+        monkeypatch.setattr(inference, "int8_sums", lambda: sums)
+        assert inference.resolve_precision("auto", cpu) == "int8"
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")  # an ARM build of torch
+    assert not inference.int8_engine_available()
     assert inference.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(inference, "int8_engine_available", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
-    assert inference.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert inference.resolve_precision("auto", cpu) == "fp32"
 
 
-def test_without_vnni_int8_would_miss_the_agreement_bound(agreement_set, monkeypatch):
-    """Why auto_precision wants VNNI: the 7-bit activations of quantize_dynamic's default Linear (for CPUs that add
-    int8 products in int16) move the probabilities further from fp32's than the full-range path does."""
+def test_int8_sums_are_measured_from_the_kernels_fbgemm_takes():
+    """The probe reads the kernels, not the CPU flags: fbgemm told to use its AVX2 kernels adds in int16 on any x86
+    CPU, VNNI ones included. Left to choose, fbgemm adds in int32 exactly where the CPU has AVX-512 VNNI."""
+    if "FBGEMM_ENABLE_INSTRUCTIONS" not in os.environ:
+        assert inference.int8_sums() == ("int32" if torch.cpu._is_vnni_supported() else "int16")
+    forced = subprocess.run(
+        [sys.executable, "-c", "import inference; print(inference.int8_sums())"],
+        env=os.environ | {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert forced.stdout.strip() == "int16", forced.stderr
+
+
+@needs_int8_engine
+def test_the_bits_taken_are_the_closest_to_fp32_on_this_cpus_kernels(agreement_set):
+    """int8_bits against the other splits of (activation, weight) bits: full 8 bits where products add in int32;
+    where pairs add in int16, 8-bit weights overflow with 8-bit activations, and 7-bit weights are closer to fp32
+    than PyTorch's 7-bit activations (one scale per tensor, stretched by outliers, against one per channel)."""
     model, calibration, images, reference = agreement_set
-    differences = {}
-    for vnni in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
-        predictor = Predictor(model, "int8", calibration)
-        differences[vnni] = inference.agreement(predictor, images, reference).mean_probability_difference
-    assert differences[True] < differences[False]
+    errors = {}
+    for bits in ((8, 8), (8, 7), (7, 8)):
+        features = Predictor(model, "int8", calibration, bits=bits).features(images[:40])
+        errors[bits] = ((features - reference[:40]).square().sum() / reference[:40].square().sum()).item()
+    chosen = inference.int8_bits()
+    print(f"int8 products add in {inference.int8_sums()}; relative squared feature error by bits: {errors}")
+    assert errors[chosen] == min(errors.values()), errors
+
+
+@pytest.mark.skipif(
+    inference.int8_sums() != "int32", reason="this CPU's own kernels add in int16: the tests here run that path"
+)
+def test_the_int8_tests_pass_on_the_kernels_that_add_in_int16_as_well():
+    """Both kernel paths on a VNNI machine: the int8 tests again, in a process where fbgemm takes its AVX2 kernels
+    (FBGEMM_ENABLE_INSTRUCTIONS=AVX2), the ones an AVX2-only CPU runs."""
+    tests = [  # the promise on the random backbone and at the outlier scale of real ViTs, and what depends on the sums
+        "tests/test_inference.py::test_int8_keeps_its_promise_on_backbones_with_outlier_channels[1]",
+        "tests/test_inference.py::test_int8_keeps_its_promise_on_backbones_with_outlier_channels[30]",
+        "tests/test_inference.py::test_the_bits_taken_are_the_closest_to_fp32_on_this_cpus_kernels",
+        "tests/test_inference.py::test_cpu_paths_match_fp32_on_a_tiny_vit[int8]",
+        "tests/test_inference.py::test_attention_maps_are_model_pys_on_every_path",
+        "tests/test_serving.py::test_a_passing_record_for_this_setup_serves_int8",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        env=os.environ | {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.fullmatch(rf"{len(tests)} passed in .*", summary), summary
 
 
 def test_unknown_precision_is_refused():

@@ -16,7 +16,9 @@ from classifier import CONFIG_FILE, check_weights_file
 from figures import mean_attention_distance
 from images import example_photos
 
-pytestmark = pytest.mark.skipif(inference.auto_precision() != "int8", reason="this CPU has no fast int8 path")
+needs_int8_engine = pytest.mark.skipif(
+    inference.int8_sums() is None, reason="torch has no int8 kernels (fbgemm) for this CPU"
+)
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def edit_record(checkpoint, **setup_changes) -> None:
     (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
 
 
+@needs_int8_engine
 def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, torch_home):
     record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
     assert record["measured"] and record["agreement"]["passed"] and record["agreement"]["inputs"] == 24
@@ -38,6 +41,7 @@ def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, to
     assert "train_head.py measured it against fp32 on the test split for exactly this setup" in foodvision.status()
 
 
+@needs_int8_engine
 def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy, torch_home):
     edit_record(checkpoint_copy, weights_sha256="0" * 64)
     foodvision = serving.load(str(checkpoint_copy), "cpu")
@@ -47,6 +51,7 @@ def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy
     )
 
 
+@needs_int8_engine
 def test_a_failing_self_check_serves_fp32_and_says_why(checkpoint_copy, torch_home, monkeypatch, capsys):
     edit_record(checkpoint_copy, torch="0.0")
     failing = inference.Agreement(4, 0.75, 0.3, 0.41, 0.1, 0.8)
@@ -55,6 +60,26 @@ def test_a_failing_self_check_serves_fp32_and_says_why(checkpoint_copy, torch_ho
     assert foodvision.predictor.precision == "fp32"
     assert "fp32 serves, not int8" in foodvision.status() and "probabilities within 0.4100" in foodvision.status()
     assert "Precision: fp32. fp32 serves, not int8" in capsys.readouterr().err  # and in the log
+
+
+@needs_int8_engine
+def test_a_record_made_with_other_int8_sums_does_not_vouch_for_this_cpu(checkpoint_copy, torch_home, monkeypatch):
+    """A record measured where int8 products add in int32 (VNNI) says nothing of kernels that add in int16 (AVX2),
+    which take other bits: the self-check decides instead."""
+    other = {"int32": "int16", "int16": "int32", None: "int32"}[inference.int8_sums()]
+    edit_record(checkpoint_copy, int8_sums=other)
+    foodvision = serving.load(str(checkpoint_copy), "cpu")
+    assert "record is for another setup or did not pass" in foodvision.status()
+
+
+def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_checkpoint, torch_home, monkeypatch):
+    """An ARM build of torch (no fbgemm, no AMX), simulated: the app starts and serves fp32, and says why."""
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
+    assert foodvision.predictor.precision == "fp32"
+    assert "fp32: torch has no int8 kernels for this CPU" in foodvision.status()
+    assert foodvision.classify(str(example_photos()[0])).probabilities
 
 
 def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_home):
@@ -87,6 +112,7 @@ def test_a_file_matching_its_name_is_the_published_one(tmp_path, monkeypatch):
     assert not check_weights_file("IMAGENET1K_V1").published
 
 
+@needs_int8_engine
 def test_the_record_names_everything_it_depends_on(trained_head_checkpoint, torch_home):
     setup = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]["setup"]
     assert setup == inference.int8_setup(check_weights_file("IMAGENET1K_V1").sha256)
