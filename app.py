@@ -14,6 +14,8 @@ nothing, and without the `spaces` package there is none. `import app` builds not
 
 import argparse
 import contextlib
+import functools
+import inspect
 import os
 import sys
 import tempfile
@@ -34,7 +36,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from devices import available_cpus
+from devices import available_cpus, torch_thread
 from figures import (
     attention_rollout,
     draw_attention_distance,
@@ -91,6 +93,31 @@ def gpu(function):
     """`function` as a ZeroGPU task where the `spaces` package is installed (outside ZeroGPU its decorator returns
     the function as it is)."""
     return spaces.GPU(duration=GPU_SECONDS)(function) if spaces is not None else function
+
+
+FINISHED = object()  # what next() returns for a handler's generator that has no update left
+
+
+def on_the_torch_thread(handler):
+    """`handler` computed on devices.torch_thread (why: TorchThread), a generator one update at a time."""
+    if not inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def computed(*args):
+            return torch_thread.run(handler, *args)
+
+        return computed
+
+    @functools.wraps(handler)
+    def updates(*args):
+        steps = handler(*args)
+        try:
+            while (update := torch_thread.run(next, steps, FINISHED)) is not FINISHED:
+                yield update
+        finally:  # a visitor who leaves mid-request closes this generator; the handler's cleanup runs where it ran
+            torch_thread.run(steps.close)
+
+    return updates
 
 
 @contextlib.contextmanager
@@ -336,10 +363,12 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
         # itself and answer a non-image with an error users cannot read, while every upload here goes through
         # images.load_rgb's guards and messages.
         @gpu
+        @on_the_torch_thread
         def predict(upload: dict | None):
             with errors_on_the_page():
                 yield from page.predict(uploaded_file(upload))
 
+        @on_the_torch_thread
         def show_patches(upload: dict | None) -> str | None:
             with errors_on_the_page():
                 return page.patches(uploaded_file(upload))
@@ -363,9 +392,9 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
             image.change(show_patches, api_visibility="private", **patches_only)
         else:
             private = dict(api_visibility="private", **QUIET_PROGRESS)
-            event.then(page.inside, [kept, layer], [heads, distance, walk], **private)
-            layer.release(page.heads, [kept, layer], heads, **private)
-            similarity.select(page.patch_similarity, None, chosen, api_visibility="private")
+            event.then(on_the_torch_thread(page.inside), [kept, layer], [heads, distance, walk], **private)
+            layer.release(on_the_torch_thread(page.heads), [kept, layer], heads, **private)
+            similarity.select(on_the_torch_thread(page.patch_similarity), None, chosen, api_visibility="private")
     return demo
 
 
@@ -425,11 +454,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(available_cpus())
     problem = train_behind_a_notice(args) if needs_first_training(args.checkpoint) else None
     if problem is None:
-        foodvision = load(args.checkpoint, args.device, args.precision)
+        foodvision = torch_thread.run(load, args.checkpoint, args.device, args.precision)
     else:
         foodvision = unavailable(str(DEFAULT_CHECKPOINT_DIR), problem)
     print(foodvision.describe(), flush=True)
-    demo = build_demo(foodvision)
+    demo = torch_thread.run(build_demo, foodvision)
     demo.queue(max_size=QUEUE_SIZE).launch(
         server_name=args.host,
         server_port=args.port,

@@ -1,6 +1,10 @@
-"""Where the code runs: a torch device name checked against this machine, and the CPU cores really granted."""
+"""Where the code runs: a torch device name checked against this machine, the CPU cores really granted, and the one
+thread a server runs torch on."""
 
+import contextvars
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,3 +41,37 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return cpus
+
+
+class TorchThread:
+    """One long-lived thread for every torch computation of a server, whichever thread asks.
+
+    libgomp gives each thread that starts a parallel region its own team of worker threads, kept until that thread
+    ends. Once a process holds more of them than it has cores (the thread that loaded the model, then each of
+    Gradio's worker threads that ran it), libgomp stops its workers spinning between regions, and every one of the
+    model's hundreds of regions waits for a sleeping thread to wake: the same pass ran slower on Gradio's threads
+    than on the thread that loaded it (BENCHMARKS.md, "The server against the process"). Run here, there is one
+    team. A forked child (ZeroGPU runs each GPU call in one) starts its own thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._executor = None
+        self._ident = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock, self._executor, self._ident = threading.Lock(), None, None
+
+    def run(self, function, *args, **kwargs):
+        """function(*args, **kwargs), computed on the torch thread; its exception is raised here."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+                self._ident = self._executor.submit(threading.get_ident).result()
+        if threading.get_ident() == self._ident:  # already on it: a queued call would wait for itself
+            return function(*args, **kwargs)
+        # in the caller's context: Gradio keeps what an event knows (its request, its progress) in context variables
+        return self._executor.submit(contextvars.copy_context().run, function, *args, **kwargs).result()
+
+
+torch_thread = TorchThread()

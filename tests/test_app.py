@@ -1,9 +1,11 @@
 """The app as users meet it: a real `python app.py` server on 127.0.0.1 driven by gradio_client,
 checked against the same prediction computed in this process; plus predict.py."""
 
+import inspect
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +20,9 @@ from PIL import Image
 
 import predict
 import serving
-from app import EXAMPLES, MAX_UPLOAD, Page, Pictures, parse_args
+from app import EXAMPLES, MAX_UPLOAD, Page, Pictures, on_the_torch_thread, parse_args
 from classifier import load_classifier
-from devices import default_device
+from devices import default_device, torch_thread
 from figures import mean_attention_distance
 from images import load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
@@ -404,3 +406,29 @@ def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(food
     assert kept.pixels.abs().sum() > 0 if decode else kept.pixels.abs().sum() == 0
     heads, distance, walk = page.inside(kept, foodvision.predictor.vit.config.num_layers)
     assert Path(heads).is_file() and Path(distance).is_file() and "Eq. 4" in walk
+
+
+def test_every_handler_computes_on_the_one_torch_thread_and_a_request_left_midway_closes_there():
+    """app.on_the_torch_thread: each update of a generator handler, and a plain handler, run on devices.torch_thread
+    (one libgomp team in the process), with the signature Gradio reads; a visitor who leaves closes it there."""
+    ran, closed = [], []
+
+    def handler(upload: dict | None):
+        try:
+            ran.append(threading.get_ident())
+            yield 1
+            ran.append(threading.get_ident())
+            yield 2
+        finally:
+            closed.append(threading.get_ident())
+
+    wrapped = on_the_torch_thread(handler)
+    assert inspect.isgeneratorfunction(wrapped) and inspect.signature(wrapped) == inspect.signature(handler)
+    assert list(wrapped(None)) == [1, 2]
+    torch_ident = torch_thread.run(threading.get_ident)
+    assert set(ran) == {torch_ident} and torch_ident != threading.get_ident()
+    updates = wrapped(None)
+    next(updates)
+    updates.close()
+    assert closed == [torch_ident, torch_ident]
+    assert on_the_torch_thread(lambda upload: threading.get_ident())(None) == torch_ident
