@@ -1,99 +1,128 @@
-"""End-to-end request latency through the running app: `python app.py` on 127.0.0.1, real photos
-sent with gradio_client to /predict (upload, decode, preprocess, model, attention drawing, reply).
-When app.py has a --precision flag, one server per precision runs and requests alternate between
-them, so both see the same machine load.
+"""End-to-end request latency through the running app against what it is made of: `python app.py` on 127.0.0.1 and
+a bare Gradio page (page_floor.py: photo in, label out, no work), real photos sent with gradio_client to /predict,
+and in this process, between the requests, a bare fp32 torchvision forward and the served model's pass on the same
+photos. All in turns, so that every figure sees the same machine load.
 
-    python benchmarks/app_latency.py                 # about 2 minutes
-    python benchmarks/app_latency.py --requests 20 --precisions fp32 auto
+    python benchmarks/app_latency.py                                       # about 3 minutes
+    python benchmarks/app_latency.py --app-dir ../old-checkout --app-dir .  # two versions, in turns
+    python benchmarks/app_latency.py --requests 20 --precision fp32
+
+The ratios it prints are the app's speed targets (BENCHMARKS.md): the model time the app reports against the bare
+fp32 forward; a request, less the bare page's, against the work the app reports doing (prediction and pictures); the
+model time inside the server against the same pass in this process.
 """
 
 import argparse
 import re
-import subprocess
-import sys
+import statistics
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
-import numpy as np
+import torch
 from gradio_client import Client, handle_file
 
+import serving
+from devices import available_cpus
 from standins import EXAMPLE_PHOTOS, app_server, twelve_megapixel_jpeg
+from train_vit import at_least
+
+BARE_PAGE = "bare Gradio page"
+TIMING = re.compile(r"Model:\*\* (\d+) ms · \*\*prediction:\*\* (\d+) ms.* \*\*pictures:\*\* (\d+) ms more")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=8, help="timed requests per photo and server")
-    parser.add_argument(
-        "--app-dir", type=Path, default=ROOT, help="the folder whose app.py is served (default: this repository)"
-    )
-    parser.add_argument(
-        "--precisions",
-        nargs="*",
-        default=["fp32", "auto"],
-        help="one server each, when app.py has --precision (else one server as app.py is)",
-    )
+    parser.add_argument("--requests", type=at_least(2), default=8, help="timed requests per photo and server")
+    parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
+    parser.add_argument("--precision", default="auto", help="app.py's --precision, for every app served")
     args = parser.parse_args()
+    app_dirs = args.app_dir or [ROOT]
+    if len(set(app_dirs)) < len(app_dirs):
+        parser.error("each --app-dir is served once")
     print_machine()
+    torch.set_num_threads(available_cpus())
 
     checkpoint = generated_head_checkpoint(WORK_DIR)
     photos = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
-    has_precision = (
-        "--precision"
-        in subprocess.run([sys.executable, "app.py", "--help"], cwd=args.app_dir, capture_output=True, text=True).stdout
-    )
-    configs = {p: ["--precision", p] for p in args.precisions} if has_precision else {"app.py as it is": []}
-
+    foodvision = serving.load(str(checkpoint), "cpu", args.precision)
+    in_process = {"bare fp32 forward (torchvision)": [], f"served model pass ({foodvision.predictor.precision})": []}
+    floor = str(Path(__file__).resolve().parent / "page_floor.py")
+    servers = {str(app_dir): (app_dir, "app.py", {}) for app_dir in app_dirs} | {
+        BARE_PAGE: (ROOT, floor, {"FOODVISION_FLOOR": "bare"})
+    }
+    requests = {name: [] for name in servers}
+    reported = {str(app_dir): {"model": [], "prediction": [], "pictures": []} for app_dir in app_dirs}
     with ExitStack() as stack:
         clients = {
-            name: Client(
-                stack.enter_context(app_server(args.app_dir, "--checkpoint", str(checkpoint), *extra))[0], verbose=False
+            name: Client(  # the pictures' URLs come back, not their bytes: browser_latency.py counts their loading
+                stack.enter_context(
+                    app_server(
+                        app_dir, "--checkpoint", str(checkpoint), "--precision", args.precision, env=env, script=script
+                    )
+                )[0],
+                verbose=False,
+                download_files=False,
             )
-            for name, extra in configs.items()
+            for name, (app_dir, script, env) in servers.items()
         }
-        total = {name: [] for name in clients}
-        model = {name: [] for name in clients}
-        label = {
-            photo: photo.name if photo in EXAMPLE_PHOTOS else f"{photo.name} (generated 12 MP)" for photo in photos
-        }
-        per_photo = {(name, label[photo]): [] for name in clients for photo in photos}
         for round_ in range(args.requests + 1):  # round 0 warms up (first request loads lazily initialised parts)
             for photo in photos:
                 for name, client in clients.items():
                     started = time.perf_counter()
-                    _, timing, *_ = client.predict(handle_file(photo), api_name="/predict")  # the label, the timing
+                    _, timing = client.predict(handle_file(photo), api_name="/predict")[:2]  # the label, the timing
                     elapsed = (time.perf_counter() - started) * 1000
+                    if round_ and name != BARE_PAGE:
+                        model_ms, prediction_ms, pictures_ms = map(float, TIMING.search(timing).groups())
+                        for figure, ms in zip(reported[name], (model_ms, prediction_ms, pictures_ms)):
+                            reported[name][figure].append(ms)
                     if round_:
-                        total[name].append(elapsed)
-                        model[name].append(float(re.search(r"Model:\*\* (\d+) ms", timing).group(1)))
-                        per_photo[(name, label[photo])].append(elapsed)
+                        requests[name].append(elapsed)
+                pixels = foodvision.preprocess(str(photo))[None]
+                with torch.inference_mode():
+                    started = time.perf_counter()
+                    foodvision.model(pixels)
+                    bare_ms = (time.perf_counter() - started) * 1000
+                served_ms = foodvision.classify(str(photo)).model_ms
+                if round_:
+                    for name, ms in zip(in_process, (bare_ms, served_ms)):
+                        in_process[name].append(ms)
 
+    median = statistics.median
+    forward, served = (median(times) for times in in_process.values())
+    bare_page = median(requests[BARE_PAGE])
     print(
-        f"{args.requests} requests per photo and server over {len(photos)} photos "
-        f"({', '.join(label.values())}), one at a time, servers in turns"
+        f"{args.requests} requests per photo and server over {len(photos)} photos (the examples and a 12 MP JPEG), "
+        f"one at a time, servers in turns; in this process between them: {', '.join(in_process)}"
     )
-    print_table(
-        ["server", "requests", "p50 ms", "p95 ms", "model p50 ms (app's own timing)"],
-        [
+    print_table(["in this process", "p50 ms"], [[name, median(times)] for name, times in in_process.items()])
+    print_table(["server", "requests", "p50 ms", "p95 ms"], [
+        [name, len(t), median(t), statistics.quantiles(t, n=20)[-1]] for name, t in requests.items()
+    ])  # fmt: skip
+    rows = []
+    for app_dir, figures in reported.items():
+        work = [p + q for p, q in zip(figures["prediction"], figures["pictures"])]
+        model = median(figures["model"])
+        rows.append(
             [
-                name,
-                len(t),
-                float(np.percentile(t, 50)),
-                float(np.percentile(t, 95)),
-                float(np.percentile(model[name], 50)),
+                app_dir,
+                model,
+                f"{model / forward:.2f}x",
+                f"{model / served:.2f}x",
+                median(work),
+                f"{(median(requests[app_dir]) - bare_page) / median(work):.2f}x",
             ]
-            for name, t in total.items()
-        ],
-    )
+        )
     print_table(
-        ["server", "photo", "p50 ms"],
-        [[name, photo, float(np.percentile(t, 50))] for (name, photo), t in per_photo.items()],
-    )
+        ["app", "model p50 ms (its timing line)", "vs bare fp32 forward", "vs same pass in process",
+         "prediction + pictures p50 ms", f"request - {BARE_PAGE}, vs that work"],
+        rows,
+    )  # fmt: skip
     save_results(
         "app_latency",
-        {"total_ms": total, "model_ms": model, "per_photo_ms": {f"{k[0]} {k[1]}": v for k, v in per_photo.items()}},
+        {"requests_ms": requests, "reported_ms": reported, "in_process_ms": in_process},
     )
 
 

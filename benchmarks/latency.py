@@ -25,7 +25,15 @@ from torch.ao.quantization import quantize_dynamic
 from torchvision.transforms import v2
 
 from images import load_rgb
-from inference import Predictor, agreement, calibration_images, reference_features, vit_from_torchvision
+from inference import (
+    Predictor,
+    agreement,
+    calibration_images,
+    int8_bits,
+    int8_sums,
+    reference_features,
+    vit_from_torchvision,
+)
 from standins import EXAMPLE_PHOTOS, draw_food_image, inject_outliers
 from train_vit import at_least
 
@@ -34,11 +42,15 @@ PLAIN_INT8 = "int8 model.py ViT, every Linear, no smoothing"
 
 
 def int8_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
-    """The served int8 path (inference.INT8_METHOD) and the plain one it replaced."""
-    return {
-        "Predictor auto (int8: SmoothQuant, model.py ViT)": Predictor(model, "int8", calibration),
+    """The served int8 path (inference.INT8_METHOD), the plain one it replaced, and, where int8 products add in
+    int16, the same with PyTorch's 7-bit activations instead of the served 7-bit weights (inference.int8_bits)."""
+    paths = {
+        f"Predictor auto (int8 {int8_bits()}: SmoothQuant, model.py ViT)": Predictor(model, "int8", calibration),
         PLAIN_INT8: Predictor(model, "int8", smooth=False, fp32_linears=()),
     }
+    if int8_sums() == "int16":
+        paths["the same with 7-bit activations, 8-bit weights"] = Predictor(model, "int8", calibration, bits=(7, 8))
+    return paths
 
 
 def inference_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
@@ -114,6 +126,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print_machine()
+    print(f"int8 kernels: products add in {int8_sums()}, (activation, weight) bits {int8_bits()}\n")
 
     model, transforms, _ = load_benchmark_classifier()
     started = time.perf_counter()  # the build as the app does it: decoding the photos included

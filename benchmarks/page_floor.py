@@ -52,7 +52,15 @@ def serve_bare_page(argv: list[str]) -> None:
         image = gr.Image(label="Food photo", type="filepath", height=360, elem_id="photo")
         label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
         timing = gr.Markdown(elem_id="timing")
-        image.change(answer, image, [label, timing], preprocess=False, show_progress_on=label, **app.QUIET_PROGRESS)
+        image.change(
+            answer,
+            image,
+            [label, timing],
+            preprocess=False,
+            api_name="predict",
+            show_progress_on=label,
+            **app.QUIET_PROGRESS,
+        )
     demo.queue().launch(server_name=args.host, server_port=args.port)
 
 
