@@ -14,7 +14,7 @@ reach of quantize_dynamic, while model.py's blocks are plain nn.Linear layers. p
 itself, untouched (bitwise the logits of calling it), and model.py's ViT in fp32 when attention maps are asked for.
 
 Pretrained ViTs have a few LayerNorm output channels far larger than the rest, which one activation scale per
-tensor cannot fit: SmoothQuant (smooth_activations) moves half of each channel's range into the weights,
+tensor cannot fit: SmoothQuant (smooth_activations) moves part of each channel's range into the weights,
 calibrated on the bundled photos, and the most sensitive Linear stays fp32. `agreement` measures the int8 path
 against fp32 on the weights it serves: train_head.py records it in the checkpoint, and the app serves int8 only
 where a record for its setup passed or a self-check does (serving.py). Speed and agreement: benchmarks/latency.py,
@@ -38,9 +38,12 @@ from model import ViT, ViTConfig, convert_torchvision_state_dict
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 INT8_METHOD = (
     "int8 dynamic, 8-bit activations, weights 8-bit (7-bit where int8 products add in int16), SmoothQuant alpha 0.5 "
-    "on qkv and fc1, blocks.0.attention.projection fp32"
+    "(0.3 with 7-bit weights) on qkv and fc1, blocks.0.attention.projection fp32"
 )
-SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength: each channel's range is split evenly between x and W
+# SmoothQuant's migration strength, by the weights' bits: at 0.5 each channel's range is split evenly between x and W;
+# 7-bit weights take less of it (on the int16 kernels 0.3 kept every outlier scale within 0.011 of fp32's
+# probabilities where 0.5 reached 0.023: BENCHMARKS.md)
+SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
 FP32_LINEARS = ("blocks.0.attention.projection",)
@@ -134,7 +137,7 @@ class FullRangeInt8Linear(quantized_dynamic.Linear):
 
 
 @torch.no_grad()
-def smooth_activations(vit: ViT, calibration: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> None:
+def smooth_activations(vit: ViT, calibration: torch.Tensor, alpha: float) -> None:
     """SmoothQuant (Xiao et al. 2023) for the Linears that read a LayerNorm (qkv, Eq. 2; the MLP's first, Eq. 3):
     with X the Linear's input over the calibration images' tokens, input channel j gets
     s_j = max|X_j|^alpha / max|W_j|^(1-alpha); the LayerNorm's affine weight and bias are divided by s and the
@@ -231,10 +234,10 @@ class Predictor:
         if self.precision == "int8":
             if smooth and calibration is None:
                 raise ValueError("the int8 path needs calibration images: pass calibration=calibration_images(...)")
-            if smooth:
-                smooth_activations(self.vit, calibration)
-            # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
             activation_bits, weight_bits = bits or int8_bits()
+            if smooth:
+                smooth_activations(self.vit, calibration, SMOOTHING_ALPHA[weight_bits])
+            # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
             linear = FullRangeInt8Linear if activation_bits == 8 else quantized_dynamic.Linear
             kept = {name.removeprefix("blocks.") for name in fp32_linears}
             with quiet_torch_ao():

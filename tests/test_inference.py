@@ -30,6 +30,13 @@ NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"
 TINY_CALIBRATION = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+# Each library's switch to its AVX2 code: int8 products then add in int16 pairs as on an AVX2-only CPU
+AVX2_ONLY = {
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 needs_int8_engine = pytest.mark.skipif(inference.int8_sums() is None, reason=NO_INT8_ENGINE)
 
 
@@ -153,8 +160,10 @@ def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
     assert logits.dtype == torch.float32 and all(attention.dtype == torch.float32 for attention in maps)
     torch.testing.assert_close(logits, eager, atol=0.05, rtol=0.05)
     Predictor(model, precision="fp32")(images, reference_maps)
+    # values ~0.06; a 16-wide model's attention moves with each weight's rounding, twice as coarse at 7 bits
+    tolerance = 5e-3 * (2 ** (8 - min(inference.int8_bits())) if precision == "int8" else 1)
     for attention, reference in zip(maps, reference_maps, strict=True):
-        torch.testing.assert_close(attention, reference, atol=5e-3, rtol=0)  # values ~0.06
+        torch.testing.assert_close(attention, reference, atol=tolerance, rtol=0)
 
 
 def test_without_native_bf16_the_bf16_flag_runs_plain_fp32(monkeypatch):
@@ -190,7 +199,7 @@ def test_int8_sums_are_measured_from_the_kernels_fbgemm_takes():
         assert inference.int8_sums() == ("int32" if torch.cpu._is_vnni_supported() else "int16")
     forced = subprocess.run(
         [sys.executable, "-c", "import inference; print(inference.int8_sums())"],
-        env=os.environ | {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+        env=os.environ | AVX2_ONLY,
         capture_output=True,
         text=True,
         check=True,
@@ -217,8 +226,8 @@ def test_the_bits_taken_are_the_closest_to_fp32_on_this_cpus_kernels(agreement_s
     inference.int8_sums() != "int32", reason="this CPU's own kernels add in int16: the tests here run that path"
 )
 def test_the_int8_tests_pass_on_the_kernels_that_add_in_int16_as_well():
-    """Both kernel paths on a VNNI machine: the int8 tests again, in a process where fbgemm takes its AVX2 kernels
-    (FBGEMM_ENABLE_INSTRUCTIONS=AVX2), the ones an AVX2-only CPU runs."""
+    """Both kernel paths on a VNNI machine: the int8 tests again, in a process where fbgemm, ATen, oneDNN and MKL
+    take their AVX2 code, as on an AVX2-only CPU (whose cores and caches still differ)."""
     tests = [  # the promise on the random backbone and at the outlier scale of real ViTs, and what depends on the sums
         "tests/test_inference.py::test_int8_keeps_its_promise_on_backbones_with_outlier_channels[1]",
         "tests/test_inference.py::test_int8_keeps_its_promise_on_backbones_with_outlier_channels[30]",
@@ -229,7 +238,7 @@ def test_the_int8_tests_pass_on_the_kernels_that_add_in_int16_as_well():
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        env=os.environ | {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+        env=os.environ | AVX2_ONLY,
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
