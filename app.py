@@ -114,8 +114,9 @@ def on_the_torch_thread(handler):
         try:
             while (update := torch_thread.run(next, steps, FINISHED)) is not FINISHED:
                 yield update
-        finally:  # a visitor who leaves mid-request closes this generator; the handler's cleanup runs where it ran
-            torch_thread.run(steps.close)
+        finally:
+            if steps.gi_frame is not None:  # a visitor left mid-request: Gradio closes this from its event loop,
+                torch_thread.later(steps.close)  # which must not wait for another visitor's model pass
 
     return updates
 

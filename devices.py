@@ -4,7 +4,7 @@ thread a server runs torch on."""
 import contextvars
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,14 +64,23 @@ class TorchThread:
 
     def run(self, function, *args, **kwargs):
         """function(*args, **kwargs), computed on the torch thread; its exception is raised here."""
+        if threading.get_ident() == self._started():  # already on it: a queued call would wait for itself
+            return function(*args, **kwargs)
+        return self.later(function, *args, **kwargs).result()
+
+    def later(self, function, *args, **kwargs) -> Future:
+        """function(*args, **kwargs) queued on the torch thread, without waiting for it."""
+        self._started()
+        # in the caller's context: Gradio keeps what an event knows (its request, its progress) in context variables
+        return self._executor.submit(contextvars.copy_context().run, function, *args, **kwargs)
+
+    def _started(self) -> int:
+        """The torch thread's identity, started at the first call."""
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
                 self._ident = self._executor.submit(threading.get_ident).result()
-        if threading.get_ident() == self._ident:  # already on it: a queued call would wait for itself
-            return function(*args, **kwargs)
-        # in the caller's context: Gradio keeps what an event knows (its request, its progress) in context variables
-        return self._executor.submit(contextvars.copy_context().run, function, *args, **kwargs).result()
+            return self._ident
 
 
 torch_thread = TorchThread()

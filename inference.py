@@ -6,12 +6,13 @@
 
 precision="auto" runs the backbone as model.py's ViT, holding the extractor's own tensors, with the encoder's
 Linears in int8 (dynamic quantization: int8 weights per output channel, activations quantized on the fly with one
-scale per tensor) wherever torch has its x86 int8 kernels (fbgemm), and fp32 elsewhere (ARM builds). The activations'
-range follows how those kernels add int8 products (int8_sums): the full 8 bits where they add in int32 (AVX-512 VNNI),
-7 bits where pairs of products add in int16 (AVX2), which 8 bits would overflow. torchvision's module cannot take the
-same path: nn.MultiheadAttention keeps its qkv and output projections, a third of the encoder's multiply-adds, out of
-reach of quantize_dynamic, while model.py's blocks are plain nn.Linear layers. precision="fp32" runs the extractor
-itself, untouched (bitwise the logits of calling it), and model.py's ViT in fp32 when attention maps are asked for.
+scale per tensor) wherever torch has its x86 int8 kernels (fbgemm), and fp32 elsewhere (ARM builds). The bits follow
+how those kernels add int8 products (int8_sums, int8_bits): 8-bit activations and weights where they add in int32
+(AVX-512 VNNI); where pairs of products add in int16 (AVX2), which that would overflow, 7-bit weights.
+torchvision's module cannot take the same path: nn.MultiheadAttention keeps its qkv and output projections, a third
+of the encoder's multiply-adds, out of reach of quantize_dynamic, while model.py's blocks are plain nn.Linear layers.
+precision="fp32" runs the extractor itself, untouched (bitwise the logits of calling it), and model.py's ViT in fp32
+when attention maps are asked for.
 
 Pretrained ViTs have a few LayerNorm output channels far larger than the rest, which one activation scale per
 tensor cannot fit: SmoothQuant (smooth_activations) moves part of each channel's range into the weights,
@@ -101,7 +102,7 @@ def int8_bits() -> tuple[int, int]:
 
 
 def auto_precision() -> str:
-    """int8 wherever the int8 engine is, with the activation range its kernels need (int8_sums); whether it serves
+    """int8 wherever the int8 engine is, with the bits its kernels add without overflow (int8_bits); whether it serves
     is then decided by measurement on the weights (serving.choose_predictor). Without it, bf16 with AMX tiles
     (AVX512-BF16 alone ran slower than fp32, benchmarks/matmul.py), else fp32."""
     if int8_engine_available():
@@ -129,8 +130,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 class FullRangeInt8Linear(quantized_dynamic.Linear):
     """quantize_dynamic's Linear with activations on the full 8-bit range. PyTorch keeps them to 7 bits
-    (reduce_range) because kernels that add pairs of int8 products in int16 can overflow with 8 bits; where they add
-    in int32 (int8_sums), the full range halves the rounding step."""
+    (reduce_range) because kernels that add pairs of int8 products in int16 can overflow with 8 bits; int8_bits
+    keeps them whole everywhere (on such kernels the weights give up the bit), which halves their rounding step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
@@ -180,14 +181,14 @@ def calibration_fingerprint() -> str:
 
 def int8_setup(weights_sha256: str) -> dict:
     """What an int8 agreement measurement depends on: the method, the exact weights, torch and its quantized
-    kernels, how those add int8 products here (int8_sums, which sets the activation range) and the calibration
+    kernels, how those add int8 products here (int8_sums, which sets the bits) and the calibration
     photos. A record holds only where all are the same: one made on a VNNI CPU does not vouch for an AVX2 one."""
     return {
         "method": INT8_METHOD,
         "weights_sha256": weights_sha256,
         "torch": torch.__version__,
         "quantized_engine": torch.backends.quantized.engine,
-        "int8_sums": int8_sums(),  # the kernel path, and with it the activation range
+        "int8_sums": int8_sums(),  # the kernel path, and with it the bits
         "calibration_sha256": calibration_fingerprint(),
     }
 
@@ -234,7 +235,7 @@ class Predictor:
         if self.precision == "int8":
             if smooth and calibration is None:
                 raise ValueError("the int8 path needs calibration images: pass calibration=calibration_images(...)")
-            activation_bits, weight_bits = bits or int8_bits()
+            self.bits = activation_bits, weight_bits = bits or int8_bits()
             if smooth:
                 smooth_activations(self.vit, calibration, SMOOTHING_ALPHA[weight_bits])
             # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.

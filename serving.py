@@ -39,7 +39,6 @@ from inference import (
     Predictor,
     agreement,
     calibration_images,
-    int8_bits,
     int8_setup,
     int8_sums,
     resolve_precision,
@@ -129,11 +128,14 @@ class FoodVision:
         if self.model is None:
             return "nowhere: no model is serving"
         how = {
-            "int8": "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
-            "this CPU adds int8 products in {})".format(*int8_bits(), int8_sums()),
             "bf16": "model.py's ViT in bf16 (autocast)",
             "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
-        }[self.predictor.precision]
+        }.get(self.predictor.precision)
+        if how is None:  # int8
+            how = (
+                "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
+                "this CPU adds int8 products in {})".format(*self.predictor.bits, int8_sums())
+            )
         if os.environ.get("SPACES_ZERO_GPU"):
             place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
         elif self.device.type == "cuda":

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-from inference import FullRangeInt8Linear, cpu_supports_bf16
+from inference import FullRangeInt8Linear, cpu_supports_bf16, int8_sums
 
 TOKENS = 197  # 14 x 14 patches + the class token
 SHAPES = {"qkv": (768, 2304), "output projection": (768, 768), "MLP in": (768, 3072), "MLP out": (3072, 768)}
@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     print_machine()
     print(
-        f"native bf16 (AVX512-BF16 or AMX): {cpu_supports_bf16()}, VNNI: {torch.cpu._is_vnni_supported()}, "
+        f"native bf16 (AVX512-BF16 or AMX): {cpu_supports_bf16()}, int8 products add in: {int8_sums()}, "
         f"AMX: {torch.cpu._is_amx_tile_supported()}\n"
     )
     torch.manual_seed(0)

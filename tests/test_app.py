@@ -430,5 +430,6 @@ def test_every_handler_computes_on_the_one_torch_thread_and_a_request_left_midwa
     updates = wrapped(None)
     next(updates)
     updates.close()
+    torch_thread.run(lambda: None)  # the close is queued, not awaited: once this has run, so has the close
     assert closed == [torch_ident, torch_ident]
     assert on_the_torch_thread(lambda upload: threading.get_ident())(None) == torch_ident
