@@ -42,8 +42,7 @@ INT8_METHOD = (
     "(0.3 with 7-bit weights) on qkv and fc1, blocks.0.attention.projection fp32"
 )
 # SmoothQuant's migration strength, by the weights' bits: at 0.5 each channel's range is split evenly between x and W;
-# 7-bit weights take less of it (on the int16 kernels 0.3 kept every outlier scale within 0.011 of fp32's
-# probabilities where 0.5 reached 0.023: BENCHMARKS.md)
+# 7-bit weights take less of it, which kept the int16 kernels within the 0.02 promise where 0.5 did not (BENCHMARKS.md)
 SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.

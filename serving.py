@@ -127,15 +127,16 @@ class FoodVision:
         """Where and how the model runs, in a few words for the page and the log."""
         if self.model is None:
             return "nowhere: no model is serving"
-        how = {
-            "bf16": "model.py's ViT in bf16 (autocast)",
-            "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
-        }.get(self.predictor.precision)
-        if how is None:  # int8
+        if self.predictor.precision == "int8":  # its bits are the Predictor's, measured on the torch thread
             how = (
                 "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
                 "this CPU adds int8 products in {})".format(*self.predictor.bits, int8_sums())
             )
+        else:
+            how = {
+                "bf16": "model.py's ViT in bf16 (autocast)",
+                "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
+            }[self.predictor.precision]
         if os.environ.get("SPACES_ZERO_GPU"):
             place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
         elif self.device.type == "cuda":

@@ -122,7 +122,7 @@ def measure_int8(model: nn.Module, test_set: ImageDataset, test_features: torch.
     feature cosine, with the setup the measurement holds for (inference.int8_setup). The app serves int8 only where
     such a record passed for its own setup, or its self-check does."""
     if resolve_precision("auto", torch.device("cpu")) != "int8":
-        return {"measured": False, "why": "torch has no int8 kernels for this CPU; the app will serve fp32"}
+        return {"measured": False, "why": "torch has no int8 kernels for this CPU; the app will not serve int8"}
     fast = Predictor(model, "int8", calibration_images(test_set.transform))
     images = [test_set[index][0] for index in tqdm(range(len(test_set)), desc="int8 check (test split)", leave=False)]
     measured = agreement(fast, torch.stack(images), test_features)

@@ -71,11 +71,10 @@ def agreement_set(trained_head_checkpoint):
 
 
 @pytest.mark.parametrize("outlier_scale", [1, 10, 30, 100])
+@needs_int8_engine
 def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set, outlier_scale):
     """The same top-1 and probabilities within 0.02 of fp32 over 100 inputs, on the random backbone and on the
     function-preserving outlier injection of real pretrained ViTs' LayerNorm channels (standins.inject_outliers)."""
-    if inference.int8_sums() is None:
-        pytest.skip(NO_INT8_ENGINE)
     model, calibration, images, reference = agreement_set
     injected = inject_outliers(copy.deepcopy(model), outlier_scale)
     torch.testing.assert_close(inference.reference_features(injected, images[:4]), reference[:4], rtol=0, atol=1e-4)
@@ -89,10 +88,9 @@ def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set
     print(f"outlier scale {outlier_scale}: {measured.describe()}")
 
 
+@needs_int8_engine
 def test_without_smoothing_int8_breaks_on_outlier_channels(agreement_set):
     """Why SmoothQuant: plain per-tensor int8 misses the promise once the outliers are there."""
-    if inference.int8_sums() is None:
-        pytest.skip(NO_INT8_ENGINE)
     model, _, images, reference = agreement_set
     fast = Predictor(inject_outliers(copy.deepcopy(model), 100), "int8", smooth=False, fp32_linears=())
     measured = inference.agreement(fast, images[:40], reference[:40])

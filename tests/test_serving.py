@@ -63,7 +63,7 @@ def test_a_failing_self_check_serves_fp32_and_says_why(checkpoint_copy, torch_ho
 
 
 @needs_int8_engine
-def test_a_record_made_with_other_int8_sums_does_not_vouch_for_this_cpu(checkpoint_copy, torch_home, monkeypatch):
+def test_a_record_made_with_other_int8_sums_does_not_vouch_for_this_cpu(checkpoint_copy, torch_home):
     """A record measured where int8 products add in int32 (VNNI) says nothing of kernels that add in int16 (AVX2),
     which take other bits: the self-check decides instead."""
     other = {"int32": "int16", "int16": "int32"}[inference.int8_sums()]
