@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from hub import CONFIG_FILE, WEIGHTS_FILE, is_repo_id
 from outputs import replace_folder, write_atomically
 
 BACKBONE = "vit_b_16"  # the only backbone build_feature_extractor builds
@@ -30,12 +31,9 @@ PRETRAINED = torchvision.models.ViT_B_16_Weights  # every published vit_b_16 wei
 WEIGHTS_NAMES = tuple(weights.name for weights in PRETRAINED)  # iteration skips the DEFAULT alias
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the course's
 DEFAULT_CLASS_NAMES = ("pizza", "steak", "sushi")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "foodvision-mini"
 # config.json keys that loading needs; everything else (metrics, data) is a record for people.
 REQUIRED_KEYS = ("backbone", "weights", "image_size", "class_names")
-REPO_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")
 RETRAIN = "Train the head again with `python train_head.py`."
 
 
@@ -186,7 +184,7 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
         "Train one with `python train_head.py` (it writes checkpoints/foodvision-mini), or pass a "
         "Hugging Face Hub repo id such as user/foodvision-mini."
     )
-    if not REPO_ID_PATTERN.fullmatch(str(path_or_repo_id)):
+    if not is_repo_id(str(path_or_repo_id)):
         raise CheckpointError(f"There is no checkpoint folder {path}. {how_to_fix}")
     try:
         hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, revision=revision)

@@ -11,8 +11,9 @@ Gradio one, create the Space (or request the hardware on an existing one), push 
 checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that app.py reads, then
 upload the app in a single commit, which also deletes files of earlier deploys that no longer belong.
 
-The file list is computed from the project folder (every top-level module except LOCAL_ONLY_MODULES,
-plus SPACE_CONFIG_FILES and examples/), so a new module is deployed without editing this script.
+What it uploads is an include list: app.py and the project modules it imports, followed through their imports
+(space_modules), plus SPACE_CONFIG_FILES and examples/. A module the app comes to import is deployed without
+editing this script; a new script nothing imports stays home.
 Only huggingface_hub is needed: no torch import, so planning and tests are fast.
 """
 
@@ -34,6 +35,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
+from hub import HEAD_FILES, is_repo_id
+
 try:
     from huggingface_hub import SpaceHardware
 except ImportError:  # an older or newer huggingface_hub without the enum: flavours are passed through unchecked
@@ -43,18 +46,14 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the app's --checkpoint default comes from this variable
 
-# Top-level modules that stay on the developer's machine: this script, the test stand-ins, the
-# from-scratch ViT training and the command-line predictor. Every other top-level *.py is uploaded
-# (figures.py, train_head.py and data.py included: the app imports them, or trains a head with them
-# when FOODVISION_CHECKPOINT is unset).
-LOCAL_ONLY_MODULES = frozenset({"deploy.py", "standins.py", "train_vit.py", "predict.py"})
-# Folders never uploaded. Only top-level modules and examples/ are collected, so these are excluded by
-# construction; the list is used to delete them from Spaces made by an earlier `hf upload . .`.
+ENTRY_POINT = "app.py"  # what the Space runs; every uploaded module is one it reaches by imports
+# Folders never uploaded: only top-level modules and examples/ are collected. The list is used to delete them from
+# Spaces made by an earlier `hf upload . .`.
 LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts")
 EXAMPLES_DIR = "examples"  # the photos under the upload box (and SOURCE.md, their credits)
 # The Space installs the first; the second's front matter configures it (SDK, Python version, app file).
 SPACE_CONFIG_FILES = ("requirements.txt", "README.md")
-REQUIRED_FILES = ("app.py", *SPACE_CONFIG_FILES)
+REQUIRED_FILES = (ENTRY_POINT, *SPACE_CONFIG_FILES)
 
 ZERO_GPU = "zero"  # --hardware alias for the Hub's ZeroGPU flavour
 ZERO_GPU_FLAVOR = SpaceHardware.ZERO_A10G.value if SpaceHardware is not None else "zero-a10g"
@@ -66,10 +65,6 @@ ZERO_GPU_MIN_TORCH = (2, 8)
 # same on every hardware so that one set of versions is what users deploy.
 SPACE_TORCH_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
 
-# A head checkpoint folder as train_head.py saves it (classifier.py's WEIGHTS_FILE and CONFIG_FILE);
-# repeated here so that deploying does not import torch.
-HEAD_FILES = ("model.safetensors", "config.json")
-REPO_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")
 LOGIN_HINT = (
     "Log in with `hf auth login`, or set HF_TOKEN to a token with write access "
     "(https://huggingface.co/settings/tokens)."
@@ -111,7 +106,7 @@ def hardware_flavor(name: str) -> str:
 
 
 def repo_id(value: str) -> str:
-    if not REPO_ID_PATTERN.fullmatch(value):
+    if not is_repo_id(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id of the form USER/NAME (or ORG/NAME)")
     return value
 
@@ -158,42 +153,46 @@ def space_files(app_dir: Path) -> list[str]:
             f"{app_dir} is not a FoodVision Mini folder: {', '.join(missing)} missing. "
             "Run deploy.py from the project, or point --app-dir at it."
         )
-    modules = [path.name for path in app_dir.glob("*.py") if path.is_file() and path.name not in LOCAL_ONLY_MODULES]
     examples = [
         f"{EXAMPLES_DIR}/{path.name}"
         for path in (app_dir / EXAMPLES_DIR).glob("*")
         if path.is_file() and not path.name.startswith(".")
     ]
     config = [name for name in SPACE_CONFIG_FILES if (app_dir / name).is_file()]
-    return sorted({*modules, *examples, *config})
+    return sorted({*space_modules(app_dir), *examples, *config})
+
+
+def space_modules(app_dir: Path) -> list[str]:
+    """ENTRY_POINT and every top-level project module it imports, at any depth and inside functions too (the
+    first-run training imports train_head.py there)."""
+    project = {path.stem for path in app_dir.glob("*.py") if path.is_file()}
+    reached, waiting = set(), [ENTRY_POINT.removesuffix(".py")]
+    while waiting:
+        module = waiting.pop()
+        if module not in reached:
+            reached.add(module)
+            waiting.extend(imports_of(app_dir, f"{module}.py") & project)
+    return sorted(f"{module}.py" for module in reached)
+
+
+def imports_of(app_dir: Path, name: str) -> set[str]:
+    """The top-level names of the modules that the file `name` imports (absolute imports only)."""
+    try:
+        tree = ast.parse((app_dir / name).read_bytes(), filename=name)
+    except SyntaxError as error:
+        raise DeployError(f"{name} line {error.lineno}: {error.msg}; the Space could not run it. Fix it first.")
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    return imported
 
 
 def imported_modules(app_dir: Path, files: list[str]) -> set[str]:
-    """The top-level modules the uploaded modules import; a DeployError when one of them is a project module that
-    stays home (it would fail on the Space)."""
-    everything = set()
-    uploaded = {name.removesuffix(".py") for name in files if name.endswith(".py")}
-    kept_home = {path.stem for path in app_dir.glob("*.py")} - uploaded
-    for name in (name for name in files if name.endswith(".py")):
-        try:
-            tree = ast.parse((app_dir / name).read_bytes(), filename=name)
-        except SyntaxError as error:
-            raise DeployError(f"{name} line {error.lineno}: {error.msg}; the Space could not run it. Fix it first.")
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                imported = [alias.name.split(".")[0] for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported = [node.module.split(".")[0]]
-            else:
-                continue
-            everything.update(imported)
-            for module in set(imported) & kept_home:
-                raise DeployError(
-                    f"{name} (line {node.lineno}) imports {module}, which deploy.py keeps off the Space "
-                    f"(LOCAL_ONLY_MODULES), so the Space would fail with ModuleNotFoundError. Move what it needs into "
-                    f"an uploaded module, or take {module}.py out of LOCAL_ONLY_MODULES in deploy.py."
-                )
-    return everything
+    """The top-level modules the uploaded modules import."""
+    return set().union(*(imports_of(app_dir, name) for name in files if name.endswith(".py")))
 
 
 def is_stale(remote_path: str, files: list[str]) -> bool:
@@ -238,7 +237,7 @@ def check_front_matter(app_dir: Path, hardware: str, files: list[str], imported:
     if app_file not in files:
         raise DeployError(
             f"README.md's front matter names app_file: {app_file}, which is not among the uploaded files. "
-            "Point app_file at app.py, or remove the module from LOCAL_ONLY_MODULES in deploy.py."
+            f"Point app_file at {ENTRY_POINT}, the module deploy.py uploads with everything it imports."
         )
     if hardware != ZERO_GPU_FLAVOR:
         return []
@@ -278,7 +277,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
         return args.head_repo or f"{args.space}-head", folder, files
     # "checkpoints/foodvision-mini" also looks like a repo id: when its first part is a local folder the
     # user meant a path that does not exist, not a repo.
-    if REPO_ID_PATTERN.fullmatch(args.checkpoint) and not Path(args.checkpoint.split("/")[0]).is_dir():
+    if is_repo_id(args.checkpoint) and not Path(args.checkpoint.split("/")[0]).is_dir():
         if args.head_repo:
             raise DeployError(
                 "--head-repo names where a local --checkpoint folder is pushed; drop it, or pass a folder."

@@ -26,7 +26,7 @@ from gradio_client import Client, handle_file
 
 import serving
 from devices import available_cpus
-from standins import EXAMPLE_PHOTOS, app_server, twelve_megapixel_jpeg
+from tests.standins import EXAMPLE_PHOTOS, app_server, twelve_megapixel_jpeg
 from train_vit import at_least
 
 BARE_PAGE = "bare Gradio page"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
-from standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
+from tests.standins import CHROMIUM, CHROMIUM_FLAGS, app_server, twelve_megapixel_jpeg
 from train_vit import at_least
 
 PICTURES = ["#patches", "#attention", "#rollout"]  # the prediction's pictures, those the page has

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import ROOT, WORK_DIR, generated_head_checkpoint, interleaved_ms, print_machine, print_table, save_results
 
-from standins import app_server, fresh_clone, page_config_once, write_food_dataset
+from tests.standins import app_server, fresh_clone, page_config_once, write_food_dataset
 
 
 def main() -> None:

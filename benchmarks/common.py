@@ -91,7 +91,7 @@ def random_backbone_home(directory: Path) -> Path:
     """A TORCH_HOME whose hub cache holds standins' seeded random vit_b_16 under the real weights' file name (the
     real weights cannot be downloaded here); os.environ["TORCH_HOME"] points at it from now on, for subprocesses
     too."""
-    from standins import write_random_backbone
+    from tests.standins import write_random_backbone
 
     os.environ["TORCH_HOME"] = str(write_random_backbone(directory))
     return directory
@@ -101,7 +101,7 @@ def generated_head_checkpoint(directory: Path) -> Path:
     """A head trained by train_head.py (its defaults) on standins' generated pizza/steak/sushi images over the
     random backbone: confident, non-uniform probabilities to compare paths with. TORCH_HOME points at that
     backbone from now on."""
-    from standins import train_head_checkpoint, write_food_dataset
+    from tests.standins import train_head_checkpoint, write_food_dataset
 
     torch_home = random_backbone_home(directory / "torch_home")  # TORCH_HOME for this process and the servers
     checkpoint = directory / "foodvision-mini"

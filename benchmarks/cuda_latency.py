@@ -21,7 +21,7 @@ from latency import agreement_inputs
 
 from devices import resolve_device
 from inference import MAX_PROBABILITY_DIFFERENCE, probability_agreement, vit_from_torchvision
-from standins import EXAMPLE_PHOTOS, inject_outliers
+from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
 REFERENCE = "fp32 model.py ViT (served)"

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from images import load_rgb
 from inference import Predictor, calibration_images
-from standins import twelve_megapixel_jpeg
+from tests.standins import twelve_megapixel_jpeg
 
 
 def pillow_full_decode(path: Path) -> Image.Image:

@@ -24,7 +24,7 @@ from torch import nn
 
 from devices import available_cpus
 from inference import Predictor, calibration_images, int8_bits, int8_sums, probability_agreement, vit_from_torchvision
-from standins import EXAMPLE_PHOTOS, inject_outliers
+from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
 BASELINE = "bare fp32 forward (torchvision, no maps)"

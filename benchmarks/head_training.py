@@ -24,7 +24,7 @@ from torch import nn
 
 from classifier import build_feature_extractor
 from data import ImageDataset
-from standins import write_food_dataset
+from tests.standins import write_food_dataset
 from train_head import extract_features, fit
 
 

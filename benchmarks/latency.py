@@ -34,7 +34,7 @@ from inference import (
     reference_features,
     vit_from_torchvision,
 )
-from standins import EXAMPLE_PHOTOS, draw_food_image, inject_outliers
+from tests.standins import EXAMPLE_PHOTOS, draw_food_image, inject_outliers
 from train_vit import at_least
 
 REFERENCE = "fp32 eager torchvision"

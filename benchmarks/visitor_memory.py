@@ -15,7 +15,7 @@ from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, pri
 
 from gradio_client import Client, handle_file
 
-from standins import EXAMPLE_PHOTOS, app_server
+from tests.standins import EXAMPLE_PHOTOS, app_server
 from train_vit import at_least
 
 

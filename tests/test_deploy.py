@@ -12,7 +12,7 @@ import huggingface_hub
 import pytest
 
 import deploy
-from standins import HUB_TOKEN, HUB_USER, StandInHub, free_port
+from standins import HUB_TOKEN, HUB_USER, REPO, StandInHub, free_port
 
 TOKEN, USER = HUB_TOKEN, HUB_USER
 SPACE = f"{USER}/foodvision"
@@ -47,8 +47,9 @@ app_file: app.py
 
 APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
     "app.py": "import spaces\nimport model\n",
-    "model.py": "VIT = 'vit_b_16'\n",
+    "model.py": "VIT = 'vit_b_16'\n\ndef draw():\n    from figures import plot\n",  # reached through model.py
     "figures.py": "def plot(): ...\n",
+    "new_script.py": "import model\n",  # imports the app's modules, but nothing the app runs imports it
     "requirements.txt": "torch==2.14.1\ngradio==6.31.0\n",
     "README.md": README,
     "examples/a.jpg": "not really a jpeg",
@@ -235,10 +236,27 @@ def test_an_existing_space_with_another_sdk_is_left_alone(hub, app_dir, capsys):
     assert [call["method"] for call in hub.requests] == ["GET", "GET"]  # whoami, space info; nothing written
 
 
-def test_a_module_that_imports_a_local_only_one_stops_the_deploy(hub, app_dir, capsys):
+def test_a_module_the_app_comes_to_import_is_uploaded_with_it(hub, app_dir):
     (app_dir / "app.py").write_text("import spaces\n\ndef main():\n    from predict import run\n")
 
-    assert_failed_cleanly(capsys, run_deploy(app_dir), "app.py (line 4) imports predict", "LOCAL_ONLY_MODULES")
+    assert run_deploy(app_dir) == 0
+    [space_commit] = hub.commits("spaces", SPACE)
+    assert set(committed_files(space_commit)) == SPACE_FILES - {"model.py", "figures.py"} | {"predict.py"}
+
+
+def test_the_projects_space_is_the_app_and_what_it_imports_not_the_tools_around_it():
+    """deploy.py's include rule on this very project: the modules behind the page, the first-run training
+    included, and none of the command-line tools, tests or benchmarks."""
+    modules = set(deploy.space_modules(REPO))
+    assert {"app.py", "serving.py", "model.py", "classifier.py", "train_head.py", "data.py", "hub.py"} <= modules
+    assert not modules & {"deploy.py", "predict.py", "train_vit.py"}
+    assert all("/" not in name for name in modules)  # tests/ and benchmarks/ are never walked
+
+
+def test_a_module_that_does_not_parse_stops_the_deploy(hub, app_dir, capsys):
+    (app_dir / "model.py").write_text("def broken(:\n")
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir), "model.py line 1", "Fix it first")
     assert hub.requests == []
 
 

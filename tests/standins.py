@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from images import example_photos
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent  # the project folder, this file being in tests/
 EXAMPLE_PHOTOS = example_photos()
 
 
