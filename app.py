@@ -6,8 +6,9 @@ the paper's own analyses of the served model on this photo (Figures 6 and 7, the
     python app.py --checkpoint user/foodvision-mini --host 0.0.0.0
     python predict.py examples/* --figures out/  # the same, without a browser
 
-The model and everything about serving it live in serving.py; this file holds the components, the event wiring,
-the translation of serving errors into messages on the page, and `main`. It is also the Hugging Face Space, on
+Loading lives in serving.py, the precision's choice in inference.py, the views of a photo in views.py; this file
+holds the page's text, its layout (lay_out), its events (wire), the translation of serving errors into messages on
+the page, and `main`. It is also the Hugging Face Space, on
 every hardware: on ZeroGPU the prediction runs inside a `@spaces.GPU` function, elsewhere that decorator changes
 nothing, and without the `spaces` package there is none. `import app` builds nothing; `python app.py` serves.
 """
@@ -22,7 +23,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless the user turns it on
@@ -36,48 +36,35 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from classifier import DEFAULT_CHECKPOINT_DIR, describe_weights, trainable_parameters
 from devices import available_cpus, torch_thread
 from figures import (
-    attention_rollout,
-    draw_attention_distance,
     draw_filters,
-    draw_head_maps,
     draw_patch_similarity,
-    draw_rollout,
     embedding_filters,
-    equation_walk,
-    mean_attention_distance,
     patch_under,
     position_embedding_similarity,
     similarity_picture,
 )
-from images import attention_overlay, example_photos, patch_grid, to_display
-from serving import (
-    DEFAULT_CHECKPOINT_DIR,
-    FoodVision,
-    Prediction,
-    ServingError,
-    TrainingUnavailable,
-    add_model_arguments,
-    check_model_arguments,
-    load,
-    needs_first_training,
-    train_default_head,
-    unavailable,
-)
+from images import example_photos, to_display
+from inference import int8_sums
+from options import add_model_arguments, check_model_arguments
+from serving import FoodVision, NoModel, ServingError, load
+from train_head import TrainingUnavailable, needs_first_training, train_default_head
+from views import PhotoAnalysis, View, Weights, draw_views, patches_view, views_in
 
 EXAMPLES = [str(path) for path in example_photos()]
 # One request at a time, using every core: on a CPU that gives the lowest latency per request and bounds memory;
 # the queue holds the rest.
 ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 # While a request runs, a small elapsed-time counter instead of Gradio's default spinner over every output: the
-# spinners animate every frame, and on a 2-core machine that drawing takes the CPU the model needs (the label shows
-# about 0.07 s sooner; BENCHMARKS.md, in a real browser).
+# spinners animate every frame, and on a 2-core machine that drawing takes the CPU the model needs (BENCHMARKS.md,
+# in a real browser).
 QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 # Gradio keeps a session's gr.State in memory until up to an hour after its tab closes, and the session of a REST
 # API call, which holds no connection, until it is evicted: beyond this many sessions the oldest go, which bounds
-# the kept predictions (about 2 MB a visitor) near 4 GB instead of Gradio's default 10,000 sessions.
+# the kept analyses (views.PhotoAnalysis; BENCHMARKS.md, "Memory per visitor") instead of Gradio's default 10,000.
 STATE_SESSIONS = 2000
 MAX_UPLOAD = "25mb"
 # Gradio keeps every upload (and every picture it serves) on disk; a long-running Space would fill its disk.
@@ -170,106 +157,143 @@ class Pictures:
         return str(path)
 
 
-@dataclass(frozen=True, eq=False)  # compared by identity: == on tensors is elementwise
-class KeptPrediction:
-    """What "Inside the ViT" draws of a visitor's last prediction, kept in their gr.State (see STATE_SESSIONS): each
-    head's class-token attention and mean attention distance, about 0.7 MB, where every layer's full maps would be
-    22 MB a visitor (BENCHMARKS.md, "Memory per visitor")."""
-
-    probabilities: dict[str, float]
-    pixels: torch.Tensor  # (3, H, W) model input, normalised, for the walk through Eqs. 1-4
-    class_token_attention: torch.Tensor  # (layers, heads, N): each head's attention from the class token to a patch
-    distances: torch.Tensor  # (layers, heads): mean attention distance in pixels (Figure 7, right)
-
-    @classmethod
-    def of(cls, prediction: Prediction, patch_size: int) -> "KeptPrediction":
-        maps = prediction.attention_maps
-        return cls(
-            prediction.probabilities,
-            prediction.pixels,
-            torch.stack([attention[:, 0, 1:] for attention in maps]),
-            mean_attention_distance([attention[None] for attention in maps], patch_size),
+def where(served: FoodVision) -> str:
+    """Where and how the model runs, in a few words for the page."""
+    if served.predictor.precision == "int8":  # its bits are the Predictor's, measured on the torch thread
+        how = (
+            "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
+            "this CPU adds int8 products in {})".format(*served.predictor.bits, int8_sums())
         )
+    else:
+        how = {
+            "bf16": "model.py's ViT in bf16 (autocast)",
+            "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
+        }[served.predictor.precision]
+    if os.environ.get("SPACES_ZERO_GPU"):
+        place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
+    elif served.device.type == "cuda":
+        place = f"GPU ({torch.cuda.get_device_name(served.device)})"
+    else:
+        place = f"CPU ({torch.get_num_threads()} threads)"
+    return f"{place}, {how}"
+
+
+def status(served: FoodVision | NoModel) -> str:
+    """Markdown for the top of the page: what is missing, or where the model runs and any warning about it."""
+    if isinstance(served, NoModel):
+        return (
+            f"### No model is serving\n{served.problem}\n\n"
+            "The patch view works without a model; predictions need a trained head."
+        )
+    lines = [f"**Running on** {where(served)}. {served.precision_reason}"]
+    if not served.weights_check.published:
+        lines.append(f"**Warning:** {served.weights_check.describe()}; the predictions are not the real model's.")
+    return "\n\n".join(lines)
+
+
+def model_info(served: FoodVision) -> str:
+    """Markdown for "What model is serving": the checkpoint, its weights and its training records."""
+    total = sum(parameter.numel() for parameter in served.model.parameters())
+    lines = [
+        f"- **Backbone:** torchvision `{served.config['backbone']}` (frozen), weights "
+        f"{describe_weights(served.config['weights'])}",
+        f"- **Weights file:** {served.weights_check.describe()}",
+        f"- **Input:** {served.transforms.crop_size[0]} px, {served.patch_size}x{served.patch_size} patches",
+        f"- **Head checkpoint:** `{served.source}`",
+        f"- **Classes:** {', '.join(served.class_names)}",
+        f"- **Parameters:** {total:,} in all, of which {trainable_parameters(served.model):,} in the trained head",
+        f"- **Runs on:** {where(served)} (precision {served.predictor.precision}; figures in BENCHMARKS.md)",
+        f"- **Why this precision:** {served.precision_reason}",
+    ]
+    for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
+        if served.config.get(key):
+            lines.append(f"- **{title}:** {format_record(served.config[key])}")
+    return "\n".join(lines)
+
+
+def format_record(value) -> str:
+    """A config.json record as one line: floats to 4 significant digits, dicts as "key value, ..."."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {format_record(item)}" for key, item in value.items() if item is not None)
+    return str(value)
+
+
+PHOTO_VIEWS, INSIDE_VIEWS = views_in("photo"), views_in("inside")
 
 
 class Page:
-    """What the page computes for a photo, from one decode and one model pass (serving.FoodVision.classify)."""
+    """What the page computes for a photo, from one decode and one model pass (serving's classify), as updates
+    keyed by output name: "label", "timing", "kept" (the PhotoAnalysis the deeper views draw from) and each view's
+    name (views.VIEWS)."""
 
-    def __init__(self, foodvision: FoodVision):
-        self.foodvision = foodvision
-        self.pictures = Pictures()
-        transforms = foodvision.transforms
-        self.mean, self.std = transforms.mean, transforms.std
-        if foodvision.model is not None:
-            # Figure 7 (left and centre) depend on the weights alone: computed once, at start
-            embedding = foodvision.patch_embedding
-            self.filters = self.pictures.save(draw_filters(embedding_filters(embedding.projection.weight)), "filters")
-            self.similarity = position_embedding_similarity(embedding.position_embedding)
-            self.similarity_map = self.pictures.save(
-                similarity_picture(self.similarity, SIMILARITY_SCALE, SIMILARITY_GAP), "similarity"
-            )
+    def __init__(self, served: FoodVision | NoModel, pictures: Pictures):
+        self.served = served
+        self.pictures = pictures
 
-    @property
-    def patch(self) -> int:
-        return self.foodvision.patch_size
+    def predict(self, image_path: str | None):
+        """The prediction (top 3) and its timing as soon as the model has spoken, then with them the photo's views:
+        two updates of one request, so the label does not wait for the drawing."""
+        cleared = {view.name: None for view in PHOTO_VIEWS}  # the previous photo's pictures go
+        if not image_path:  # the photo was removed from the page
+            yield {"label": None, "timing": "", "kept": None, **cleared}
+            return
+        started = time.perf_counter()
+        prediction = self.served.classify(image_path)
+        answered_ms = (time.perf_counter() - started) * 1000
+        timing = (
+            f"**Model:** {prediction.model_ms:.0f} ms · **prediction:** {answered_ms:.0f} ms "
+            f"(decode, preprocess, model; {self.served.device.type})"
+        )
+        yield {"label": prediction.probabilities, "timing": timing, **cleared}
+        analysis = PhotoAnalysis.of(prediction, self.served)
+        drawn = draw_views(PHOTO_VIEWS, analysis, Weights.of(self.served))
+        pictures = {name: self.pictures.save(picture, name) for name, picture in drawn.items()}
+        drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
+        # every output again: an API client reads only the last update
+        timing = f"{timing} · **pictures:** {drawn_ms:.0f} ms more"
+        yield {"label": prediction.probabilities, "timing": timing, **pictures, "kept": analysis}
 
     def patches(self, image_path: str | None) -> str | None:
         """The preprocessed image cut into its grid of patches (needs no model)."""
         if not image_path:
             return None
-        shown = to_display(self.foodvision.preprocess(image_path), self.mean, self.std)
-        return self.pictures.save(patch_grid(shown, self.patch), "patches")
+        shown = to_display(self.served.preprocess(image_path), self.served.transforms.mean, self.served.transforms.std)
+        return self.pictures.save(patches_view(shown, self.served.patch_size), "patches")
 
-    def predict(self, image_path: str | None):
-        """The prediction (top 3) and its timing as soon as the model has spoken, then with them the patch grid, the
-        last layer's class-token attention, Figure 6's rollout, and the KeptPrediction the deeper views draw from:
-        two updates of one request, so the label does not wait for the drawing."""
-        if not image_path:  # the photo was removed from the page
-            yield None, "", None, None, None, None
-            return
-        started = time.perf_counter()
-        prediction = self.foodvision.classify(image_path)
-        answered_ms = (time.perf_counter() - started) * 1000
-        timing = (
-            f"**Model:** {prediction.model_ms:.0f} ms · **prediction:** {answered_ms:.0f} ms "
-            f"(decode, preprocess, model; {self.foodvision.device.type})"
-        )
-        yield prediction.probabilities, timing, None, None, None, None  # the previous photo's pictures go
-        kept = KeptPrediction.of(prediction, self.patch)
-        shown = to_display(prediction.pixels, self.mean, self.std)
-        grid = self.foodvision.grid_size
-        # the class token's attention to each patch in the last layer, mean over the heads
-        overlay = attention_overlay(shown, kept.class_token_attention[-1].mean(dim=0).reshape(grid, grid))
-        rollout = attention_rollout([attention[None] for attention in prediction.attention_maps])[0]
-        pictures = [
-            self.pictures.save(patch_grid(shown, self.patch), "patches"),
-            self.pictures.save(overlay, "attention"),
-            self.pictures.save(draw_rollout(shown, rollout), "rollout"),
-        ]
-        drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
-        yield prediction.probabilities, f"{timing} · **pictures:** {drawn_ms:.0f} ms more", *pictures, kept
 
-    def inside(self, kept: KeptPrediction | None, layer: int):
-        """The deeper views of the last prediction: one layer's attention per head, the attention distance per head
-        against depth (Figure 7, right) with the examples' for reference, and the Eq. 1-4 walk."""
-        if kept is None:
-            return None, None, ""
-        reference = self.foodvision.reference_distances
-        distance_plot = draw_attention_distance(kept.distances, reference, "average over the examples")
-        walk = equation_walk(self.foodvision.patch_embedding, kept.pixels, kept.probabilities, kept.distances)
-        return self.heads(kept, layer), self.pictures.save(distance_plot, "distance"), walk
+class Inside:
+    """What "Inside the ViT" computes: the deeper views of the last prediction (views.VIEWS' "inside" section) and
+    Figure 7 (left and centre), which depend on the weights alone and are drawn once, at start."""
 
-    def heads(self, kept: KeptPrediction | None, layer: int) -> str | None:
-        """One layer's class-token attention, head by head: the one view that follows the layer slider."""
-        if kept is None:
-            return None
-        shown = to_display(kept.pixels, self.mean, self.std)
-        return self.pictures.save(draw_head_maps(kept.class_token_attention[layer - 1], shown), f"heads-layer-{layer}")
+    def __init__(self, served: FoodVision, pictures: Pictures):
+        self.weights = Weights.of(served)
+        self.pictures = pictures
+        self.layers = served.predictor.vit.config.num_layers
+        embedding = served.patch_embedding
+        self.filters = pictures.save(draw_filters(embedding_filters(embedding.projection.weight)), "filters")
+        self.similarity = position_embedding_similarity(embedding.position_embedding)
+        similarity_map = similarity_picture(self.similarity, SIMILARITY_SCALE, SIMILARITY_GAP)
+        self.similarity_map = pictures.save(similarity_map, "similarity")
+        self.grid_size = served.grid_size
+
+    def views(self, analysis: PhotoAnalysis | None, layer: int, views=INSIDE_VIEWS) -> dict:
+        """{view name: Markdown or a picture's path}, nothing drawn before a prediction."""
+        if analysis is None:
+            return {view.name: None for view in views}
+        drawn = draw_views(views, analysis, self.weights, layer)
+        return {
+            view.name: drawn[view.name] if view.text else self.save(view, drawn[view.name], layer) for view in views
+        }
+
+    def save(self, view: View, picture, layer: int) -> str:
+        return self.pictures.save(picture, f"{view.name}-layer-{layer}" if view.follows_layer else view.name)
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:
         """The position-embedding similarity map of the patch clicked on Figure 7 (centre)."""
         x, y = selected.index
-        patch = patch_under(x, y, self.foodvision.grid_size, SIMILARITY_SCALE, SIMILARITY_GAP)
+        patch = patch_under(x, y, self.grid_size, SIMILARITY_SCALE, SIMILARITY_GAP)
         if patch is None:
             return None
         return self.pictures.save(draw_patch_similarity(self.similarity, patch), f"similarity-{patch}")
@@ -284,37 +308,43 @@ def uploaded_file(upload: dict | None) -> str | None:
     return upload["path"]
 
 
-def build_demo(foodvision: FoodVision) -> gr.Blocks:
-    """The page; launching is left to the caller."""
-    page = Page(foodvision)
-    size, patch = foodvision.transforms.crop_size[0], foodvision.patch_size
-    grid = size // patch
+def image_output(view: View, grid: int, patch: int) -> gr.Image:
+    return gr.Image(
+        label=view.caption.format(grid=grid, patch=patch),
+        elem_id=view.name,
+        format="png",
+        interactive=False,
+        height=260,
+    )
+
+
+def lay_out(served: FoodVision | NoModel, inside: Inside | None) -> tuple[gr.Blocks, dict]:
+    """The page's components, unwired: (the Blocks, {output or input name: component})."""
+    size, patch, grid = served.transforms.crop_size[0], served.patch_size, served.grid_size
+    names = served.class_names if isinstance(served, FoodVision) else ["food"]
+    parts = {}
     with gr.Blocks(title="FoodVision Mini", delete_cache=DELETE_CACHE) as demo:
-        names = foodvision.config["class_names"] if foodvision.config else ["food"]
         gr.Markdown(
             f"# FoodVision Mini\nDrop a photo of {' or '.join(f'**{name}**' for name in names)}. "
             "A Vision Transformer (ViT-B/16, ImageNet-pretrained and frozen, with a small trained head) names it "
             "and shows the image the way it reads it: a sequence of patches."
         )
-        gr.Markdown(foodvision.status(), elem_id="status")
+        gr.Markdown(status(served), elem_id="status")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(
+                parts["image"] = gr.Image(
                     label="Food photo",
                     sources=["upload", "webcam", "clipboard"],
                     type="filepath",
                     height=360,
                     elem_id="photo",
                 )
-                gr.Examples(EXAMPLES, inputs=image, label="Real photos")
+                gr.Examples(EXAMPLES, inputs=parts["image"], label="Real photos")
             with gr.Column():
-                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
-                timing = gr.Markdown(label="Prediction time", elem_id="timing")
+                parts["label"] = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
+                parts["timing"] = gr.Markdown(label="Prediction time", elem_id="timing")
         with gr.Row():
-            picture = dict(format="png", interactive=False, height=260)
-            patches = gr.Image(label=f"Patches: {grid}x{grid} of {patch}x{patch} pixels", elem_id="patches", **picture)
-            attention = gr.Image(label="Attention: class token, last layer", elem_id="attention", **picture)
-            rollout = gr.Image(label="Attention rollout, all layers (Figure 6)", elem_id="rollout", **picture)
+            parts |= {view.name: image_output(view, grid, patch) for view in PHOTO_VIEWS}
         gr.Markdown(
             f"Left: the {size}x{size} input the model receives (the weights' own resize and centre crop), cut into "
             f'the sequence of {patch}x{patch} patches, the "{patch}x{patch} words" of the paper\'s title. Middle: '
@@ -322,32 +352,36 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
             "(mean over the heads). Right: attention rollout (Figure 6, Appendix D.8), the attention of all layers "
             "multiplied through, with the residual connections: what of each patch reaches the class token."
         )
-        kept = gr.State()
-        if foodvision.model is not None:
-            layers = foodvision.predictor.vit.config.num_layers
+        parts["kept"] = gr.State()
+        if inside is not None:
             with gr.Accordion("Inside the ViT: the paper's figures for this photo and these weights", open=True):
-                walk = gr.Markdown(elem_id="walk")
+                parts |= {view.name: gr.Markdown(elem_id=view.name) for view in INSIDE_VIEWS if view.text}
                 with gr.Row():
                     with gr.Column():
-                        layer = gr.Slider(1, layers, value=layers, step=1, label="Layer", elem_id="layer")
-                        heads = gr.Image(label="The class token's attention, head by head", elem_id="heads", **picture)
-                    distance = gr.Image(
-                        label="Mean attention distance per head (Figure 7, right)", elem_id="distance", **picture
-                    )
+                        parts["layer"] = gr.Slider(
+                            1, inside.layers, value=inside.layers, step=1, label="Layer", elem_id="layer"
+                        )
+                        for view in INSIDE_VIEWS:
+                            if view.follows_layer:
+                                parts[view.name] = image_output(view, grid, patch)
+                    for view in INSIDE_VIEWS:
+                        if not view.text and not view.follows_layer:
+                            parts[view.name] = image_output(view, grid, patch)
                 with gr.Row():
+                    picture = dict(format="png", interactive=False, height=260)
                     gr.Image(
-                        page.filters,
+                        inside.filters,
                         label="Embedding filters E: first 28 principal components (Figure 7, left)",
                         elem_id="filters",
                         **picture,
                     )
-                    similarity = gr.Image(
-                        page.similarity_map,
+                    parts["similarity"] = gr.Image(
+                        inside.similarity_map,
                         label="Position embedding similarity (Figure 7, centre): click a patch",
                         elem_id="position-similarity",
                         **picture,
                     )
-                    chosen = gr.Image(
+                    parts["chosen"] = gr.Image(
                         label="The clicked patch's similarity to every patch", elem_id="chosen", **picture
                     )
                 gr.Markdown(
@@ -358,44 +392,82 @@ def build_demo(foodvision: FoodVision) -> gr.Blocks:
                     "status above) these figures are not the paper's."
                 )
             with gr.Accordion("What model is serving", open=False):
-                gr.Markdown(foodvision.describe(), elem_id="model-info")
+                gr.Markdown(model_info(served), elem_id="model-info")
+    return demo, parts
 
-        # The handlers take the upload undecoded (preprocess=False): gr.Image would open every file with Pillow
-        # itself and answer a non-image with an error users cannot read, while every upload here goes through
-        # images.load_rgb's guards and messages.
-        @gpu
-        @on_the_torch_thread
-        def predict(upload: dict | None):
-            with errors_on_the_page():
-                yield from page.predict(uploaded_file(upload))
 
-        @on_the_torch_thread
-        def show_patches(upload: dict | None) -> str | None:
-            with errors_on_the_page():
-                return page.patches(uploaded_file(upload))
+def by_component(parts: dict, names: list[str]):
+    """(the components named, a function turning an update keyed by name into one keyed by component)."""
 
-        outputs = [label, timing, patches, attention, rollout, kept]
+    def update(values: dict) -> dict:
+        return {parts[name]: value for name, value in values.items()}
+
+    return [parts[name] for name in names], update
+
+
+def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> None:
+    """The page's events. The handlers take the upload undecoded (preprocess=False): gr.Image would open every file
+    with Pillow itself and answer a non-image with an error users cannot read, while every upload here goes through
+    images.load_rgb's guards and messages."""
+    image = parts["image"]
+    outputs, keyed = by_component(parts, ["label", "timing", *(view.name for view in PHOTO_VIEWS), "kept"])
+
+    @gpu
+    @on_the_torch_thread
+    def predict(upload: dict | None):
+        with errors_on_the_page():
+            for update in page.predict(uploaded_file(upload)):
+                yield keyed(update)
+
+    @on_the_torch_thread
+    def show_patches(upload: dict | None) -> str | None:
+        with errors_on_the_page():
+            return page.patches(uploaded_file(upload))
+
+    with demo:
         event = image.change(
             predict,
             image,
             outputs,
             preprocess=False,
             api_name="predict",
-            show_progress_on=label,
+            show_progress_on=parts["label"],
             **QUIET_PROGRESS,
             **ONE_AT_A_TIME,
         )
         # The patch grid alone: an API endpoint (a button the page never shows), and the page's one view when no
         # model is serving
-        patches_only = dict(inputs=image, outputs=patches, preprocess=False, **ONE_AT_A_TIME)
+        patches_only = dict(inputs=image, outputs=parts["patches"], preprocess=False, **ONE_AT_A_TIME)
         gr.Button(visible=False).click(show_patches, api_name="patches", **patches_only)
-        if foodvision.model is None:
+        if inside is None:
             image.change(show_patches, api_visibility="private", **patches_only)
-        else:
-            private = dict(api_visibility="private", **QUIET_PROGRESS)
-            event.then(on_the_torch_thread(page.inside), [kept, layer], [heads, distance, walk], **private)
-            layer.release(on_the_torch_thread(page.heads), [kept, layer], heads, **private)
-            similarity.select(on_the_torch_thread(page.patch_similarity), None, chosen, api_visibility="private")
+            return
+        private = dict(api_visibility="private", **QUIET_PROGRESS)
+        inside_outputs, inside_keyed = by_component(parts, [view.name for view in INSIDE_VIEWS])
+        following = tuple(view for view in INSIDE_VIEWS if view.follows_layer)
+        following_outputs, following_keyed = by_component(parts, [view.name for view in following])
+
+        @on_the_torch_thread
+        def draw_inside(analysis: PhotoAnalysis | None, layer: int):
+            return inside_keyed(inside.views(analysis, layer))
+
+        @on_the_torch_thread
+        def follow_layer(analysis: PhotoAnalysis | None, layer: int):
+            return following_keyed(inside.views(analysis, layer, following))
+
+        event.then(draw_inside, [parts["kept"], parts["layer"]], inside_outputs, **private)
+        parts["layer"].release(follow_layer, [parts["kept"], parts["layer"]], following_outputs, **private)
+        parts["similarity"].select(
+            on_the_torch_thread(inside.patch_similarity), None, parts["chosen"], api_visibility="private"
+        )
+
+
+def build_demo(served: FoodVision | NoModel) -> gr.Blocks:
+    """The page; launching is left to the caller."""
+    pictures = Pictures()
+    inside = Inside(served, pictures) if isinstance(served, FoodVision) else None
+    demo, parts = lay_out(served, inside)
+    wire(demo, parts, Page(served, pictures), inside)
     return demo
 
 
@@ -455,11 +527,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(available_cpus())
     problem = train_behind_a_notice(args) if needs_first_training(args.checkpoint) else None
     if problem is None:
-        foodvision = torch_thread.run(load, args.checkpoint, args.device, args.precision)
+        served = torch_thread.run(load, args.checkpoint, args.device, args.precision)
     else:
-        foodvision = unavailable(str(DEFAULT_CHECKPOINT_DIR), problem)
-    print(foodvision.describe(), flush=True)
-    demo = torch_thread.run(build_demo, foodvision)
+        served = NoModel.because(str(DEFAULT_CHECKPOINT_DIR), problem)
+    print(status(served) if isinstance(served, NoModel) else model_info(served), flush=True)
+    demo = torch_thread.run(build_demo, served)
     demo.queue(max_size=QUEUE_SIZE).launch(
         server_name=args.host,
         server_port=args.port,

@@ -13,13 +13,11 @@ first, class token first (row: query, column: key), as `ViT.forward_features(ima
 The N patches form a square grid in row-major order, as Eq. 1 flattens them. The analyses return tensors; the
 drawing functions return PIL images or matplotlib Figures (Agg canvas, no pyplot: no global backend is switched).
 
-    python figures.py --checkpoint PATH_OR_REPO [--image photo.jpg] --out figures/
+views.py draws them for one photo, as the page shows them and as `python views.py` saves them.
 """
 
-import argparse
 import math
 import numbers
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -29,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from images import attention_overlay, example_photos, load_rgb, to_display
+from images import attention_overlay
 
 
 def _checked_attentions(attentions) -> list[torch.Tensor]:
@@ -364,56 +362,3 @@ def draw_head_maps(class_token_attention: torch.Tensor, image: Image.Image, gap:
     grid = _grid_size(class_token_attention.shape[-1])
     overlays = [attention_overlay(image, head.reshape(grid, grid)) for head in class_token_attention]
     return _tile(overlays, math.ceil(math.sqrt(len(overlays))), gap)
-
-
-def _save(figure: Figure | Image.Image, path: Path) -> None:
-    if isinstance(figure, Figure):
-        figure.savefig(path, dpi=150)
-    else:
-        figure.save(path)
-    print(path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Draw the ViT paper's Figures 6 and 7 for a FoodVision Mini checkpoint."
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or Hugging Face Hub repo id")
-    parser.add_argument("--image", type=Path, help="photo for the rollout and head maps (default: the examples)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
-    args = parser.parse_args(argv)
-
-    from classifier import load_classifier
-    from inference import Predictor
-
-    model, transforms, _ = load_classifier(args.checkpoint)
-    predictor = Predictor(model, precision="fp32")  # the served weights in model.py's ViT, unquantized
-    examples = example_photos()
-    photos = [args.image] if args.image else examples
-    if not photos:
-        parser.error("no --image given and no photos in examples/")
-
-    def attention_for(paths):
-        batch = torch.stack([transforms(load_rgb(path, min_size=transforms.resize_size[0])) for path in paths])
-        maps = []
-        predictor(batch, maps)
-        return batch, maps
-
-    batch, attentions = attention_for(photos)
-    patch_size = predictor.vit.config.patch_size
-    distances = mean_attention_distance(attentions, patch_size)
-    reference = mean_attention_distance(attention_for(examples)[1], patch_size) if args.image and examples else None
-    picture = to_display(batch[0], transforms.mean, transforms.std)
-    embedding = predictor.vit.patch_embedding
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    _save(draw_rollout(picture, attention_rollout(attentions)[0]), args.out / "rollout.png")
-    _save(draw_head_maps(attentions[-1][0, :, 0, 1:], picture), args.out / f"head_maps_layer{len(attentions)}.png")
-    _save(draw_attention_distance(distances, reference, "example photos"), args.out / "attention_distance.png")
-    _save(draw_filters(embedding_filters(embedding.projection.weight)), args.out / "embedding_filters.png")
-    similarity = position_embedding_similarity(embedding.position_embedding)
-    _save(draw_position_similarity(similarity), args.out / "position_similarity.png")
-
-
-if __name__ == "__main__":
-    main()

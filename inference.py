@@ -1,25 +1,16 @@
-"""Fast CPU inference for the FoodVision Mini classifier: logits, and attention maps when asked, in one pass.
+"""The inference paths and which one serves: logits, and attention maps when asked, in one pass.
 
-    predictor = Predictor(model, calibration=calibration_images(transforms))  # model from classifier.load_classifier
+    predictor = Predictor(model, "int8", calibration_images(transforms))  # model from classifier.load_classifier
     logits = predictor(images)                        # (B, classes), float32
     maps = []; logits = predictor(images, maps)       # maps: model.py's contract, one (B, heads, 1+N, 1+N) a layer
 
-precision="auto" runs the backbone as model.py's ViT, holding the extractor's own tensors, with the encoder's
-Linears in int8 (dynamic quantization: int8 weights per output channel, activations quantized on the fly with one
-scale per tensor) wherever torch has its x86 int8 kernels (fbgemm), and fp32 elsewhere (ARM builds). The bits follow
-how those kernels add int8 products (int8_sums, int8_bits): 8-bit activations and weights where they add in int32
-(AVX-512 VNNI); where pairs of products add in int16 (AVX2), which that would overflow, 7-bit weights.
-torchvision's module cannot take the same path: nn.MultiheadAttention keeps its qkv and output projections, a third
-of the encoder's multiply-adds, out of reach of quantize_dynamic, while model.py's blocks are plain nn.Linear layers.
-precision="fp32" runs the extractor itself, untouched (bitwise the logits of calling it), and model.py's ViT in fp32
-when attention maps are asked for.
-
-Pretrained ViTs have a few LayerNorm output channels far larger than the rest, which one activation scale per
-tensor cannot fit: SmoothQuant (smooth_activations) moves part of each channel's range into the weights,
-calibrated on the bundled photos, and the most sensitive Linear stays fp32. `agreement` measures the int8 path
-against fp32 on the weights it serves: train_head.py records it in the checkpoint, and the app serves int8 only
-where a record for its setup passed or a self-check does (serving.py). Speed and agreement: benchmarks/latency.py,
-BENCHMARKS.md.
+int8 runs model.py's ViT, holding the extractor's own tensors, with the encoder's Linears quantized dynamically
+(int8 weights per output channel, activations per tensor on the fly), the bits set by how this CPU's kernels add
+int8 products (int8_sums, int8_bits), and SmoothQuant (smooth_activations) against pretrained ViTs' LayerNorm
+outlier channels. fp32 runs the torchvision extractor untouched, and model.py's ViT when attention maps are asked.
+choose_predictor is the one place that decides which path serves: int8 only where it has proven itself against
+fp32 on the weights being served (`agreement`). README.md, "Which precision serves", explains why; BENCHMARKS.md has
+the figures.
 """
 
 import contextlib
@@ -42,7 +33,7 @@ INT8_METHOD = (
     "(0.3 with 7-bit weights) on qkv and fc1, blocks.0.attention.projection fp32"
 )
 # SmoothQuant's migration strength, by the weights' bits: at 0.5 each channel's range is split evenly between x and W;
-# 7-bit weights take less of it, which kept the int16 kernels within the 0.02 promise where 0.5 did not (BENCHMARKS.md)
+# 7-bit weights, with half the resolution, take less of it (chosen with benchmarks/latency.py --outliers)
 SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
@@ -102,7 +93,7 @@ def int8_bits() -> tuple[int, int]:
 
 def auto_precision() -> str:
     """int8 wherever the int8 engine is, with the bits its kernels add without overflow (int8_bits); whether it serves
-    is then decided by measurement on the weights (serving.choose_predictor). Without it, bf16 with AMX tiles
+    is then decided by measurement on the weights (choose_predictor). Without it, bf16 with AMX tiles
     (AVX512-BF16 alone ran slower than fp32, benchmarks/matmul.py), else fp32."""
     if int8_engine_available():
         return "int8"
@@ -340,3 +331,56 @@ def probability_agreement(probabilities: torch.Tensor, expected: torch.Tensor) -
         "max_probability_difference": difference.max().item(),
         "mean_probability_difference": difference.mean().item(),
     }
+
+
+def choose_predictor(
+    model: nn.Module,
+    examples: torch.Tensor,
+    examples_features: torch.Tensor,
+    precision: str,
+    record: dict | None,
+    weights_sha256: str,
+) -> tuple[Predictor, str]:
+    """(Predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
+    it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
+    exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
+    passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
+    (calibration_images) and `examples_features` their fp32 y (Eq. 4)."""
+    device = next(model.parameters()).device
+    calibration = examples if device.type == "cpu" else None
+    resolved = resolve_precision(precision, device)
+    if device.type != "cpu":
+        return Predictor(model, resolved), (
+            f"{resolved} on {device}: for one photo at a time, autocast to bf16 or fp16 ran no faster than fp32 on "
+            "the GPUs measured (BENCHMARKS.md); the int8 path is a CPU path."
+        )
+    if precision != "auto":
+        return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
+    if resolved != "int8":
+        reason = (
+            f"{resolved}: torch has no int8 kernels for this CPU (its x86 engine, fbgemm; ARM builds have none), so "
+            "the int8 path cannot be tried."
+        )
+        return Predictor(model, resolved, calibration), reason
+    fast = Predictor(model, "int8", calibration)
+    record = record or {}
+    if record.get("setup") == int8_setup(weights_sha256) and record["agreement"]["passed"]:
+        measured = record["agreement"]
+        return fast, (
+            f"int8 serves: train_head.py measured it against fp32 on the test split for exactly this setup: "
+            f"top-1 {measured['top1']:.0%} the same, probabilities within {measured['max_probability_difference']:.4f}."
+        )
+    if record.get("setup"):
+        why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
+    else:
+        why_no_record = "the checkpoint has no int8 measurement"
+    check = agreement(fast, calibration, examples_features)
+    if check.passed:
+        return (
+            fast,
+            f"int8 serves: {why_no_record}, and a self-check on the bundled photos passed ({check.describe()}).",
+        )
+    return Predictor(model, "fp32"), (
+        f"fp32 serves, not int8: {why_no_record}, and int8 disagreed with fp32 on the bundled photos "
+        f"({check.describe()}); the int8 path promises probabilities within {MAX_PROBABILITY_DIFFERENCE} of fp32's."
+    )

@@ -19,7 +19,9 @@ import torch
 
 from devices import available_cpus
 from images import load_rgb
-from serving import ServingError, add_model_arguments, check_model_arguments, load
+from options import add_model_arguments, check_model_arguments
+from serving import NoModel, ServingError, load
+from train_head import TrainingUnavailable, needs_first_training, train_default_head
 
 
 def save_figure(image_path: str, label: str, probability: float, directory: Path) -> Path:
@@ -41,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = check_model_arguments(parser, parser.parse_args(argv))
 
     torch.set_num_threads(available_cpus())
+    try:
+        if needs_first_training(args.checkpoint):  # the app's first start, without its notice page
+            train_default_head()
+    except TrainingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     foodvision = load(args.checkpoint, args.device, args.precision)
-    if foodvision.model is None:
+    if isinstance(foodvision, NoModel):
         print(f"error: {foodvision.problem}", file=sys.stderr)
         return 1
     if args.figures:

@@ -18,6 +18,7 @@ which --push-to-hub publishes as it is.
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from classifier import (
     BACKBONE,
+    CONFIG_FILE,
     DEFAULT_CHECKPOINT_DIR,
     DEFAULT_WEIGHTS,
     WEIGHTS_NAMES,
@@ -247,6 +249,31 @@ def train_head(
 
 # The command line's defaults are train_head's, so the two cannot disagree.
 DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train_head).parameters.items()}
+
+
+class TrainingUnavailable(RuntimeError):
+    """No head exists yet and none could be trained here (no dataset or no pretrained weights)."""
+
+
+def needs_first_training(checkpoint: str | None) -> bool:
+    """No checkpoint named and none at the default place yet: the first start of the app trains one."""
+    return not checkpoint and not (DEFAULT_CHECKPOINT_DIR / CONFIG_FILE).is_file()
+
+
+def train_default_head() -> None:
+    """The first start's head: train_head's defaults (the course's 10% split and recipe), saved at the default
+    checkpoint place; tqdm shows the progress in the terminal. The backbone runs on CUDA where a GPU is held, and on
+    the CPU on ZeroGPU, whose GPU is lent only inside @spaces.GPU functions."""
+    print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
+    try:
+        train_head(output_dir=DEFAULT_CHECKPOINT_DIR, device="cpu" if os.environ.get("SPACES_ZERO_GPU") else None)
+    except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
+        raise TrainingUnavailable(
+            f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
+            "To fix it, either run python train_head.py where the dataset and the pretrained weights "
+            "can be downloaded (or are cached), then restart the app; or start it with "
+            "--checkpoint FOLDER_OR_HUB_REPO (or FOODVISION_CHECKPOINT) naming a trained head."
+        ) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

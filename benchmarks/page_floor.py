@@ -36,7 +36,7 @@ def classify_without_model(foodvision: FoodVision, image_path: str, decode: bool
     config = foodvision.predictor.vit.config
     tokens = 1 + foodvision.grid_size**2
     maps = [torch.full((config.num_heads, tokens, tokens), 1 / tokens)] * config.num_layers
-    names = foodvision.config["class_names"]
+    names = foodvision.class_names
     return Prediction({name: 1 / len(names) for name in names}, pixels, maps, model_ms=0.0)
 
 

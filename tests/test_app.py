@@ -17,15 +17,6 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-
-import predict
-import serving
-from app import EXAMPLES, MAX_UPLOAD, Page, Pictures, on_the_torch_thread, parse_args
-from classifier import load_classifier
-from devices import default_device, torch_thread
-from figures import mean_attention_distance
-from images import load_rgb, patch_grid, to_display
-from inference import Predictor, calibration_images
 from standins import (
     EXAMPLE_PHOTOS,
     REPO,
@@ -39,7 +30,20 @@ from standins import (
     twelve_megapixel_jpeg,
 )
 
+import predict
+import serving
+from app import EXAMPLES, MAX_UPLOAD, Inside, Page, Pictures, on_the_torch_thread, parse_args
+from classifier import load_classifier
+from devices import default_device, torch_thread
+from figures import attention_rollout, mean_attention_distance
+from images import load_rgb, patch_grid, to_display
+from inference import Predictor, calibration_images
+from views import views_in
+
 PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
+
+
+PHOTO_VIEWS = [view.name for view in views_in("photo")]
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +210,8 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
 def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(foodvision):
     """What the page keeps in a visitor's gr.State for "Inside the ViT" is the class token's attention and the
     distances, not every layer's full maps (nor views into them, which would keep them alive)."""
-    page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
-    *_, kept = list(page.predict(photo))[-1]
+    pictures, photo = Pictures(), str(EXAMPLE_PHOTOS[0])
+    kept = list(Page(foodvision, pictures).predict(photo))[-1]["kept"]
     full = foodvision.classify(photo)
     tensors = [value for value in vars(kept).values() if isinstance(value, torch.Tensor)]
     kept_bytes = sum(tensor.untyped_storage().nbytes() for tensor in tensors)
@@ -216,8 +220,10 @@ def test_each_visitor_keeps_under_a_megabyte_for_inside_the_vit(foodvision):
     torch.testing.assert_close(kept.distances, mean_attention_distance(maps, foodvision.patch_size))
     torch.testing.assert_close(kept.class_token_attention[-1], full.attention_maps[-1][:, 0, 1:])
     assert kept.probabilities == pytest.approx(full.probabilities, abs=1e-6)
-    heads, distance, walk = page.inside(kept, 12)
-    assert Image.open(heads).width > 224 and Image.open(distance).size[0] > 0 and "Eq. 4" in walk
+    torch.testing.assert_close(kept.rollout, attention_rollout(maps)[0])
+    inside = Inside(foodvision, pictures).views(kept, 12)
+    assert Image.open(inside["heads"]).width > 224 and Image.open(inside["distance"]).size[0] > 0
+    assert "Eq. 4" in inside["walk"]
 
 
 def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
@@ -398,14 +404,17 @@ def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(food
     from page_floor import classify_without_model
 
     monkeypatch.setattr(serving.FoodVision, "classify", lambda self, path: classify_without_model(self, path, decode))
-    page, photo = Page(foodvision), str(EXAMPLE_PHOTOS[0])
-    (label, timing, *cleared), (_, _, *pictures, kept) = page.predict(photo)
-    assert label == pytest.approx({name: 1 / 3 for name in foodvision.config["class_names"]})
-    assert "**Model:** 0 ms" in timing and cleared == [None] * 4
-    assert all(Image.open(picture).size[0] >= 224 for picture in pictures)
+    pictures, photo = Pictures(), str(EXAMPLE_PHOTOS[0])
+    answered, drawn = Page(foodvision, pictures).predict(photo)
+    assert answered["label"] == pytest.approx({name: 1 / 3 for name in foodvision.class_names})
+    assert "**Model:** 0 ms" in answered["timing"] and answered.keys() == {"label", "timing", *PHOTO_VIEWS}
+    assert all(answered[name] is None for name in PHOTO_VIEWS)
+    kept = drawn.pop("kept")
+    assert drawn.keys() == {"label", "timing", *PHOTO_VIEWS}
+    assert all(Image.open(drawn[name]).size[0] >= 224 for name in PHOTO_VIEWS)
     assert kept.pixels.abs().sum() > 0 if decode else kept.pixels.abs().sum() == 0
-    heads, distance, walk = page.inside(kept, foodvision.predictor.vit.config.num_layers)
-    assert Path(heads).is_file() and Path(distance).is_file() and "Eq. 4" in walk
+    inside = Inside(foodvision, pictures).views(kept, foodvision.predictor.vit.config.num_layers)
+    assert Path(inside["heads"]).is_file() and Path(inside["distance"]).is_file() and "Eq. 4" in inside["walk"]
 
 
 def test_every_handler_computes_on_the_one_torch_thread_and_a_request_left_midway_closes_there():

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from standins import free_port
 
 import train_head
 from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, prepare_dataset
-from standins import free_port
 
 
 def zip_bytes(folder: Path, prefix: str = "") -> bytes:
@@ -195,7 +195,7 @@ def test_unknown_split_is_a_dataset_error(tmp_path):
 def test_training_and_serving_decode_a_photo_alike(tmp_path):
     """One decoder: an EXIF-rotated phone JPEG trains upright and an RGBA PNG trains on white, as they are served."""
     from classifier import DEFAULT_WEIGHTS, PRETRAINED
-    from serving import FoodVision
+    from serving import Preprocessing
 
     sideways = Image.new("RGB", (120, 80), (200, 30, 30))
     sideways.paste((30, 30, 200), (60, 0, 120, 80))
@@ -210,7 +210,7 @@ def test_training_and_serving_decode_a_photo_alike(tmp_path):
         transparent.save(folder / "cutout.png")
     transforms = PRETRAINED[DEFAULT_WEIGHTS].transforms()
     training = ImageDataset(tmp_path, "train", transforms)
-    served = FoodVision(transforms, patch_size=16)
+    served = Preprocessing(transforms, patch_size=16)
     for index, (path, _) in enumerate(training.samples):
         torch.testing.assert_close(training[index][0], served.preprocess(str(path)), rtol=0, atol=0)
     upright = training[[p.name for p, _ in training.samples].index("phone.jpg")][0]

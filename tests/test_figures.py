@@ -359,15 +359,3 @@ def test_the_analyses_run_on_a_tiny_vit(tiny_vit_attentions):
     assert draw_head_maps(attentions[-1][0, :, 0, 1:], image).size == (2 * 32 + 4, 2 * 32 + 4)
     assert draw_filters(components).size == (7 * 32 + 6 * 4, 4 * 32 + 3 * 4)
     assert isinstance(draw_attention_distance(distances), Figure)
-
-
-def test_the_command_line_writes_every_figure_for_a_checkpoint(trained_head_checkpoint, torch_home, tmp_path):
-    """`python figures.py --checkpoint ... --out ...` with the stand-in backbone (conftest): every PNG is written."""
-    import figures
-
-    figures.main(["--checkpoint", str(trained_head_checkpoint), "--out", str(tmp_path)])
-    expected = {"rollout", "head_maps_layer12", "attention_distance", "embedding_filters", "position_similarity"}
-    assert {path.stem for path in tmp_path.glob("*.png")} == expected
-    for path in tmp_path.glob("*.png"):
-        with Image.open(path) as picture:
-            assert picture.width > 100 and picture.height > 100

@@ -38,7 +38,8 @@ def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, to
     assert record["measured"] and record["agreement"]["passed"] and record["agreement"]["inputs"] == 24
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "int8"
-    assert "train_head.py measured it against fp32 on the test split for exactly this setup" in foodvision.status()
+    reason = foodvision.precision_reason
+    assert "train_head.py measured it against fp32 on the test split for exactly this setup" in reason
 
 
 @needs_int8_engine
@@ -47,7 +48,7 @@ def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy
     foodvision = serving.load(str(checkpoint_copy), "cpu")
     assert foodvision.predictor.precision == "int8"
     assert "record is for another setup or did not pass, and a self-check on the bundled photos passed" in (
-        foodvision.status()
+        foodvision.precision_reason
     )
 
 
@@ -55,10 +56,11 @@ def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy
 def test_a_failing_self_check_serves_fp32_and_says_why(checkpoint_copy, torch_home, monkeypatch, capsys):
     edit_record(checkpoint_copy, torch="0.0")
     failing = inference.Agreement(4, 0.75, 0.3, 0.41, 0.1, 0.8)
-    monkeypatch.setattr(serving, "agreement", lambda *args: failing)
+    monkeypatch.setattr(inference, "agreement", lambda *args: failing)
     foodvision = serving.load(str(checkpoint_copy), "cpu")
     assert foodvision.predictor.precision == "fp32"
-    assert "fp32 serves, not int8" in foodvision.status() and "probabilities within 0.4100" in foodvision.status()
+    assert "fp32 serves, not int8" in foodvision.precision_reason
+    assert "probabilities within 0.4100" in foodvision.precision_reason
     assert "Precision: fp32. fp32 serves, not int8" in capsys.readouterr().err  # and in the log
 
 
@@ -69,7 +71,7 @@ def test_a_record_made_with_other_int8_sums_does_not_vouch_for_this_cpu(checkpoi
     other = {"int32": "int16", "int16": "int32"}[inference.int8_sums()]
     edit_record(checkpoint_copy, int8_sums=other)
     foodvision = serving.load(str(checkpoint_copy), "cpu")
-    assert "record is for another setup or did not pass" in foodvision.status()
+    assert "record is for another setup or did not pass" in foodvision.precision_reason
 
 
 def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_checkpoint, torch_home, monkeypatch):
@@ -78,13 +80,13 @@ def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_c
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "fp32"
-    assert "fp32: torch has no int8 kernels for this CPU" in foodvision.status()
+    assert "fp32: torch has no int8 kernels for this CPU" in foodvision.precision_reason
     assert foodvision.classify(str(example_photos()[0])).probabilities
 
 
 def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_home):
     foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
-    assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.status()
+    assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.precision_reason
 
 
 def test_stand_in_weights_are_named_on_the_page_and_the_verdict_is_remembered(torch_home, monkeypatch):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import metadata_load
+from standins import EXAMPLE_PHOTOS, REPO
 
 import deploy
 import serving
-from standins import EXAMPLE_PHOTOS, REPO
+from views import views_in
 
 MODULES = sorted(str(path) for path in REPO.glob("*.py"))
 
@@ -61,11 +62,14 @@ def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(
     tasks = {task: duration for task, duration in decorated}
     assert predict.fn in tasks, "the function bound to the prediction event is not decorated with @spaces.GPU"
     assert 0 < tasks[predict.fn] <= 60  # ZeroGPU's default is 60 s; shorter queues sooner
-    first, last = predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
-    probabilities, timing, patches, attention, rollout, prediction = last
-    assert first[:2] == (probabilities, timing.split(" · **pictures")[0])  # the label first, then the pictures
-    assert probabilities == prediction.probabilities and sum(probabilities.values()) == pytest.approx(1)
-    assert "ms" in timing and all(Path(picture).is_file() for picture in (patches, attention, rollout))
+    first, last = (
+        {block.elem_id: value for block, value in update.items()}
+        for update in predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
+    )
+    probabilities, timing = last["prediction"], last["timing"]
+    assert (first["prediction"], first["timing"]) == (probabilities, timing.split(" · **pictures")[0])  # label first
+    assert sum(probabilities.values()) == pytest.approx(1)
+    assert "ms" in timing and all(Path(last[view.name]).is_file() for view in views_in("photo"))
     assert [function.api_name for function in demo.fns.values() if function.fn in tasks] == ["predict"]
 
 

@@ -1,0 +1,45 @@
+"""The project's shape: modules import only the layers below them, and no file names a path of one machine."""
+
+import subprocess
+
+from standins import REPO
+
+import deploy
+
+# Lowest first. A module imports only modules of lower layers, so the code reads from the bottom up without cycles:
+# the paper and the building blocks, then the served classifier and its training, then the page and the tools.
+LAYERS = (
+    {"model", "images", "devices", "outputs", "hub", "outliers", "fewshot"},
+    {"figures", "classifier", "data"},
+    {"inference"},
+    {"serving", "options", "train_head"},
+    {"views"},
+    {"app", "predict", "deploy", "train_vit"},
+)
+
+
+def test_every_module_has_a_layer_and_imports_only_lower_ones():
+    modules = {path.stem for path in REPO.glob("*.py")}
+    assert modules == set().union(*LAYERS), "a new module: place it in LAYERS"
+    layer_of = {module: depth for depth, layer in enumerate(LAYERS) for module in layer}
+    upward = [
+        f"{module} imports {imported}"
+        for module in sorted(modules)
+        for imported in sorted(deploy.imports_of(REPO, f"{module}.py") & modules)
+        if layer_of[imported] >= layer_of[module]
+    ]
+    assert upward == []
+
+
+def test_no_committed_file_names_a_path_of_one_machine():
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    machine_paths = ("/work/", "/home/", "/Users/", "/tmp/fresh")
+    named = [
+        name
+        for name in files
+        if (REPO / name).suffix in {".py", ".md", ".txt", ".toml", ".ini", ".json", ".yaml", ""}
+        and (REPO / name).is_file()
+        and any(path in (REPO / name).read_text(errors="ignore") for path in machine_paths)
+        and name != "tests/test_project.py"
+    ]
+    assert named == []

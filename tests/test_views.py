@@ -1,0 +1,56 @@
+"""views.py: every view of a photo is defined once and reaches both the page and `python views.py`."""
+
+import pytest
+from PIL import Image
+from standins import EXAMPLE_PHOTOS
+
+import app
+import serving
+import views
+
+
+@pytest.fixture(scope="module")
+def served(trained_head_checkpoint, torch_home):
+    return serving.load(str(trained_head_checkpoint), "cpu", "fp32")
+
+
+def test_the_command_line_saves_every_view_and_the_weights_figures(served, trained_head_checkpoint, tmp_path, capsys):
+    """`python views.py --checkpoint ... --out ...` with the stand-in backbone (conftest): a file for each entry of
+    VIEWS, Markdown for the walk, pictures for the rest, and Figure 7 (left and centre)."""
+    assert views.main(["--checkpoint", str(trained_head_checkpoint), "--out", str(tmp_path)]) == 0
+    pictures = {view.name for view in views.VIEWS if not view.text} | {"embedding_filters", "position_similarity"}
+    assert {path.stem for path in tmp_path.glob("*.png")} == pictures
+    assert {path.stem for path in tmp_path.glob("*.md")} == {view.name for view in views.VIEWS if view.text}
+    for path in tmp_path.glob("*.png"):
+        with Image.open(path) as picture:
+            assert picture.width > 100 and picture.height > 100
+    assert "Eq. 4" in (tmp_path / "walk.md").read_text()
+    assert str(tmp_path / "rollout.png") in capsys.readouterr().out
+
+
+def test_a_checkpoint_that_cannot_load_is_an_error_not_a_figure(tmp_path, capsys):
+    assert views.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 1
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_every_view_is_laid_out_on_the_page_and_filled_by_its_event(served):
+    """One entry in VIEWS is the whole edit: the page has an output with the view's id, and the photo's events fill
+    it (the photo views with the prediction, the inside views after it)."""
+    demo = app.build_demo(served)
+    ids = {block.elem_id for block in demo.blocks.values()}
+    assert {view.name for view in views.VIEWS} <= ids
+    filled = {
+        block.elem_id
+        for dependency in demo.fns.values()
+        for block in dependency.outputs
+        if getattr(block, "elem_id", None)
+    }
+    assert {view.name for view in views.VIEWS} <= filled
+
+
+def test_a_view_can_be_drawn_for_any_layer_and_differs_between_layers(served):
+    analysis = views.PhotoAnalysis.of(served.classify(str(EXAMPLE_PHOTOS[0])), served)
+    weights = views.Weights.of(served)
+    following = tuple(view for view in views.VIEWS if view.follows_layer)
+    first, last = (views.draw_views(following, analysis, weights, layer) for layer in (1, analysis.layers))
+    assert following and all(first[name].tobytes() != last[name].tobytes() for name in first)
