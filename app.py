@@ -36,7 +36,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from classifier import DEFAULT_CHECKPOINT_DIR, describe_weights, trainable_parameters
+from classifier import DEFAULT_CHECKPOINT_DIR, describe_weights, fewshot_line, outliers_line, trainable_parameters
 from devices import available_cpus, torch_thread
 from figures import (
     draw_filters,
@@ -186,6 +186,11 @@ def status(served: FoodVision | NoModel) -> str:
             "The patch view works without a model; predictions need a trained head."
         )
     lines = [f"**Running on** {where(served)}. {served.precision_reason}"]
+    if served.outliers is None:
+        lines.append(
+            "**The not-food check is off:** this head was trained before train_head.py fitted an outlier score, so "
+            "any photo gets a label. Train the head again to turn it on."
+        )
     if not served.weights_check.published:
         lines.append(f"**Warning:** {served.weights_check.describe()}; the predictions are not the real model's.")
     return "\n\n".join(lines)
@@ -208,6 +213,7 @@ def model_info(served: FoodVision) -> str:
     for title, key in (("Metrics after training", "metrics"), ("Training", "training"), ("Data", "data")):
         if served.config.get(key):
             lines.append(f"- **{title}:** {format_record(served.config[key])}")
+    lines += [f"- {line.strip()}" for line in (outliers_line(served.config), fewshot_line(served.config)) if line]
     return "\n".join(lines)
 
 
@@ -237,7 +243,7 @@ class Page:
         two updates of one request, so the label does not wait for the drawing."""
         cleared = {view.name: None for view in PHOTO_VIEWS}  # the previous photo's pictures go
         if not image_path:  # the photo was removed from the page
-            yield {"label": None, "timing": "", "kept": None, **cleared}
+            yield {"label": None, "verdict": "", "timing": "", "kept": None, **cleared}
             return
         started = time.perf_counter()
         prediction = self.served.classify(image_path)
@@ -246,14 +252,14 @@ class Page:
             f"**Model:** {prediction.model_ms:.0f} ms · **prediction:** {answered_ms:.0f} ms "
             f"(decode, preprocess, model; {self.served.device.type})"
         )
-        yield {"label": prediction.probabilities, "timing": timing, **cleared}
+        answer = {"label": prediction.probabilities, "verdict": prediction.warning()}
+        yield answer | {"timing": timing, **cleared}
         analysis = PhotoAnalysis.of(prediction, self.served)
         drawn = draw_views(PHOTO_VIEWS, analysis, Weights.of(self.served))
         pictures = {name: self.pictures.save(picture, name) for name, picture in drawn.items()}
         drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
         # every output again: an API client reads only the last update
-        timing = f"{timing} · **pictures:** {drawn_ms:.0f} ms more"
-        yield {"label": prediction.probabilities, "timing": timing, **pictures, "kept": analysis}
+        yield answer | {"timing": f"{timing} · **pictures:** {drawn_ms:.0f} ms more", **pictures, "kept": analysis}
 
     def patches(self, image_path: str | None) -> str | None:
         """The preprocessed image cut into its grid of patches (needs no model)."""
@@ -342,6 +348,7 @@ def lay_out(served: FoodVision | NoModel, inside: Inside | None) -> tuple[gr.Blo
                 gr.Examples(EXAMPLES, inputs=parts["image"], label="Real photos")
             with gr.Column():
                 parts["label"] = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
+                parts["verdict"] = gr.Markdown(elem_id="verdict")  # says so when the photo looks like no class
                 parts["timing"] = gr.Markdown(label="Prediction time", elem_id="timing")
         with gr.Row():
             parts |= {view.name: image_output(view, grid, patch) for view in PHOTO_VIEWS}
@@ -410,7 +417,7 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
     with Pillow itself and answer a non-image with an error users cannot read, while every upload here goes through
     images.load_rgb's guards and messages."""
     image = parts["image"]
-    outputs, keyed = by_component(parts, ["label", "timing", *(view.name for view in PHOTO_VIEWS), "kept"])
+    outputs, keyed = by_component(parts, ["label", "timing", *(view.name for view in PHOTO_VIEWS), "kept", "verdict"])
 
     @gpu
     @on_the_torch_thread

@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from hub import CONFIG_FILE, WEIGHTS_FILE, is_repo_id
+from outliers import PREFIX as OUTLIERS
+from outliers import OutlierScore, OutlierScoreError
 from outputs import replace_folder, write_atomically
 
 BACKBONE = "vit_b_16"  # the only backbone build_feature_extractor builds
@@ -147,10 +149,17 @@ def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"heads.{name}": tensor.detach().contiguous() for name, tensor in model.heads.state_dict().items()}
 
 
-def save_head(model: nn.Module, directory: str | Path, config: dict, extra_files: dict[str, bytes] | None = None):
-    """Write the head, `config` and `extra_files` (reports) to `directory` atomically (outputs.replace_folder), so
-    no reader ever sees a half-written checkpoint. Only an earlier checkpoint folder (or an empty one) is
-    replaced, so a mistyped --output cannot delete unrelated files. Returns the folder."""
+def save_head(
+    model: nn.Module,
+    directory: str | Path,
+    config: dict,
+    extra_files: dict[str, bytes] | None = None,
+    outlier_score: OutlierScore | None = None,
+):
+    """Write the head (with `outlier_score`'s tensors beside it in the same safetensors file), `config` and
+    `extra_files` (reports) to `directory` atomically (outputs.replace_folder), so no reader ever sees a
+    half-written checkpoint. Only an earlier checkpoint folder (or an empty one) is replaced, so a mistyped
+    --output cannot delete unrelated files. Returns the folder."""
     directory = Path(directory)
     if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
         raise CheckpointError(
@@ -158,7 +167,9 @@ def save_head(model: nn.Module, directory: str | Path, config: dict, extra_files
             "refusing to replace it. Choose another output folder."
         )
     files = {
-        WEIGHTS_FILE: save(head_state_dict(model), metadata={"format": "pt"}),
+        WEIGHTS_FILE: save(
+            head_state_dict(model) | (outlier_score.to_tensors() if outlier_score else {}), metadata={"format": "pt"}
+        ),
         CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
         **(extra_files or {}),
     }
@@ -249,14 +260,29 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
             f"{config['weights']} take {transforms.crop_size[0]} px images; the config is inconsistent."
         )
     expected = {name: tuple(tensor.shape) for name, tensor in head_state_dict(model).items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items() if not name.startswith(OUTLIERS)}
     if found != expected:
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE} holds {found}, but {len(config['class_names'])} classes "
             f"need {expected}; the weights do not match config.json."
         )
-    model.heads.load_state_dict({name.removeprefix("heads."): tensor for name, tensor in state_dict.items()})
+    model.heads.load_state_dict({name.removeprefix("heads."): state_dict[name] for name in expected})
     return model.eval(), transforms, config
+
+
+def load_outlier_score(
+    path_or_repo_id: str | Path, config: dict, feature_dim: int, revision: str | None = None
+) -> OutlierScore | None:
+    """The "is this even food?" score stored beside the head (outliers.py), for a backbone with `feature_dim`
+    features, or None for a checkpoint written before train_head.py fitted one. CheckpointError for stored tensors
+    that do not fit this model or are corrupt."""
+    if not config.get("outliers"):
+        return None
+    path = checkpoint_files(path_or_repo_id, revision) / WEIGHTS_FILE
+    try:
+        return OutlierScore.from_tensors(read_weights(path), feature_dim, len(config["class_names"]))
+    except OutlierScoreError as error:
+        raise CheckpointError(f"{path}: {error} {RETRAIN}") from None
 
 
 def model_card(config: dict) -> str:
@@ -271,8 +297,34 @@ def model_card(config: dict) -> str:
         f"(weights `{config['weights']}`, {config['image_size']} px), trained by FoodVision Mini's train_head.py "
         f"on {data.get('train_images', '?')} images from {data.get('source', '?')}. "
         f"Test accuracy {metrics.get('test_acc', float('nan')):.4f} on {data.get('test_images', '?')} images.\n\n"
+        f"{fewshot_line(config)}{outliers_line(config)}"
         "```python\nfrom classifier import load_classifier  # FoodVision Mini's classifier.py\n"
         'model, transforms, config = load_classifier("<this repo id>")\n```\n'
+    )
+
+
+def fewshot_line(config: dict) -> str:
+    """The few-shot linear evaluation (the paper's Section 4.1 metric) of the frozen features, as a Markdown line."""
+    if not config.get("fewshot"):
+        return ""
+    accuracies = ", ".join(
+        f"{shots} {accuracy:.2f}" for shots, accuracy in config["fewshot"].items() if accuracy is not None
+    )
+    return (
+        f"Few-shot linear evaluation (test accuracy by training photos per class, mean of 3 seeds): {accuracies}.\n\n"
+    )
+
+
+def outliers_line(config: dict) -> str:
+    """The "is this even food?" score stored beside the head, as a Markdown line."""
+    if not config.get("outliers"):
+        return "No outlier score: this head was trained before train_head.py fitted one.\n\n"
+    record = config["outliers"]
+    return (
+        f"Outlier score: {record['method']} (intensity {record['shrinkage']:.3g}), threshold "
+        f"{record['threshold']:.1f} (accepts {record['accepts']:.0%} of the test photos); "
+        f"{record['size_bytes'] / 1e6:.1f} MB of tensors "
+        "in model.safetensors.\n\n"
     )
 
 

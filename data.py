@@ -289,3 +289,23 @@ class ImageDataset(torch.utils.data.Dataset):
         path, label = self.samples[index]
         image = load_image(path)
         return (self.transform(image) if self.transform else image), label
+
+
+class PhotoFolder(ImageDataset):
+    """Every image under a folder, at any depth and without classes (label 0): photos of other things than the
+    classes, against which train_head.py --ood-dir measures the outlier score."""
+
+    def __init__(self, folder: str | Path, transform=None):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DatasetError(f"{folder} is not a folder; --ood-dir takes a folder of images that are not food.")
+        self.dataset_dir, self.class_names, self.transform = folder, [], transform
+        self.samples = [
+            (path, 0)
+            for path in sorted(folder.rglob("*"))
+            if path.suffix.lower() in IMAGE_EXTENSIONS
+            and path.is_file()
+            and not any(is_hidden(Path(part)) for part in path.relative_to(folder).parts)
+        ]
+        if not self.samples:
+            raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")

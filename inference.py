@@ -248,17 +248,22 @@ class Predictor:
                 quantize_dynamic(self.vit.blocks, qconfig, mapping={nn.Linear: linear}, inplace=True)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, attention_maps: list | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, attention_maps: list | None = None, features: list | None = None
+    ) -> torch.Tensor:
         """Logits (B, classes) in float32 for images (B, 3, H, W) as the weights' transforms make them. A list
         passed as attention_maps receives every layer's attention weights in float32, as ViT.forward_features
-        documents."""
-        if self.precision == "fp32" and attention_maps is None:
+        documents; one passed as features receives y = LN(z_L^0) (Eq. 4), (B, D) in float32, the head's input."""
+        if self.precision == "fp32" and attention_maps is None and features is None:
             return self.model(images)
         recorded = [] if attention_maps is not None else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.vit.forward_head(self.vit.forward_features(images, recorded))
+            y = self.vit.forward_features(images, recorded)
+            logits = self.vit.forward_head(y)
         if attention_maps is not None:
             attention_maps.extend(attention.float() for attention in recorded)
+        if features is not None:
+            features.append(y.float())
         return logits.float()
 
     @torch.inference_mode()
@@ -305,10 +310,13 @@ def reference_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def agreement(fast: Predictor, images: torch.Tensor, reference: torch.Tensor) -> Agreement:
+def agreement(
+    fast: Predictor, images: torch.Tensor, reference: torch.Tensor, features: torch.Tensor | None = None
+) -> Agreement:
     """`fast` against fp32 features `reference` (B, D) of the same images, one image at a time; both go through
-    the same fp32 head, so the difference is the backbone's."""
-    features = torch.cat([fast.features(image[None]) for image in images])
+    the same fp32 head, so the difference is the backbone's. `features`: fast's own y of the images, where the
+    caller has them already (fast_features)."""
+    features = fast_features(fast, images) if features is None else features
     head = fast.vit.forward_head
     probabilities, expected = head(features).softmax(dim=-1), head(reference.float()).softmax(dim=-1)
     return Agreement(
@@ -316,6 +324,12 @@ def agreement(fast: Predictor, images: torch.Tensor, reference: torch.Tensor) ->
         **probability_agreement(probabilities, expected),
         worst_feature_cosine=nn.functional.cosine_similarity(features, reference.float(), dim=-1).min().item(),
     )
+
+
+@torch.inference_mode()
+def fast_features(fast: Predictor, images: torch.Tensor) -> torch.Tensor:
+    """y (Eq. 4) of each image computed alone, as the app computes it (int8 scales depend on the batch)."""
+    return torch.cat([fast.features(image[None]) for image in images])
 
 
 def probability_agreement(probabilities: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:

@@ -96,3 +96,24 @@ def plot_curves(history: list[dict]) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def plot_fewshot(fewshot: dict) -> bytes:
+    """Few-shot linear evaluation (fewshot.fewshot_accuracy): test accuracy against training photos per class, each
+    seed a dot and their mean a line, with every photo ("all") and the trained linear head for comparison."""
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    measured = {int(k): result for k, result in fewshot["shots"].items() if k != "all" and result["mean"] is not None}
+    shots = sorted(measured)
+    for k in shots:
+        axis.scatter([k] * len(measured[k]["accuracy_per_seed"]), measured[k]["accuracy_per_seed"], color="0.7", s=12)
+    axis.plot(shots, [measured[k]["mean"] for k in shots], marker="o", label="least squares, k photos a class")
+    axis.axhline(fewshot["shots"]["all"]["mean"], color="C1", linestyle="--", label="least squares, every photo")
+    axis.axhline(fewshot["linear_head_accuracy"], color="C2", linestyle=":", label="the trained linear head")
+    axis.set(xscale="log", xlabel="Training photos per class", ylabel="Test accuracy", ylim=(0, 1.02))
+    axis.set_xticks(shots, [str(k) for k in shots])
+    axis.set_title("Few-shot linear evaluation (paper, Section 4.1)")
+    axis.legend(fontsize=8, loc="lower right")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return buffer.getvalue()

@@ -24,11 +24,13 @@ from classifier import (
     WeightsUnavailableError,
     check_weights_file,
     load_classifier,
+    load_outlier_score,
 )
 from figures import mean_attention_distance
 from images import ImageError, load_rgb
 from inference import Predictor, calibration_images, choose_predictor, vit_from_torchvision
 from model import VIT_CONFIGS, PatchEmbedding
+from outliers import OutlierScore
 
 
 class ServingError(Exception):
@@ -39,12 +41,38 @@ class ServingError(Exception):
         self.title = title
 
 
+@dataclass(frozen=True)
+class OutlierVerdict:
+    """The "is this even food?" check of one photo (outliers.py): its relative Mahalanobis score against the
+    checkpoint's threshold, which accepts 95% of the test split's photos."""
+
+    score: float
+    threshold: float
+
+    @property
+    def is_outlier(self) -> bool:
+        return self.score > self.threshold
+
+
 @dataclass
 class Prediction:
     probabilities: dict[str, float]  # {class name: probability}, in the checkpoint's class order
     pixels: torch.Tensor  # (3, H, W) model input, normalised
     attention_maps: list[torch.Tensor]  # every layer's (heads, 1+N, 1+N), model.py's contract for one image
     model_ms: float
+    outlier: OutlierVerdict | None = None  # None where the checkpoint has no outlier score (the check is off)
+
+    def warning(self) -> str:
+        """What the page, the API and predict.py say when the photo looks like none of the classes; "" otherwise.
+        The label stays, marked as unreliable."""
+        if self.outlier is None or not self.outlier.is_outlier:
+            return ""
+        *others, last = self.probabilities
+        classes = f"{', '.join(others)} or {last}" if others else last
+        return (
+            f"This does not look like {classes} (score {self.outlier.score:.1f}, threshold "
+            f"{self.outlier.threshold:.1f}): the label is unreliable."
+        )
 
 
 @dataclass
@@ -95,6 +123,7 @@ class FoodVision(Preprocessing):
     source: str  # the checkpoint folder or Hub repo id
     device: torch.device
     weights_check: WeightsCheck  # whether the backbone is the published weights file
+    outliers: OutlierScore | None  # the "is this even food?" score, None for a checkpoint from before it
     # Eq. 1 of the served weights on the CPU, for the explanations drawn beside a prediction: on ZeroGPU the model
     # itself is reachable only inside the GPU function
     patch_embedding: PatchEmbedding
@@ -112,14 +141,17 @@ class FoodVision(Preprocessing):
         not a usable photo."""
         pixels = self.preprocess(image_path)
         started = time.perf_counter()
-        attention_maps = []
-        logits = self.predictor(pixels.unsqueeze(0).to(self.device), attention_maps)
+        attention_maps, features = [], []
+        logits = self.predictor(pixels.unsqueeze(0).to(self.device), attention_maps, features)
         if self.device.type == "cuda":  # CUDA kernels run after their launch returns: wait, or the clock reads launches
             torch.cuda.synchronize(self.device)
         model_ms = (time.perf_counter() - started) * 1000
         probabilities = logits.float().softmax(dim=-1)[0].tolist()
         maps = [attention[0].cpu() for attention in attention_maps]
-        return Prediction(dict(zip(self.class_names, probabilities)), pixels, maps, model_ms)
+        outlier = None
+        if self.outliers is not None:  # scored from the y (Eq. 4) of this very pass, in the served precision
+            outlier = OutlierVerdict(self.outliers.score(features[0].cpu()).item(), self.outliers.threshold)
+        return Prediction(dict(zip(self.class_names, probabilities)), pixels, maps, model_ms, outlier)
 
 
 def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto") -> FoodVision | NoModel:
@@ -129,6 +161,7 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
     try:
         model, transforms, config = load_classifier(source)
+        outliers = load_outlier_score(source, config, model.hidden_dim)
     except (CheckpointError, WeightsUnavailableError) as error:
         return NoModel.because(source, str(error))
     device = torch.device(device)
@@ -155,6 +188,7 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         source=source,
         device=device,
         weights_check=weights_check,
+        outliers=outliers,
         patch_embedding=copy.deepcopy(vit.patch_embedding),
         reference_distances=mean_attention_distance(attention_maps, model.patch_size),
     )

@@ -28,6 +28,7 @@ import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
+import outliers
 from classifier import (
     BACKBONE,
     CONFIG_FILE,
@@ -44,12 +45,15 @@ from classifier import (
     save_head,
     trainable_parameters,
 )
-from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
+from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, PhotoFolder, prepare_dataset
 from devices import resolve_device
-from inference import Predictor, agreement, calibration_images, int8_setup, resolve_precision
-from outputs import epoch_line, plot_curves
+from fewshot import fewshot_accuracy
+from inference import Predictor, agreement, calibration_images, fast_features, int8_setup, resolve_precision
+from outliers import OutlierScore
+from outputs import epoch_line, plot_curves, plot_fewshot
 
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
+ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
 
 
 def extract_features(
@@ -118,22 +122,66 @@ def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batc
     return history
 
 
-def measure_int8(model: nn.Module, test_set: ImageDataset, test_features: torch.Tensor, weights: str) -> dict:
+def measure_int8(
+    model: nn.Module, test_set: ImageDataset, test_features: torch.Tensor, weights: str, outlier_score: OutlierScore
+) -> dict:
     """The app's int8 path against fp32 on the test split, with these very weights (real pretrained ViTs have the
     outlier channels a random backbone lacks): top-1 agreement, the largest probability difference and the worst
-    feature cosine, with the setup the measurement holds for (inference.int8_setup). The app serves int8 only where
-    such a record passed for its own setup, or its self-check does."""
+    feature cosine, with the setup the measurement holds for (inference.int8_setup), and how far the outlier
+    score moves. The app serves int8 only where such a record passed for its own setup, or its self-check does."""
     if resolve_precision("auto", torch.device("cpu")) != "int8":
         return {"measured": False, "why": "torch has no int8 kernels for this CPU; the app will not serve int8"}
     fast = Predictor(model, "int8", calibration_images(test_set.transform))
-    images = [test_set[index][0] for index in tqdm(range(len(test_set)), desc="int8 check (test split)", leave=False)]
-    measured = agreement(fast, torch.stack(images), test_features)
+    images = torch.stack(
+        [test_set[index][0] for index in tqdm(range(len(test_set)), desc="int8 check (test split)", leave=False)]
+    )
+    int8_features = fast_features(fast, images)
+    measured = agreement(fast, images, test_features, int8_features)
     tqdm.write(f"int8 path against fp32 on the test split: {measured.describe()}")
+    fp32_scores, int8_scores = outlier_score.score(test_features), outlier_score.score(int8_features)
     return {
         "measured": True,
         "setup": int8_setup(check_weights_file(weights).sha256),
         "agreement": measured.as_record(),
+        "outlier_score": {
+            "max_difference": (int8_scores - fp32_scores).abs().max().item(),
+            "threshold": outlier_score.threshold,
+            "decisions_changed": (outlier_score.is_outlier(int8_scores) != outlier_score.is_outlier(fp32_scores))
+            .sum()
+            .item(),
+        },
     }
+
+
+def evaluate_features(
+    train: tuple, test: tuple, ood_features: torch.Tensor | None, class_names: list[str], linear_head_accuracy: float
+) -> tuple[OutlierScore, dict]:
+    """The frozen features put to work, on the cached features alone (no backbone pass): the "is this even food?"
+    score fitted on the training photos with the threshold that accepts ACCEPTED of the test photos, measured
+    against `ood_features` (photos of other things) where given; and the paper's few-shot linear evaluation
+    (Section 4.1), beside the trained linear head's accuracy. Returns the score and evaluation.json's entries."""
+    outlier_score = outliers.fit(*train, len(class_names))
+    outlier_score.set_threshold(test[0], ACCEPTED)
+    test_scores = outlier_score.score(test[0])
+    report = {
+        "method": "relative Mahalanobis distance (Ren et al. 2021) on y = LN(z_L^0), Ledoit-Wolf shrinkage",
+        "shrinkage": outlier_score.shrinkage,
+        "threshold": outlier_score.threshold,
+        "accepts": ACCEPTED,
+        "test_scores": outliers.summary(test_scores),
+        "size_bytes": outlier_score.size_bytes(),
+    }
+    if ood_features is not None:
+        ood_scores = outlier_score.score(ood_features)
+        report["ood"] = {
+            "photos": len(ood_features),
+            "auroc": outliers.auroc(test_scores, ood_scores),
+            "fpr_at_95_tpr": outliers.fpr_at_tpr(test_scores, ood_scores, ACCEPTED),
+            "flagged": outlier_score.is_outlier(ood_scores).double().mean().item(),
+            "scores": outliers.summary(ood_scores),
+        }
+    few_shot = fewshot_accuracy(*train, *test, len(class_names)) | {"linear_head_accuracy": linear_head_accuracy}
+    return outlier_score, {"outliers": report, "fewshot": few_shot}
 
 
 def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:
@@ -176,9 +224,11 @@ def train_head(
     seed: int = 42,
     download_dir: str | Path = DEFAULT_ROOT,
     device: str | None = None,
+    ood_dir: str | Path | None = None,
 ) -> Path:
     """Train a head on the dataset (a local `data_dir`, else the download of `dataset_url` or of
-    the course's `split`) and save the checkpoint with its reports to `output_dir`, returned.
+    the course's `split`) and save the checkpoint with its reports to `output_dir`, returned. `ood_dir`: a folder
+    of photos of other things, against which the outlier score's AUROC is measured.
     The backbone runs on `device` (default: CUDA when available, else CPU); the head, one Linear layer, trains
     on the CPU, where 10 epochs take well under a second.
 
@@ -191,6 +241,7 @@ def train_head(
     dataset_dir = prepare_dataset(data_dir, split, dataset_url, download_dir)
     train_set = ImageDataset(dataset_dir, "train")
     test_set = ImageDataset(dataset_dir, "test")
+    ood_set = PhotoFolder(ood_dir) if ood_dir is not None else None
     class_names = train_set.class_names
     torch.manual_seed(seed)  # the new head's initialisation
     model, transforms = build_feature_extractor(weights, class_names)
@@ -199,6 +250,10 @@ def train_head(
     model.to(device)
     train = extract_features(model, train_set, batch_size, "Backbone features (train)", device)
     test = extract_features(model, test_set, batch_size, "Backbone features (test)", device)
+    ood_features = None
+    if ood_set is not None:
+        ood_set.transform = transforms
+        ood_features, _ = extract_features(model, ood_set, batch_size, "Backbone features (--ood-dir)", device)
     model.cpu()
     features_seconds = time.perf_counter() - started
     history = fit(model.heads, train, test, epochs, lr, batch_size, seed)
@@ -206,6 +261,13 @@ def train_head(
     _, _, test_logits = evaluate(model.heads, *test, nn.CrossEntropyLoss())
     paths = [path.relative_to(dataset_dir).as_posix() for path, _ in test_set.samples]
     evaluation = evaluation_summary(test_logits, test[1], class_names, paths)
+    evaluated = time.perf_counter()
+    outlier_score, feature_evaluation = evaluate_features(
+        train, test, ood_features, class_names, evaluation["test_accuracy"]
+    )
+    evaluation |= feature_evaluation
+    evaluation_seconds = time.perf_counter() - evaluated
+    few_shot = evaluation["fewshot"]["shots"]
     final = {key: value for key, value in history[-1].items() if key != "epoch"}
     config = dict(
         backbone=BACKBONE,
@@ -230,18 +292,28 @@ def train_head(
             test_images=len(test_set),
         ),
         versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
-        int8=measure_int8(model, test_set, test[0], weights),
+        int8=measure_int8(model, test_set, test[0], weights, outlier_score),
+        # the tensors themselves travel in model.safetensors, under "outliers."
+        outliers={
+            key: evaluation["outliers"][key] for key in ("method", "shrinkage", "threshold", "accepts", "size_bytes")
+        },
+        fewshot={shots: result["mean"] for shots, result in few_shot.items()},
     )
     metrics = dict(
-        history=history, device=device, features_seconds=features_seconds, head_training_seconds=training_seconds
+        history=history,
+        device=device,
+        features_seconds=features_seconds,
+        head_training_seconds=training_seconds,
+        outliers_and_fewshot_seconds=evaluation_seconds,
     )
     reports = {
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "evaluation.json": (json.dumps(evaluation, indent=2) + "\n").encode(),
         "loss_curves.png": plot_curves(history),
+        "fewshot.png": plot_fewshot(evaluation["fewshot"]),
         "README.md": model_card(config).encode(),
     }
-    output_dir = save_head(model, output_dir, config, reports)
+    output_dir = save_head(model, output_dir, config, reports, outlier_score)
     per_class = ", ".join(f"{name} {acc:.2f}" for name, acc in evaluation["per_class_accuracy"].items())
     print(f"Test accuracy {evaluation['test_accuracy']:.4f} ({per_class}). Saved {output_dir}")
     return output_dir
@@ -300,6 +372,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="%(default)s")
     training.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="%(default)s")
     training.add_argument("--device", help="where the backbone runs, e.g. cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--ood-dir",
+        type=Path,
+        help="a folder of photos that are not food: the outlier score's AUROC and FPR at 95%% TPR against it go "
+        "into evaluation.json",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output", default=DEFAULTS["output_dir"], type=Path, help="checkpoint folder (default: %(default)s)"
@@ -327,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             download_dir=args.download_dir,
             device=args.device,
+            ood_dir=args.ood_dir,
         )
     except (DatasetError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

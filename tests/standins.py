@@ -79,6 +79,47 @@ def draw_food_image(class_name: str, rng: np.random.Generator, size: int = 64) -
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+NON_FOOD_KINDS = ("noise", "text", "stripes", "triangle", "gradient")
+
+
+def draw_non_food_image(kind: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """A small picture of something that is none of GENERATED_CLASSES: coloured noise, a line of text on paper,
+    stripes, a blue or green triangle, or a smooth gradient."""
+    if kind == "noise":
+        return Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
+    if kind == "gradient":
+        ramp = np.linspace(0, 1, size, dtype=np.float32)
+        start, end = rng.integers(0, 256, size=(2, 3))
+        pixels = start + (end - start) * ramp[:, None, None] * np.ones((size, size, 1), np.float32)
+        return Image.fromarray(pixels.astype(np.uint8))
+    image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(180, 256, size=3)))
+    draw = ImageDraw.Draw(image)
+    if kind == "text":
+        for row in range(0, size, 12):
+            words = "".join(chr(int(c)) for c in rng.integers(97, 123, size=10))
+            draw.text((2, row), words, fill=(0, 0, 0))
+    elif kind == "stripes":
+        width = int(rng.integers(3, 9))
+        colour = tuple(int(v) for v in rng.integers(0, 120, size=3))
+        for x in range(0, size, 2 * width):
+            draw.rectangle((x, 0, x + width - 1, size), fill=colour)
+    else:
+        colour = (int(rng.integers(0, 60)), int(rng.integers(100, 200)), int(rng.integers(150, 256)))
+        points = [tuple(int(v) for v in rng.integers(0, size, size=2)) for _ in range(3)]
+        draw.polygon(points, fill=colour[:: 1 if rng.random() < 0.5 else -1])
+    return image
+
+
+def write_non_food_folder(folder: Path, per_kind: int, seed: int = 1) -> Path:
+    """A folder of drawn non-food pictures, per_kind of each of NON_FOOD_KINDS (train_head.py --ood-dir)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for kind in NON_FOOD_KINDS:
+        for index in range(per_kind):
+            draw_non_food_image(kind, rng).save(folder / f"{kind}-{index}.png")
+    return folder
+
+
 def write_food_dataset(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
     """A dataset folder in the course layout: root/{train,test}/<class>/<n>.jpg."""
     rng = np.random.default_rng(seed)

@@ -83,7 +83,8 @@ def reference(trained_head_checkpoint, torch_home):
 
 
 def assert_prediction(result, expected: dict[str, float]):
-    label, timing, patches, attention, rollout = result
+    label, timing, patches, attention, rollout, verdict = result
+    assert verdict == "" or "does not look like pizza, steak or sushi" in verdict
     probabilities = probabilities_of(label)
     assert set(probabilities) == set(expected) and len(probabilities) == 3
     assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
@@ -96,10 +97,11 @@ def assert_prediction(result, expected: dict[str, float]):
 
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda path: f"{path.parent.name}/{path.name}")
-def test_real_photo_prediction_and_patch_grid(client, reference, photo):
+def test_real_photo_prediction_and_patch_grid(client, reference, foodvision, photo):
     expected_probabilities, expected_grid = reference(photo)
     result = client.predict(handle_file(photo), api_name="/predict")
     assert_prediction(result, expected_probabilities)
+    assert result[-1] == foodvision.classify(photo).warning()  # the not-food verdict, as the page computes it
     assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)  # one event, one decode
 
     grid = np.asarray(Image.open(client.predict(handle_file(photo), api_name="/patches")).convert("RGB"))
@@ -407,10 +409,10 @@ def test_the_floor_benchmarks_prediction_without_the_model_feeds_every_view(food
     pictures, photo = Pictures(), str(EXAMPLE_PHOTOS[0])
     answered, drawn = Page(foodvision, pictures).predict(photo)
     assert answered["label"] == pytest.approx({name: 1 / 3 for name in foodvision.class_names})
-    assert "**Model:** 0 ms" in answered["timing"] and answered.keys() == {"label", "timing", *PHOTO_VIEWS}
+    assert "**Model:** 0 ms" in answered["timing"] and answered.keys() == {"label", "verdict", "timing", *PHOTO_VIEWS}
     assert all(answered[name] is None for name in PHOTO_VIEWS)
     kept = drawn.pop("kept")
-    assert drawn.keys() == {"label", "timing", *PHOTO_VIEWS}
+    assert drawn.keys() == {"label", "verdict", "timing", *PHOTO_VIEWS}
     assert all(Image.open(drawn[name]).size[0] >= 224 for name in PHOTO_VIEWS)
     assert kept.pixels.abs().sum() > 0 if decode else kept.pixels.abs().sum() == 0
     inside = Inside(foodvision, pictures).views(kept, foodvision.predictor.vit.config.num_layers)

@@ -1,18 +1,25 @@
-"""serving.py: which precision serves and why. The int8 path serves only where it has proven itself on the weights
-being served (a passing record for exactly this setup, or a self-check on the bundled photos), and the page says
-which weights file is serving: torchvision checks the SHA-256 in its file name only when it downloads."""
+"""serving.py: loading gives a FoodVision or a NoModel; which precision serves and why (the int8 path serves only
+where it has proven itself on the weights being served: a passing record for exactly this setup, or a self-check on
+the bundled photos); and the "is this even food?" verdict of each prediction."""
 
-import hashlib
 import json
+import math
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image
 
-import classifier
+import app
 import inference
+import outliers
+import predict
 import serving
-from classifier import CONFIG_FILE, check_weights_file
+from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file
 from figures import mean_attention_distance
 from images import example_photos
 
@@ -89,31 +96,6 @@ def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_ho
     assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.precision_reason
 
 
-def test_stand_in_weights_are_named_on_the_page_and_the_verdict_is_remembered(torch_home, monkeypatch):
-    verdict = check_weights_file("IMAGENET1K_V1")
-    assert not verdict.published and verdict.expected_prefix == "c867db91"
-    assert "these are not the published IMAGENET1K_V1 weights" in verdict.describe()
-    file = verdict.file
-    assert hashlib.sha256(file.read_bytes()).hexdigest() == verdict.sha256
-
-    def no_hashing(*args):
-        raise AssertionError("hashed again although size and modification time are unchanged")
-
-    monkeypatch.setattr(classifier.hashlib, "sha256", no_hashing)
-    assert check_weights_file("IMAGENET1K_V1") == verdict
-
-
-def test_a_file_matching_its_name_is_the_published_one(tmp_path, monkeypatch):
-    content = b"stand-in weights"
-    prefix = hashlib.sha256(content).hexdigest()[:8]
-    file = tmp_path / f"vit_b_16-{prefix}.pth"
-    file.write_bytes(content)
-    monkeypatch.setattr(classifier, "cache_file", lambda weights: file)
-    assert check_weights_file("IMAGENET1K_V1").published
-    file.write_bytes(b"something else")  # a different size: hashed again
-    assert not check_weights_file("IMAGENET1K_V1").published
-
-
 @needs_int8_engine
 def test_the_record_names_everything_it_depends_on(trained_head_checkpoint, torch_home):
     setup = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]["setup"]
@@ -131,3 +113,70 @@ def test_the_examples_reference_distances_are_computed_at_load_from_each_example
     ]
     assert len(per_photo) >= 2 and not torch.allclose(per_photo[0], per_photo[1])  # an average of differing photos
     assert torch.allclose(foodvision.reference_distances, torch.stack(per_photo).mean(dim=0), atol=1e-3)
+
+
+def scored_photos(foodvision, pictures: list[Image.Image], folder: Path) -> tuple[torch.Tensor, list[str]]:
+    """The served outlier scores and warnings of pictures, each classified from a file as uploads are."""
+    folder.mkdir(exist_ok=True)
+    scores, warnings = [], []
+    for index, picture in enumerate(pictures):
+        picture.save(folder / f"{index}.png")
+        prediction = foodvision.classify(str(folder / f"{index}.png"))
+        scores.append(prediction.outlier.score)
+        warnings.append(prediction.warning())
+    return torch.tensor(scores), warnings
+
+
+def test_the_served_verdict_flags_drawn_non_food_on_every_precision(ood_trained_head, torch_home, tmp_path, capsys):
+    """Fresh drawn food and non-food, never seen in training: the score separates them on the fp32 and the int8
+    path alike (it is computed from the served pass's own y), the threshold still accepts about 95% of the food,
+    and a flagged photo's warning is what the page, the API and predict.py say."""
+    rng = np.random.default_rng(11)
+    food = [draw_food_image(name, rng) for name in GENERATED_CLASSES for _ in range(10)]
+    non_food = [draw_non_food_image(kind, rng) for kind in NON_FOOD_KINDS for _ in range(6)]
+    precisions = ["fp32"] + (["int8"] if inference.int8_sums() else [])
+    measured = {}
+    for precision in precisions:
+        served = serving.load(str(ood_trained_head), "cpu", precision)
+        food_scores, food_warnings = scored_photos(served, food, tmp_path / f"food-{precision}")
+        other_scores, other_warnings = scored_photos(served, non_food, tmp_path / f"other-{precision}")
+        measured[precision] = outliers.auroc(food_scores, other_scores)
+        flagged_food = (food_scores > served.outliers.threshold).double().mean().item()
+        # 5% expected; three binomial standard deviations over 30 photos allow up to 17%
+        assert flagged_food <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(food))
+        assert sum(map(bool, other_warnings)) > sum(map(bool, food_warnings))
+        assert all(
+            bool(warning) == (score > served.outliers.threshold) for warning, score in zip(other_warnings, other_scores)
+        )
+        worst = other_warnings[int(other_scores.argmax())]
+        assert "does not look like pizza, steak or sushi" in worst and "threshold" in worst
+    assert measured["fp32"] > 0.75, measured
+    if "int8" in measured:
+        assert abs(measured["int8"] - measured["fp32"]) < 0.05, measured
+    photo = tmp_path / f"other-{precisions[-1]}" / f"{int(other_scores.argmax())}.png"
+    assert predict.main([str(photo), "--checkpoint", str(ood_trained_head), "--precision", precisions[-1]]) == 0
+    assert "  warning: This does not look like pizza, steak or sushi" in capsys.readouterr().out
+
+
+def test_a_checkpoint_from_before_the_score_serves_and_says_the_check_is_off(checkpoint_copy, torch_home):
+    config = json.loads((checkpoint_copy / CONFIG_FILE).read_text())
+    del config["outliers"]
+    (checkpoint_copy / CONFIG_FILE).write_text(json.dumps(config))
+    tensors = load_file(checkpoint_copy / WEIGHTS_FILE)
+    save_file(
+        {name: tensor for name, tensor in tensors.items() if name.startswith("heads.")}, checkpoint_copy / WEIGHTS_FILE
+    )
+    served = serving.load(str(checkpoint_copy), "cpu", "fp32")
+    assert served.outliers is None
+    prediction = served.classify(str(example_photos()[0]))
+    assert prediction.outlier is None and prediction.warning() == "" and prediction.probabilities
+    assert "The not-food check is off" in app.status(served)
+
+
+def test_a_mismatched_score_is_a_clear_error_on_the_page(checkpoint_copy, torch_home):
+    tensors = load_file(checkpoint_copy / WEIGHTS_FILE)
+    save_file(tensors | {"outliers.class_precision": torch.eye(384)}, checkpoint_copy / WEIGHTS_FILE)
+    served = serving.load(str(checkpoint_copy), "cpu")
+    assert isinstance(served, serving.NoModel)
+    assert "outliers.class_precision has shape (384, 384)" in served.problem and "train_head.py" in served.problem
+    assert "No model is serving" in app.status(served)
