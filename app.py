@@ -8,10 +8,9 @@ the paper's own analyses of the served model on this photo (Figures 6 and 7, the
 
 Loading lives in serving.py, the precision's choice in inference.py, the views of a photo in views.py; this file
 holds the page's text, its layout (lay_out), its events (wire), the translation of serving errors into messages on
-the page, and `main`. It is also the Hugging Face Space, on
-every hardware: on ZeroGPU the prediction runs inside a `@spaces.GPU` function, elsewhere that decorator changes
-nothing, and without the `spaces` package there is none. `import app` builds nothing; `python app.py` serves.
-"""
+the page, and `main`. It is also the Hugging Face Space, on every hardware: on ZeroGPU the prediction runs inside a
+`@spaces.GPU` function, elsewhere that decorator changes nothing, and without the `spaces` package there is none.
+`import app` builds nothing; `python app.py` serves."""
 
 import argparse
 import contextlib
@@ -231,8 +230,8 @@ PHOTO_VIEWS, INSIDE_VIEWS = views_in("photo"), views_in("inside")
 
 class Page:
     """What the page computes for a photo, from one decode and one model pass (serving's classify), as updates
-    keyed by output name: "label", "timing", "kept" (the PhotoAnalysis the deeper views draw from) and each view's
-    name (views.VIEWS)."""
+    keyed by output name: "label", "verdict" (serving.Prediction.warning), "timing", "kept" (the PhotoAnalysis the
+    deeper views draw from) and each view's name (views.VIEWS)."""
 
     def __init__(self, served: FoodVision | NoModel, pictures: Pictures):
         self.served = served
@@ -253,7 +252,7 @@ class Page:
             f"(decode, preprocess, model; {self.served.device.type})"
         )
         answer = {"label": prediction.probabilities, "verdict": prediction.warning()}
-        yield answer | {"timing": timing, **cleared}
+        yield answer | {"timing": timing, "kept": None, **cleared}  # the deeper views wait for this photo's
         analysis = PhotoAnalysis.of(prediction, self.served)
         drawn = draw_views(PHOTO_VIEWS, analysis, Weights.of(self.served))
         pictures = {name: self.pictures.save(picture, name) for name, picture in drawn.items()}
@@ -494,7 +493,7 @@ RELOAD_WHEN_TRAINED = "(notice) => { if (notice.startsWith('### Ready')) setTime
 
 
 def train_behind_a_notice(args: argparse.Namespace) -> str | None:
-    """The first start with no head: train one (serving.train_default_head, minutes) while a small page at the
+    """The first start with no head: train one (train_head.train_default_head, minutes) while a small page at the
     app's address says so, instead of a page that does not answer; then close that page. Returns why training
     failed, or None."""
     started, outcome = time.monotonic(), {}

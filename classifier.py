@@ -1,11 +1,10 @@
 """The classifier FoodVision Mini serves: torchvision's pretrained vit_b_16, frozen, with a small trained head.
 
-The backbone is torchvision's published weights, so a head checkpoint is a folder holding only the head
-(model.safetensors, a few KB) and config.json (class names, backbone and weights name, image size, metrics,
-training data), which together rebuild the classifier with no outside knowledge; the course pickled the whole
-model instead. The same folder loads from disk or from a Hugging Face Hub model repo (`user/foodvision-mini`).
-No pickle is involved: safetensors holds only tensors, JSON only data.
-"""
+The backbone is torchvision's published weights, so a head checkpoint is a folder holding only the head and the
+outlier score's Gaussians (model.safetensors, about 5 MB, nearly all of it the Gaussians) and config.json (class
+names, backbone and weights name, image size, metrics, training data), which together rebuild the classifier with no
+outside knowledge; the course pickled the whole model instead. The same folder loads from disk or from a Hugging
+Face Hub model repo (`user/foodvision-mini`). No pickle is involved: safetensors holds only tensors, JSON only data."""
 
 import hashlib
 import json
@@ -270,15 +269,14 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
     return model.eval(), transforms, config
 
 
-def load_outlier_score(
-    path_or_repo_id: str | Path, config: dict, feature_dim: int, revision: str | None = None
-) -> OutlierScore | None:
-    """The "is this even food?" score stored beside the head (outliers.py), for a backbone with `feature_dim`
-    features, or None for a checkpoint written before train_head.py fitted one. CheckpointError for stored tensors
-    that do not fit this model or are corrupt."""
+def load_outlier_score(directory: Path, config: dict, feature_dim: int) -> OutlierScore | None:
+    """The "is this even food?" score stored beside the head (outliers.py) in the checkpoint folder that
+    load_classifier read (checkpoint_files), for a backbone with `feature_dim` features, or None for a checkpoint
+    written before train_head.py fitted one. CheckpointError for stored tensors that do not fit this model or are
+    corrupt."""
     if not config.get("outliers"):
         return None
-    path = checkpoint_files(path_or_repo_id, revision) / WEIGHTS_FILE
+    path = Path(directory) / WEIGHTS_FILE
     try:
         return OutlierScore.from_tensors(read_weights(path), feature_dim, len(config["class_names"]))
     except OutlierScoreError as error:
@@ -307,24 +305,23 @@ def fewshot_line(config: dict) -> str:
     """The few-shot linear evaluation (the paper's Section 4.1 metric) of the frozen features, as a Markdown line."""
     if not config.get("fewshot"):
         return ""
-    accuracies = ", ".join(
-        f"{shots} {accuracy:.2f}" for shots, accuracy in config["fewshot"].items() if accuracy is not None
-    )
+    record = config["fewshot"]
+    accuracies = ", ".join(f"{shots} {value:.2f}" for shots, value in record["accuracy"].items() if value is not None)
     return (
-        f"Few-shot linear evaluation (test accuracy by training photos per class, mean of 3 seeds): {accuracies}.\n\n"
+        f"Few-shot linear evaluation (test accuracy by training photos per class, mean of {record['seeds']} seeds): "
+        f"{accuracies}.\n\n"
     )
 
 
 def outliers_line(config: dict) -> str:
     """The "is this even food?" score stored beside the head, as a Markdown line."""
     if not config.get("outliers"):
-        return "No outlier score: this head was trained before train_head.py fitted one.\n\n"
+        return ""  # a head from before the score: the app's status line says that its check is off
     record = config["outliers"]
     return (
         f"Outlier score: {record['method']} (intensity {record['shrinkage']:.3g}), threshold "
         f"{record['threshold']:.1f} (accepts {record['accepts']:.0%} of the test photos); "
-        f"{record['size_bytes'] / 1e6:.1f} MB of tensors "
-        "in model.safetensors.\n\n"
+        f"{record['size_bytes'] / 1e6:.1f} MB of tensors in model.safetensors.\n\n"
     )
 
 

@@ -247,9 +247,13 @@ def check_dataset(dataset_dir: Path) -> None:
     """Check the layout, the classes and that every image decodes, naming all the bad files at
     once so they can be fixed in one go."""
     class_names = class_names_of(dataset_dir)
-    paths = [path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)]
+    check_images([path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)], dataset_dir)
+
+
+def check_images(paths: list[Path], folder: Path) -> None:
+    """Every image of `folder` decodes, or a DatasetError listing all that do not."""
     unreadable = []
-    for path in tqdm(paths, desc=f"Checking {dataset_dir}", unit="image", leave=False):
+    for path in tqdm(paths, desc=f"Checking {folder}", unit="image", leave=False):
         try:
             load_rgb(path, min_size=64)  # JPEGs decode at a reduced scale; the whole file is still read
         except ImageError as error:
@@ -258,7 +262,7 @@ def check_dataset(dataset_dir: Path) -> None:
         listed = "; ".join(unreadable[:MAX_LISTED_FILES])
         more = f" and {len(unreadable) - MAX_LISTED_FILES} more" if len(unreadable) > MAX_LISTED_FILES else ""
         raise DatasetError(
-            f"{len(unreadable)} of {len(paths)} images in {dataset_dir} cannot be read: {listed}{more}. "
+            f"{len(unreadable)} of {len(paths)} images in {folder} cannot be read: {listed}{more}. "
             "Delete or replace these files, then run again."
         )
 
@@ -309,3 +313,4 @@ class PhotoFolder(ImageDataset):
         ]
         if not self.samples:
             raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        check_images([path for path, _ in self.samples], folder)

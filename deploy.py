@@ -163,8 +163,7 @@ def space_files(app_dir: Path) -> list[str]:
 
 
 def space_modules(app_dir: Path) -> list[str]:
-    """ENTRY_POINT and every top-level project module it imports, at any depth and inside functions too (the
-    first-run training imports train_head.py there)."""
+    """ENTRY_POINT and every top-level project module it imports, at any depth, inside functions too."""
     project = {path.stem for path in app_dir.glob("*.py") if path.is_file()}
     reached, waiting = set(), [ENTRY_POINT.removesuffix(".py")]
     while waiting:

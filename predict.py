@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{name} {p:.3f}" for name, p in top)
             + f" | model {prediction.model_ms:.0f} ms, total {total_ms:.0f} ms"
         )
-        if prediction.warning():
-            print(f"  warning: {prediction.warning()}")
+        if warning := prediction.warning():
+            print(f"  warning: {warning}")
         if args.figures:
             print(f"  figure: {save_figure(image_path, *top[0], args.figures)}")
     return 1 if failures else 0

@@ -23,6 +23,7 @@ from classifier import (
     WeightsCheck,
     WeightsUnavailableError,
     check_weights_file,
+    checkpoint_files,
     load_classifier,
     load_outlier_score,
 )
@@ -44,7 +45,7 @@ class ServingError(Exception):
 @dataclass(frozen=True)
 class OutlierVerdict:
     """The "is this even food?" check of one photo (outliers.py): its relative Mahalanobis score against the
-    checkpoint's threshold, which accepts 95% of the test split's photos."""
+    checkpoint's threshold, set by train_head.py on the test split."""
 
     score: float
     threshold: float
@@ -160,8 +161,9 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     (train_head.train_default_head)."""
     source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
     try:
-        model, transforms, config = load_classifier(source)
-        outliers = load_outlier_score(source, config, model.hidden_dim)
+        folder = checkpoint_files(source)  # resolved once: a Hub repo's head and score come from one snapshot
+        model, transforms, config = load_classifier(folder)
+        outliers = load_outlier_score(folder, config, model.hidden_dim)
     except (CheckpointError, WeightsUnavailableError) as error:
         return NoModel.because(source, str(error))
     device = torch.device(device)

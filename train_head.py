@@ -10,9 +10,10 @@ seed 42).
     python train_head.py --split 20_percent    # the course's best run
     python train_head.py --data-dir my_photos  # any train/<class>, test/<class> folder
 
-Writes a tiny checkpoint (model.safetensors + config.json, see classifier.py) together with
-metrics.json, loss_curves.png, evaluation.json and a model card (README.md) into --output,
-which --push-to-hub publishes as it is.
+Writes a checkpoint (model.safetensors + config.json, see classifier.py) together with metrics.json,
+loss_curves.png, fewshot.png, evaluation.json and a model card (README.md) into --output, which --push-to-hub
+publishes as it is. From the same cached features it fits the outlier score (outliers.py) and runs the paper's
+few-shot linear evaluation (fewshot.py).
 """
 
 import argparse
@@ -176,7 +177,7 @@ def evaluate_features(
         report["ood"] = {
             "photos": len(ood_features),
             "auroc": outliers.auroc(test_scores, ood_scores),
-            "fpr_at_95_tpr": outliers.fpr_at_tpr(test_scores, ood_scores, ACCEPTED),
+            "fpr_at_95_tpr": outliers.fpr_at_tpr(test_scores, ood_scores, tpr=0.95),
             "flagged": outlier_score.is_outlier(ood_scores).double().mean().item(),
             "scores": outliers.summary(ood_scores),
         }
@@ -297,7 +298,10 @@ def train_head(
         outliers={
             key: evaluation["outliers"][key] for key in ("method", "shrinkage", "threshold", "accepts", "size_bytes")
         },
-        fewshot={shots: result["mean"] for shots, result in few_shot.items()},
+        fewshot={
+            "seeds": evaluation["fewshot"]["seeds"],
+            "accuracy": {shots: result["mean"] for shots, result in few_shot.items()},
+        },
     )
     metrics = dict(
         history=history,
@@ -339,7 +343,7 @@ def train_default_head() -> None:
     print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
     try:
         train_head(output_dir=DEFAULT_CHECKPOINT_DIR, device="cpu" if os.environ.get("SPACES_ZERO_GPU") else None)
-    except (DatasetError, WeightsUnavailableError, CheckpointError) as error:
+    except (DatasetError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         raise TrainingUnavailable(
             f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
             "To fix it, either run python train_head.py where the dataset and the pretrained weights "

@@ -102,6 +102,13 @@ class View:
     text: bool = False  # draws Markdown rather than a picture
     follows_layer: bool = False  # redrawn when the layer slider moves
 
+    def __post_init__(self):
+        if self.text and (self.section == "photo" or self.follows_layer):
+            raise ValueError(
+                f"view {self.name!r}: a Markdown view goes in the 'inside' section and does not follow the layer "
+                "(the page saves the photo's views and the layer's as pictures)"
+            )
+
 
 def patches_view(shown: Image.Image, patch_size: int) -> Image.Image:
     """The model input cut into its grid of patches, the "16x16 words" (needs no model)."""

@@ -14,6 +14,9 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from standins import EXAMPLE_PHOTOS as EXAMPLES
+from standins import GENERATED_CLASSES as GENERATED
+from standins import draw_food_image, inject_outliers
 from torch import nn
 
 import inference
@@ -21,9 +24,6 @@ from classifier import load_classifier
 from images import load_rgb
 from inference import Predictor
 from model import build_vit, convert_torchvision_state_dict
-from standins import EXAMPLE_PHOTOS as EXAMPLES
-from standins import GENERATED_CLASSES as GENERATED
-from standins import draw_food_image, inject_outliers
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
 NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"
@@ -176,7 +176,7 @@ def test_without_native_bf16_the_bf16_flag_runs_plain_fp32(monkeypatch):
 
 
 def test_auto_picks_int8_wherever_the_int8_engine_is_and_bf16_only_with_amx_without_it(monkeypatch):
-    """Whatever the CPU adds int8 products in (the bits follow the kernels): serving.choose_predictor then decides
+    """Whatever the CPU adds int8 products in (the bits follow the kernels): inference.choose_predictor then decides
     by measurement whether int8 serves."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)

@@ -54,3 +54,9 @@ def test_a_view_can_be_drawn_for_any_layer_and_differs_between_layers(served):
     following = tuple(view for view in views.VIEWS if view.follows_layer)
     first, last = (views.draw_views(following, analysis, weights, layer) for layer in (1, analysis.layers))
     assert following and all(first[name].tobytes() != last[name].tobytes() for name in first)
+
+
+@pytest.mark.parametrize("placement", [dict(section="photo"), dict(section="inside", follows_layer=True)])
+def test_a_markdown_view_the_page_would_save_as_a_picture_is_refused(placement):
+    with pytest.raises(ValueError, match="a Markdown view goes in the 'inside' section"):
+        views.View("notes", "Notes", draw=lambda analysis, weights, layer: "text", text=True, **placement)
