@@ -46,7 +46,7 @@ from figures import (
     similarity_picture,
 )
 from images import example_photos, to_display
-from inference import int8_sums
+from inference import sums_of
 from options import add_model_arguments, check_model_arguments
 from serving import FoodVision, NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
@@ -159,9 +159,12 @@ class Pictures:
 def where(served: FoodVision) -> str:
     """Where and how the model runs, in a few words for the page."""
     if served.predictor.precision == "int8":  # its bits are the Predictor's, measured on the torch thread
+        kernels = {"onednn": "oneDNN's, on AMX tiles", "x86": "fbgemm's", "fbgemm": "fbgemm's"}
         how = (
-            "model.py's ViT with int8 Linear layers (dynamic quantization; {}-bit activations, {}-bit weights: "
-            "this CPU adds int8 products in {})".format(*served.predictor.bits, int8_sums())
+            "model.py's ViT with int8 Linear layers (dynamic quantization, {} kernels; {}-bit activations, {}-bit "
+            "weights: they add int8 products in {})".format(
+                kernels[served.predictor.engine], *served.predictor.bits, sums_of(served.predictor.engine)
+            )
         )
     else:
         how = {

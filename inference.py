@@ -16,6 +16,7 @@ the figures.
 import contextlib
 import functools
 import hashlib
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -66,21 +67,55 @@ def quiet_torch_ao():
 _OVERFLOW_WIDTH = 64
 
 
-@functools.cache
-def int8_sums() -> str | None:
-    """How this process's int8 kernels add int8 products: "int32" (AVX-512 VNNI's vpdpbusd) or "int16" (pairs of
-    products added in int16 first, as AVX2's vpmaddubsw does), None without the int8 engine. Measured with one
-    product row that overflows int16, not read off the CPU flags: fbgemm picks its kernels by its own rules, and
-    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 makes it take the int16 ones on a VNNI CPU (how the tests cover both)."""
-    if not int8_engine_available():
-        return None
-    with quiet_torch_ao():
+@contextlib.contextmanager
+def packing_for(engine: str):
+    """Quantized weights packed inside are packed for `engine`'s kernels, which then run them whatever the engine
+    is set to later."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def sums_of(engine: str) -> str:
+    """How `engine`'s int8 kernels add int8 products: "int32" (AVX-512 VNNI's vpdpbusd, AMX tiles) or "int16" (pairs
+    of products added in int16 first, as AVX2's vpmaddubsw does). Measured with one product row that overflows
+    int16, not read off the CPU flags: the kernels are picked by the library's own rules, and
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 makes fbgemm take the int16 ones on a VNNI CPU (how the tests cover both)."""
+    with quiet_torch_ao(), packing_for(engine):
         weight = torch.quantize_per_channel(
             torch.ones(1, _OVERFLOW_WIDTH), torch.tensor([1 / 127]), torch.tensor([0]), 0, torch.qint8
         )
-    packed = torch.ops.quantized.linear_prepack(weight, None)
+        packed = torch.ops.quantized.linear_prepack(weight, None)
     sums = torch.ops.quantized.linear_dynamic(torch.ones(1, _OVERFLOW_WIDTH), packed, reduce_range=False)
     return "int32" if sums.item() > 0.9 * _OVERFLOW_WIDTH else "int16"
+
+
+def onednn_may_use_amx() -> bool:
+    """The CPU has AMX tiles and oneDNN may use them (ONEDNN_MAX_CPU_ISA, by default ALL, names an AMX level)."""
+    allowed = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return torch.cpu._is_amx_tile_supported() and (allowed == "ALL" or "AMX" in allowed)
+
+
+@functools.cache
+def int8_engine() -> str | None:
+    """The quantized engine the int8 Linears are packed for: oneDNN where it runs them on AMX tiles (with the
+    products added in int32), which served the pass faster than fbgemm's AVX-512 VNNI kernels (BENCHMARKS.md,
+    engines.py); fbgemm (torch's "x86" engine) elsewhere on x86; None where torch has neither (ARM builds)."""
+    if not int8_engine_available():
+        return None
+    if onednn_may_use_amx() and "onednn" in torch.backends.quantized.supported_engines and sums_of("onednn") == "int32":
+        return "onednn"
+    return torch.backends.quantized.engine
+
+
+@functools.cache
+def int8_sums() -> str | None:
+    """How the served int8 kernels (int8_engine's) add int8 products (sums_of), None without an int8 engine."""
+    engine = int8_engine()
+    return sums_of(engine) if engine is not None else None
 
 
 def int8_bits() -> tuple[int, int]:
@@ -88,7 +123,11 @@ def int8_bits() -> tuple[int, int]:
     int32: 8 and 8. Where pairs add in int16, a pair must stay within 32,767: PyTorch's default gives up one bit of
     the activations (reduce_range), but those share one scale per tensor, stretched by outlier channels, while the
     weights have one per output channel; 2 x 255 x 64 fits as well, so here the weights give up the bit."""
-    return (8, 8) if int8_sums() == "int32" else (8, 7)
+    return bits_for(int8_sums())
+
+
+def bits_for(sums: str) -> tuple[int, int]:
+    return (8, 8) if sums == "int32" else (8, 7)
 
 
 def auto_precision() -> str:
@@ -177,7 +216,7 @@ def int8_setup(weights_sha256: str) -> dict:
         "method": INT8_METHOD,
         "weights_sha256": weights_sha256,
         "torch": torch.__version__,
-        "quantized_engine": torch.backends.quantized.engine,
+        "quantized_engine": int8_engine(),
         "int8_sums": int8_sums(),  # the kernel path, and with it the bits
         "calibration_sha256": calibration_fingerprint(),
     }
@@ -216,22 +255,25 @@ class Predictor:
         smooth: bool = True,
         fp32_linears: tuple[str, ...] = FP32_LINEARS,
         bits: tuple[int, int] | None = None,
+        engine: str | None = None,
     ):
-        """smooth, fp32_linears and bits ((activation, weight) bits, default int8_bits()) change INT8_METHOD, for
-        measuring what each part brings (benchmarks, tests)."""
+        """smooth, fp32_linears, bits ((activation, weight) bits, default: those the engine's kernels add without
+        overflow) and engine (the quantized engine, default int8_engine()) change INT8_METHOD, for measuring what
+        each part brings (benchmarks, tests)."""
         self.model = model.eval()
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.vit = vit_from_torchvision(model)
         if self.precision == "int8":
             if smooth and calibration is None:
                 raise ValueError("the int8 path needs calibration images: pass calibration=calibration_images(...)")
-            self.bits = activation_bits, weight_bits = bits or int8_bits()
+            self.engine = engine or int8_engine()
+            self.bits = activation_bits, weight_bits = bits or bits_for(sums_of(self.engine))
             if smooth:
                 smooth_activations(self.vit, calibration, SMOOTHING_ALPHA[weight_bits])
             # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
             linear = FullRangeInt8Linear if activation_bits == 8 else quantized_dynamic.Linear
             kept = {name.removeprefix("blocks.") for name in fp32_linears}
-            with quiet_torch_ao():
+            with quiet_torch_ao(), packing_for(self.engine):
                 per_channel = per_channel_dynamic_qconfig._replace(
                     weight=PerChannelMinMaxObserver.with_args(
                         dtype=torch.qint8,

@@ -23,7 +23,15 @@ from latency import agreement_inputs
 from torch import nn
 
 from devices import available_cpus
-from inference import Predictor, calibration_images, int8_bits, int8_sums, probability_agreement, vit_from_torchvision
+from inference import (
+    Predictor,
+    calibration_images,
+    int8_bits,
+    int8_engine,
+    int8_sums,
+    probability_agreement,
+    vit_from_torchvision,
+)
 from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
@@ -84,10 +92,14 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
 
         return run
 
-    return {
+    served = Predictor(model, "int8", calibration)
+    paths = {
         "served fp32 (model.py ViT)": path(Predictor(model, "fp32")),
-        "served int8 (Predictor auto)": path(Predictor(model, "int8", calibration)),
+        f"served int8 ({served.engine} kernels)": path(served),
     }
+    if served.engine != "x86":  # oneDNN on AMX tiles serves: fbgemm's kernels, which serve elsewhere, beside it
+        paths["int8 on fbgemm's kernels (x86 engine)"] = path(Predictor(model, "int8", calibration, engine="x86"))
+    return paths
 
 
 def main() -> None:
@@ -98,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     print_machine()
     torch.set_num_threads(available_cpus())
-    print(f"int8 kernels: products add in {int8_sums()}, (activation, weight) bits {int8_bits()}\n")
+    print(f"int8 engine {int8_engine()}: products add in {int8_sums()}, (activation, weight) bits {int8_bits()}\n")
 
     model, transforms, _ = load_benchmark_classifier()
     calibration = calibration_images(transforms)
