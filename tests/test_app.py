@@ -17,6 +17,15 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+
+import predict
+import serving
+from app import EXAMPLES, MAX_UPLOAD, Inside, Page, Pictures, on_the_torch_thread, parse_args
+from classifier import load_classifier
+from devices import default_device, torch_thread
+from figures import attention_rollout, mean_attention_distance
+from images import load_rgb, patch_grid, to_display
+from inference import Predictor, calibration_images
 from standins import (
     EXAMPLE_PHOTOS,
     REPO,
@@ -29,15 +38,6 @@ from standins import (
     probabilities_of,
     twelve_megapixel_jpeg,
 )
-
-import predict
-import serving
-from app import EXAMPLES, MAX_UPLOAD, Inside, Page, Pictures, on_the_torch_thread, parse_args
-from classifier import load_classifier
-from devices import default_device, torch_thread
-from figures import attention_rollout, mean_attention_distance
-from images import load_rgb, patch_grid, to_display
-from inference import Predictor, calibration_images
 from views import views_in
 
 PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]

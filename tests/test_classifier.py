@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from standins import REPO, HubFilesHandler, http_server
 from torch import nn
 
 import classifier
@@ -27,6 +26,7 @@ from classifier import (
     load_outlier_score,
     save_head,
 )
+from standins import REPO, HubFilesHandler, http_server
 
 
 def read_json(path: Path) -> dict:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from standins import free_port
 
 import train_head
 from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, prepare_dataset
+from standins import free_port
 
 
 def zip_bytes(folder: Path, prefix: str = "") -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from standins import HUB_TOKEN, HUB_USER, REPO, StandInHub, free_port
 
 import deploy
+from standins import HUB_TOKEN, HUB_USER, REPO, StandInHub, free_port
 
 TOKEN, USER = HUB_TOKEN, HUB_USER
 SPACE = f"{USER}/foodvision"

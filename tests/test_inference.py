@@ -14,9 +14,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from standins import EXAMPLE_PHOTOS as EXAMPLES
-from standins import GENERATED_CLASSES as GENERATED
-from standins import draw_food_image, inject_outliers
 from torch import nn
 
 import inference
@@ -24,6 +21,9 @@ from classifier import load_classifier
 from images import load_rgb
 from inference import Predictor
 from model import build_vit, convert_torchvision_state_dict
+from standins import EXAMPLE_PHOTOS as EXAMPLES
+from standins import GENERATED_CLASSES as GENERATED
+from standins import draw_food_image, inject_outliers
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
 NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"

@@ -2,9 +2,8 @@
 
 import subprocess
 
-from standins import REPO
-
 import deploy
+from standins import REPO
 
 # Lowest first. A module imports only modules of lower layers, so the code reads from the bottom up without cycles:
 # the paper and the building blocks, then the served classifier and its training, then the page and the tools.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import metadata_load
-from standins import EXAMPLE_PHOTOS, REPO
 
 import deploy
 import serving
+from standins import EXAMPLE_PHOTOS, REPO
 from views import views_in
 
 MODULES = sorted(str(path) for path in REPO.glob("*.py"))

@@ -2,11 +2,11 @@
 
 import pytest
 from PIL import Image
-from standins import EXAMPLE_PHOTOS
 
 import app
 import serving
 import views
+from standins import EXAMPLE_PHOTOS
 
 
 @pytest.fixture(scope="module")
