@@ -1,0 +1,42 @@
+"""outputs.py: what training writes, whole or not at all, and its curves."""
+
+import io
+
+from PIL import Image
+
+from outputs import epoch_line, plot_curves, plot_fewshot, replace_folder, write_atomically
+
+
+def test_an_atomic_write_leaves_the_file_and_no_temporary(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_atomically(target, b"first")
+    write_atomically(target, b"second")
+    assert target.read_bytes() == b"second" and [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_replaced_folder_holds_exactly_the_new_files(tmp_path):
+    folder = tmp_path / "checkpoint"
+    replace_folder(folder, {"a.txt": b"1", "b.txt": b"2"})
+    replace_folder(folder, {"c.txt": b"3"})
+    assert sorted(path.name for path in folder.iterdir()) == ["c.txt"]
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint"]  # nothing left beside it
+
+
+def test_the_epoch_line_is_the_courses():
+    line = epoch_line(dict(epoch=3, train_loss=0.51234, train_acc=0.8, test_loss=0.4, test_acc=0.9))
+    assert line == "Epoch: 3 | train_loss: 0.5123 | train_acc: 0.8000 | test_loss: 0.4000 | test_acc: 0.9000"
+
+
+def test_the_curves_and_the_few_shot_plot_are_pngs():
+    history = [dict(epoch=e, train_loss=1 / e, train_acc=0.5, test_loss=1 / e, test_acc=0.6) for e in (1, 2)]
+    fewshot = {
+        "shots": {
+            "1": {"accuracy_per_seed": [0.5, 0.6, 0.7], "mean": 0.6},
+            "25": {"accuracy_per_seed": [], "mean": None, "unavailable": "too few photos"},
+            "all": {"accuracy_per_seed": [0.9], "mean": 0.9},
+        },
+        "linear_head_accuracy": 0.95,
+    }
+    for png in (plot_curves(history), plot_fewshot(fewshot)):
+        with Image.open(io.BytesIO(png)) as picture:
+            assert picture.format == "PNG" and picture.width > 300 and picture.height > 200
