@@ -18,7 +18,6 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import predict
 import serving
 from app import EXAMPLES, MAX_UPLOAD, Inside, Page, Pictures, on_the_torch_thread
 from classifier import load_classifier
@@ -267,36 +266,6 @@ def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home, 
         result = Client(url, verbose=False).predict(handle_file(EXAMPLES[0]), api_name="/predict")
         assert set(probabilities_of(result[0])) == {"pizza", "steak", "sushi"}
     assert (clone / "checkpoints" / "foodvision-mini" / "config.json").is_file()
-
-
-def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkpoint, torch_home, tmp_path, capsys):
-    bad = tmp_path / "notes.txt"
-    bad.write_text("not a photo")
-    folder = tmp_path / "a-folder"
-    folder.mkdir()
-    status = predict.main(
-        [
-            *EXAMPLES,
-            str(bad),
-            str(folder),
-            "--checkpoint",
-            str(trained_head_checkpoint),
-            "--figures",
-            str(tmp_path / "figures"),
-        ]
-    )
-    out, err = capsys.readouterr()
-    assert status == 1  # two inputs failed
-    assert "notes.txt: error: This file is not an image" in err
-    assert f"{folder}: error: Cannot read {folder}: Is a directory" in err
-    lines = [line for line in out.splitlines() if not line.startswith("  figure:")]
-    assert len(lines) == len(EXAMPLES)
-    for line, photo in zip(lines, EXAMPLES):
-        assert re.fullmatch(
-            rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line
-        )
-        figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
-        assert figure.width > 100 and figure.height > 100
 
 
 def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(served, reference):
