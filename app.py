@@ -47,6 +47,7 @@ from figures import (
 )
 from images import example_photos, to_display
 from inference import sums_of
+from onnx_engine import OnnxRuntimePredictor
 from options import add_model_arguments, check_model_arguments
 from serving import FoodVision, NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
@@ -171,6 +172,8 @@ def where(served: FoodVision) -> str:
             "bf16": "model.py's ViT in bf16 (autocast)",
             "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
         }[served.predictor.precision]
+        if isinstance(served.predictor, OnnxRuntimePredictor):
+            how = "fp32, model.py's ViT exported to ONNX and run by ONNX Runtime (the head in torch)"
     if os.environ.get("SPACES_ZERO_GPU"):
         place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
     elif served.device.type == "cuda":

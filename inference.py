@@ -19,6 +19,7 @@ import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from torch.ao.quantization import PerChannelMinMaxObserver, per_channel_dynamic_
 
 from images import example_photos, load_rgb
 from model import ViT, ViTConfig, convert_torchvision_state_dict
+from onnx_engine import ENGINE_SPEED_UP, OnnxRuntimePredictor, OnnxRuntimeUnavailable, speed_up
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 INT8_METHOD = (
@@ -396,12 +398,14 @@ def choose_predictor(
     precision: str,
     record: dict | None,
     weights_sha256: str,
-) -> tuple[Predictor, str]:
+    cache_folder: Path | None = None,
+) -> tuple[Predictor | OnnxRuntimePredictor, str]:
     """(Predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
     passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
-    (calibration_images) and `examples_features` their fp32 y (Eq. 4)."""
+    (calibration_images) and `examples_features` their fp32 y (Eq. 4). Where fp32 serves on the CPU, the engine
+    that runs it is measured too (fastest_fp32), its export cached in `cache_folder` (None: torch serves)."""
     device = next(model.parameters()).device
     calibration = examples if device.type == "cpu" else None
     resolved = resolve_precision(precision, device)
@@ -410,14 +414,21 @@ def choose_predictor(
             f"{resolved} on {device}: for one photo at a time, autocast to bf16 or fp16 ran no faster than fp32 on "
             "the GPUs measured (BENCHMARKS.md); the int8 path is a CPU path."
         )
+
+    def fp32(why: str) -> tuple[Predictor | OnnxRuntimePredictor, str]:
+        predictor, engine = fastest_fp32(model, examples, examples_features, cache_folder, weights_sha256)
+        return predictor, f"{why} {engine}"
+
     if precision != "auto":
+        if resolved == "fp32":
+            return fp32(f"fp32, as asked (--precision {precision}).")
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
     if resolved != "int8":
         reason = (
             f"{resolved}: torch has no int8 kernels for this CPU (its x86 engine, fbgemm; ARM builds have none), so "
             "the int8 path cannot be tried."
         )
-        return Predictor(model, resolved, calibration), reason
+        return fp32(reason) if resolved == "fp32" else (Predictor(model, resolved, calibration), reason)
     fast = Predictor(model, "int8", calibration)
     record = record or {}
     if record.get("setup") == int8_setup(weights_sha256) and record["agreement"]["passed"]:
@@ -436,7 +447,40 @@ def choose_predictor(
             fast,
             f"int8 serves: {why_no_record}, and a self-check on the bundled photos passed ({check.describe()}).",
         )
-    return Predictor(model, "fp32"), (
+    return fp32(
         f"fp32 serves, not int8: {why_no_record}, and int8 disagreed with fp32 on the bundled photos "
         f"({check.describe()}); the int8 path promises probabilities within {MAX_PROBABILITY_DIFFERENCE} of fp32's."
+    )
+
+
+def fastest_fp32(
+    model: nn.Module,
+    examples: torch.Tensor,
+    examples_features: torch.Tensor,
+    cache_folder: Path | None,
+    weights_sha256: str,
+) -> tuple[Predictor | OnnxRuntimePredictor, str]:
+    """(fp32 predictor, which engine runs it and why): ONNX Runtime where, on this machine, it agrees with torch's
+    fp32 on the bundled photos and runs the served pass (with the attention maps) at least ENGINE_SPEED_UP times as
+    fast; torch otherwise. On AVX2 CPUs torch's fp32 matrix products ran well behind ONNX Runtime's (BENCHMARKS.md,
+    engines.py)."""
+    served = Predictor(model, "fp32")
+    if cache_folder is None:
+        return served, "On torch."
+    try:
+        onnx = OnnxRuntimePredictor(served.vit, cache_folder, weights_sha256, torch.get_num_threads())
+    except OnnxRuntimeUnavailable as error:
+        return served, f"On torch: ONNX Runtime cannot serve here ({error})."
+    check = agreement(onnx, examples, examples_features)
+    if not check.passed:
+        return served, f"On torch: ONNX Runtime disagreed with it on the bundled photos ({check.describe()})."
+    measured = speed_up(served, onnx, examples[:1])
+    if measured >= ENGINE_SPEED_UP:
+        return onnx, (
+            f"On ONNX Runtime: it ran the pass {measured:.2f}x as fast as torch at start-up (it serves from "
+            f"{ENGINE_SPEED_UP}x), within {check.max_probability_difference:.1e} of torch's probabilities."
+        )
+    return served, (
+        f"On torch: ONNX Runtime ran the pass {measured:.2f}x as fast at start-up, under the {ENGINE_SPEED_UP}x "
+        "that pays for a second engine."
     )

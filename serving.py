@@ -31,6 +31,7 @@ from figures import mean_attention_distance
 from images import ImageError, load_rgb
 from inference import Predictor, calibration_images, choose_predictor, vit_from_torchvision
 from model import VIT_CONFIGS, PatchEmbedding
+from onnx_engine import OnnxRuntimePredictor
 from outliers import OutlierScore
 
 
@@ -118,7 +119,7 @@ class FoodVision(Preprocessing):
     """The classifier being served, with the precision that serves it and why (inference.choose_predictor)."""
 
     model: torchvision.models.VisionTransformer
-    predictor: Predictor
+    predictor: Predictor | OnnxRuntimePredictor
     precision_reason: str
     config: dict  # the checkpoint's config.json: class names, weights, training records
     source: str  # the checkpoint folder or Hub repo id
@@ -177,7 +178,7 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         examples_features = vit.forward_features(examples, attention_maps)
     model = model.to(device)
     predictor, reason = choose_predictor(
-        model, examples, examples_features, precision, config.get("int8"), weights_check.sha256
+        model, examples, examples_features, precision, config.get("int8"), weights_check.sha256, cache_folder=folder
     )
     print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
     return FoodVision(

@@ -9,6 +9,7 @@ from standins import REPO
 # the paper and the building blocks, then the served classifier and its training, then the page and the tools.
 LAYERS = (
     {"model", "images", "devices", "outputs", "hub", "outliers", "fewshot"},
+    {"onnx_engine"},
     {"figures", "classifier", "data"},
     {"inference"},
     {"serving", "options", "train_head"},

@@ -4,6 +4,7 @@ the bundled photos); and the "is this even food?" verdict of each prediction."""
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_c
 def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_home):
     foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
     assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.precision_reason
+    # and which engine runs it, as measured at start-up (onnx_engine.py)
+    engine = r"\. On (ONNX Runtime: it ran|torch: ONNX Runtime ran) the pass \d\.\d\dx"
+    assert re.search(engine, foodvision.precision_reason)
 
 
 @needs_int8_engine

@@ -1,0 +1,100 @@
+"""onnx_engine.py: ONNX Runtime gives torch's fp32 logits, maps and y, its export is cached by the weights' hash and
+made again when unreadable, and inference.fastest_fp32 lets it serve only where it agrees with torch and pays
+ENGINE_SPEED_UP; otherwise torch serves and the reason says why. Speed lives in benchmarks/engines.py."""
+
+import sys
+
+import pytest
+import torch
+
+import inference
+import onnx_engine
+from inference import Predictor, fastest_fp32, reference_features, vit_from_torchvision
+from onnx_engine import OnnxRuntimePredictor, OnnxRuntimeUnavailable
+from test_inference import TINY_CALIBRATION, tiny_extractor
+
+SHA = "ab" * 32
+
+
+def test_onnx_runtime_gives_torchs_logits_maps_and_features(tmp_path):
+    model = tiny_extractor()
+    torch_fp32 = Predictor(model, "fp32")
+    onnx = OnnxRuntimePredictor(vit_from_torchvision(model), tmp_path, SHA, threads=1)
+    images = TINY_CALIBRATION[:3]  # a batch: the export's batch axis is free
+    expected_maps, expected_features, maps, features = [], [], [], []
+    expected = torch_fp32(images, expected_maps, expected_features)
+    torch.testing.assert_close(onnx(images, maps, features), expected, rtol=0, atol=1e-5)
+    assert len(maps) == len(expected_maps) == 2
+    for got, want in zip(maps, expected_maps):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(features[0], expected_features[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(onnx.features(images), expected_features[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(onnx(images), expected, rtol=0, atol=1e-5)  # without maps
+
+
+def test_the_export_is_cached_by_the_weights_hash_and_made_again_when_unreadable(tmp_path):
+    vit = vit_from_torchvision(tiny_extractor())
+    first = OnnxRuntimePredictor(vit, tmp_path, SHA, threads=1)
+    assert not first.cached and first.file.parent == tmp_path and SHA[:16] in first.file.name
+    written = first.file.stat().st_mtime_ns
+    again = OnnxRuntimePredictor(vit, tmp_path, SHA, threads=1)
+    assert again.cached and again.file.stat().st_mtime_ns == written
+    other = OnnxRuntimePredictor(vit, tmp_path, "cd" * 32, threads=1)
+    assert not other.cached and other.file != first.file
+    first.file.write_bytes(first.file.read_bytes()[:1000])  # truncated, as by a full disk
+    remade = OnnxRuntimePredictor(vit, tmp_path, SHA, threads=1)
+    assert not remade.cached
+    torch.testing.assert_close(remade.features(TINY_CALIBRATION), first.features(TINY_CALIBRATION))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([first.file.name, other.file.name])
+
+
+def test_a_read_only_checkpoint_folder_gets_no_export(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_engine.os, "access", lambda path, mode: False)
+    onnx = OnnxRuntimePredictor(vit_from_torchvision(tiny_extractor()), tmp_path, SHA, threads=1)
+    assert list(tmp_path.iterdir()) == [] and onnx.file.exists()
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx", "onnxscript"])
+def test_without_onnx_runtime_or_the_exporter_it_says_what_to_install(tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(OnnxRuntimeUnavailable, match=f"{missing} .*not installed .*pip install -r requirements.txt"):
+        OnnxRuntimePredictor(vit_from_torchvision(tiny_extractor()), tmp_path, SHA, threads=1)
+
+
+@pytest.fixture
+def examples():
+    model = tiny_extractor()
+    return model, TINY_CALIBRATION, reference_features(model, TINY_CALIBRATION)
+
+
+@pytest.mark.parametrize(
+    ("measured", "serves", "reason"),
+    [
+        (1.6, "OnnxRuntimePredictor", "On ONNX Runtime: it ran the pass 1.60x as fast as torch at start-up"),
+        (1.2, "Predictor", "On torch: ONNX Runtime ran the pass 1.20x as fast at start-up, under the 1.25x"),
+    ],
+)
+def test_onnx_runtime_serves_fp32_only_where_it_pays(examples, tmp_path, monkeypatch, measured, serves, reason):
+    model, images, reference = examples
+    monkeypatch.setattr(inference, "speed_up", lambda *args: measured)  # the rule, whatever this CPU measures
+    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    assert type(predictor).__name__ == serves and predictor.precision == "fp32"
+    assert why.startswith(reason)
+
+
+def test_onnx_runtime_that_disagrees_with_torch_does_not_serve(examples, tmp_path, monkeypatch):
+    model, images, reference = examples
+    monkeypatch.setattr(inference, "speed_up", lambda *args: 9.0)
+    predictor, why = fastest_fp32(model, images, reference + 1.0, tmp_path, SHA)  # y moved: the head disagrees
+    assert isinstance(predictor, Predictor)
+    assert why.startswith("On torch: ONNX Runtime disagreed with it on the bundled photos (top-1")
+
+
+def test_without_onnx_runtime_torch_serves_fp32_and_says_why(examples, tmp_path, monkeypatch):
+    model, images, reference = examples
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    assert isinstance(predictor, Predictor) and predictor.precision == "fp32"
+    assert why == (
+        "On torch: ONNX Runtime cannot serve here (onnxruntime is not installed (pip install -r requirements.txt))."
+    )
