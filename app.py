@@ -167,13 +167,13 @@ def where(served: FoodVision) -> str:
                 kernels[served.predictor.engine], *served.predictor.bits, sums_of(served.predictor.engine)
             )
         )
+    elif isinstance(served.predictor, OnnxRuntimePredictor):
+        how = "fp32, model.py's ViT exported to ONNX and run by ONNX Runtime (the head in torch)"
     else:
         how = {
             "bf16": "model.py's ViT in bf16 (autocast)",
             "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
         }[served.predictor.precision]
-        if isinstance(served.predictor, OnnxRuntimePredictor):
-            how = "fp32, model.py's ViT exported to ONNX and run by ONNX Runtime (the head in torch)"
     if os.environ.get("SPACES_ZERO_GPU"):
         place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
     elif served.device.type == "cuda":

@@ -7,9 +7,10 @@
 int8 runs model.py's ViT, holding the extractor's own tensors, with the encoder's Linears quantized dynamically
 (int8 weights per output channel, activations per tensor on the fly), the bits set by how this CPU's kernels add
 int8 products (int8_sums, int8_bits), and SmoothQuant (smooth_activations) against pretrained ViTs' LayerNorm
-outlier channels. fp32 runs the torchvision extractor untouched, and model.py's ViT when attention maps are asked.
-choose_predictor is the one place that decides which path serves: int8 only where it has proven itself against
-fp32 on the weights being served (`agreement`). README.md, "Which precision serves", explains why; BENCHMARKS.md has
+outlier channels. fp32 runs the torchvision extractor untouched, and model.py's ViT when attention maps are asked
+(or, where it pays, that ViT on ONNX Runtime: onnx_engine.py, fastest_fp32). choose_predictor is the one place that
+decides which path serves: int8 only where it has proven itself against fp32 on the weights being served
+(`agreement`). README.md, "Which precision serves", explains why; BENCHMARKS.md has
 the figures.
 """
 
@@ -28,7 +29,7 @@ from torch.ao.quantization import PerChannelMinMaxObserver, per_channel_dynamic_
 
 from images import example_photos, load_rgb
 from model import ViT, ViTConfig, convert_torchvision_state_dict
-from onnx_engine import ENGINE_SPEED_UP, OnnxRuntimePredictor, OnnxRuntimeUnavailable, speed_up
+from onnx_engine import ENGINE_SPEED_UP, FP32_TOLERANCE, OnnxRuntimePredictor, OnnxRuntimeUnavailable, speed_up
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 INT8_METHOD = (
@@ -400,7 +401,7 @@ def choose_predictor(
     weights_sha256: str,
     cache_folder: Path | None = None,
 ) -> tuple[Predictor | OnnxRuntimePredictor, str]:
-    """(Predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
+    """(predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
     passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
@@ -420,8 +421,10 @@ def choose_predictor(
         return predictor, f"{why} {engine}"
 
     if precision != "auto":
+        if resolved != precision:  # resolve_precision's fallback: the CPU cannot run what was asked
+            return fp32(f"fp32: this CPU has no native {precision} (--precision {precision}).")
         if resolved == "fp32":
-            return fp32(f"fp32, as asked (--precision {precision}).")
+            return fp32("fp32, as asked (--precision fp32).")
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
     if resolved != "int8":
         reason = (
@@ -460,10 +463,9 @@ def fastest_fp32(
     cache_folder: Path | None,
     weights_sha256: str,
 ) -> tuple[Predictor | OnnxRuntimePredictor, str]:
-    """(fp32 predictor, which engine runs it and why): ONNX Runtime where, on this machine, it agrees with torch's
-    fp32 on the bundled photos and runs the served pass (with the attention maps) at least ENGINE_SPEED_UP times as
-    fast; torch otherwise. On AVX2 CPUs torch's fp32 matrix products ran well behind ONNX Runtime's (BENCHMARKS.md,
-    engines.py)."""
+    """(fp32 predictor, which engine runs it and why): ONNX Runtime where, on this machine, its probabilities and
+    attention maps match torch's on the bundled photos and it runs the served pass (with the maps) at least
+    ENGINE_SPEED_UP times as fast; torch otherwise (BENCHMARKS.md, engines.py, has the figures by CPU)."""
     served = Predictor(model, "fp32")
     if cache_folder is None:
         return served, "On torch."
@@ -471,14 +473,24 @@ def fastest_fp32(
         onnx = OnnxRuntimePredictor(served.vit, cache_folder, weights_sha256, torch.get_num_threads())
     except OnnxRuntimeUnavailable as error:
         return served, f"On torch: ONNX Runtime cannot serve here ({error})."
-    check = agreement(onnx, examples, examples_features)
-    if not check.passed:
-        return served, f"On torch: ONNX Runtime disagreed with it on the bundled photos ({check.describe()})."
-    measured = speed_up(served, onnx, examples[:1])
+    try:
+        check = agreement(onnx, examples, examples_features)
+        expected_maps, maps = [], []
+        served(examples[:1], expected_maps)
+        onnx(examples[:1], maps)
+        maps_difference = max((got - want).abs().max().item() for got, want in zip(maps, expected_maps))
+        if check.max_probability_difference > FP32_TOLERANCE or maps_difference > FP32_TOLERANCE:
+            return served, (
+                f"On torch: ONNX Runtime disagreed with it on the bundled photos ({check.describe()}; attention "
+                f"maps within {maps_difference:.1e}; an fp32 engine must match within {FP32_TOLERANCE:.0e})."
+            )
+        measured = speed_up(served, onnx, examples[:1])
+    except Exception as error:  # onnxruntime's own error types, raised while running: torch serves and says why
+        return served, f"On torch: ONNX Runtime failed running the model ({type(error).__name__}: {error})."
     if measured >= ENGINE_SPEED_UP:
         return onnx, (
             f"On ONNX Runtime: it ran the pass {measured:.2f}x as fast as torch at start-up (it serves from "
-            f"{ENGINE_SPEED_UP}x), within {check.max_probability_difference:.1e} of torch's probabilities."
+            f"{ENGINE_SPEED_UP}x), its probabilities within {check.max_probability_difference:.1e} of torch's."
         )
     return served, (
         f"On torch: ONNX Runtime ran the pass {measured:.2f}x as fast at start-up, under the {ENGINE_SPEED_UP}x "

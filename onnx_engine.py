@@ -4,12 +4,13 @@ hand. inference.choose_predictor measures both at start-up; BENCHMARKS.md (engin
 
 The exported graph runs from the images to y = LN(z_L^0) (Eq. 4) and every layer's attention maps, the page's
 explanations; the head stays in torch (a few thousand floats), so the file depends on the backbone's weights alone.
-It is cached beside the head, named by the SHA-256 of the backbone's weights file, and written atomically.
+It is cached beside the backbone's weights file, named by their SHA-256, and written atomically.
 """
 
+import contextlib
+import hashlib
 import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,11 +19,14 @@ from statistics import median
 import torch
 from torch import nn
 
+import model
 from model import ViT
 
-# A second engine is a second set of kernels to trust and its own copy of the weights in memory (about 330 MB for
-# ViT-B/16): it serves only where it pays this much (the rule benchmarks/engines.py judges engines by)
+# A second engine is a second set of kernels to trust and its own copy of the weights in memory (about 300 MB for
+# ViT-B/16, BENCHMARKS.md): it serves only where it pays this much
 ENGINE_SPEED_UP = 1.25
+# An fp32 engine computes what torch does in another order: its probabilities and maps may differ by rounding alone
+FP32_TOLERANCE = 1e-4
 INPUT, FEATURES = "images", "features"
 PROVIDERS = ["CPUExecutionProvider"]
 
@@ -44,16 +48,19 @@ class LogitsFreeViT(nn.Module):
 
 
 def exported_file(folder: Path, weights_sha256: str) -> Path:
-    return folder / f"vit-fp32-{weights_sha256[:16]}.onnx"
+    """The cached export's path: named by the weights' SHA-256 and by what else shapes the graph (torch, whose
+    exporter writes it, and model.py, which defines it), so a file from other code is never read as this one's."""
+    code = hashlib.sha256(f"{torch.__version__}\n".encode() + Path(model.__file__).read_bytes()).hexdigest()
+    return folder / f"vit-fp32-{weights_sha256[:16]}-{code[:8]}.onnx"
 
 
 def export(vit: ViT, file: Path) -> None:
-    """The ViT as ONNX at `file`, written to a partial file first and renamed, so a half-written export is never
-    read as a whole one. torch's exporter (torch.export) needs the onnx and onnxscript packages."""
+    """The ViT as ONNX at `file`, written to a hidden partial file first and renamed, so a half-written export is
+    never read as a whole one (nor two processes' exports mixed). torch's exporter (torch.export) needs the onnx and
+    onnxscript packages."""
     for package in ("onnx", "onnxscript"):
-        if importlib.util.find_spec(package) is None or sys.modules.get(package, True) is None:
+        if importlib.util.find_spec(package) is None:
             raise OnnxRuntimeUnavailable(f"{package} is not installed (pip install -r requirements.txt)")
-    partial = file.with_name(file.name + ".partial")
     maps = [f"attention_{layer}" for layer in range(vit.config.num_layers)]
     with torch.inference_mode():
         program = torch.onnx.export(
@@ -65,56 +72,64 @@ def export(vit: ViT, file: Path) -> None:
             dynamo=True,
             verbose=False,
         )
-    program.save(str(partial), external_data=False)  # one file, renamed whole (protobuf's limit is 2 GB)
-    os.replace(partial, file)
+    handle, partial = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        program.save(partial, external_data=False)  # one file, renamed whole (protobuf's limit is 2 GB)
+        os.replace(partial, file)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 class OnnxRuntimePredictor:
     """inference.Predictor's contract (logits, optionally every layer's attention maps and y) in fp32, the backbone
-    on ONNX Runtime, the head in torch. Built from the served model's ViT; the export is reused while the weights'
-    SHA-256 is the same, and made again when the cached file cannot be read."""
+    on ONNX Runtime, the head in torch. The export is cached in `cache_folder` (serving.py: beside the backbone's
+    weights file, as the export depends on those alone) and made again when the cached file cannot be read; where
+    the folder is read-only, it is exported to a temporary folder, loaded and deleted."""
 
     precision = "fp32"
-    engine = "onnxruntime"
 
     def __init__(self, vit: ViT, cache_folder: Path, weights_sha256: str, threads: int):
         try:
             import onnxruntime
-        except ImportError:
-            raise OnnxRuntimeUnavailable("onnxruntime is not installed (pip install -r requirements.txt)") from None
+        except Exception as error:  # not installed, or an install whose native library does not load
+            reason = "onnxruntime is not installed" if isinstance(error, ImportError) else f"onnxruntime: {error}"
+            raise OnnxRuntimeUnavailable(f"{reason} (pip install -r requirements.txt)") from None
         self.vit = vit
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         # Its threads otherwise spin after each run, taking the cores from Gradio's event loop and from torch
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: its notes on the graph are not the user's business
-        if not os.access(cache_folder, os.W_OK):  # a read-only checkpoint: exported for this start only
-            cache_folder = Path(tempfile.mkdtemp(prefix="foodvision-onnx-"))
-        self.file = exported_file(cache_folder, weights_sha256)
-        self.cached = self.file.exists()
         try:
-            if not self.cached:
-                export(vit, self.file)
-            try:
-                self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
-            except Exception:  # onnxruntime's own error types: a corrupt or truncated cached file, made again
+            with contextlib.ExitStack() as cleanup:
+                if not os.access(cache_folder, os.W_OK):
+                    cache_folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="foodvision-")))
+                self.file = exported_file(cache_folder, weights_sha256)
+                self.cached = self.file.exists()
                 if not self.cached:
-                    raise
-                self.cached = False
-                export(vit, self.file)
-                self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
+                    export(vit, self.file)
+                try:
+                    self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
+                except Exception:  # onnxruntime's own error types: a corrupt or truncated cached file, made again
+                    if not self.cached:
+                        raise
+                    self.cached = False
+                    export(vit, self.file)
+                    self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
         except OnnxRuntimeUnavailable:
             raise
         except Exception as error:  # whatever fails here, torch serves instead and the page says why
             reason = " ".join(str(error).split())[:300]
             failure = f"exporting or loading the ONNX model failed: {type(error).__name__}: {reason}"
             raise OnnxRuntimeUnavailable(failure) from None
+        self.maps = [output.name for output in self.session.get_outputs() if output.name != FEATURES]
 
     def __call__(
         self, images: torch.Tensor, attention_maps: list | None = None, features: list | None = None
     ) -> torch.Tensor:
-        wanted = None if attention_maps is not None else [FEATURES]
-        y, *maps = (torch.from_numpy(output) for output in self.session.run(wanted, {INPUT: images.numpy()}))
+        wanted = [FEATURES, *self.maps] if attention_maps is not None else [FEATURES]
+        y, *maps = (torch.from_numpy(output) for output in self.session.run(wanted, {INPUT: as_input(images)}))
         if attention_maps is not None:
             attention_maps.extend(maps)
         if features is not None:
@@ -124,7 +139,11 @@ class OnnxRuntimePredictor:
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """y = LN(z_L^0) (Eq. 4) in float32, the head's input."""
-        return torch.from_numpy(self.session.run([FEATURES], {INPUT: images.numpy()})[0])
+        return torch.from_numpy(self.session.run([FEATURES], {INPUT: as_input(images)})[0])
+
+
+def as_input(images: torch.Tensor):
+    return images.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 def speed_up(torch_pass, onnx_pass, images: torch.Tensor, repeats: int = 5) -> float:

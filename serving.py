@@ -178,7 +178,13 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         examples_features = vit.forward_features(examples, attention_maps)
     model = model.to(device)
     predictor, reason = choose_predictor(
-        model, examples, examples_features, precision, config.get("int8"), weights_check.sha256, cache_folder=folder
+        model,
+        examples,
+        examples_features,
+        precision,
+        config.get("int8"),
+        weights_check.sha256,
+        cache_folder=weights_check.file.parent,  # the ONNX export depends on the backbone's weights alone
     )
     print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
     return FoodVision(

@@ -3,6 +3,7 @@ made again when unreadable, and inference.fastest_fp32 lets it serve only where 
 ENGINE_SPEED_UP; otherwise torch serves and the reason says why. Speed lives in benchmarks/engines.py."""
 
 import sys
+import time
 
 import pytest
 import torch
@@ -48,10 +49,18 @@ def test_the_export_is_cached_by_the_weights_hash_and_made_again_when_unreadable
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([first.file.name, other.file.name])
 
 
-def test_a_read_only_checkpoint_folder_gets_no_export(tmp_path, monkeypatch):
+def test_a_read_only_cache_folder_gets_no_export_and_no_leftovers(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_engine.os, "access", lambda path, mode: False)
     onnx = OnnxRuntimePredictor(vit_from_torchvision(tiny_extractor()), tmp_path, SHA, threads=1)
-    assert list(tmp_path.iterdir()) == [] and onnx.file.exists()
+    assert list(tmp_path.iterdir()) == [] and not onnx.file.exists()  # loaded, then its temporary folder deleted
+    assert onnx.features(TINY_CALIBRATION).shape == (len(TINY_CALIBRATION), 16)
+
+
+def test_speed_up_is_torchs_time_over_onnx_runtimes():
+    def taking(seconds):
+        return lambda images, maps: time.sleep(seconds)
+
+    assert 2.0 < onnx_engine.speed_up(taking(0.006), taking(0.002), TINY_CALIBRATION) < 4.0
 
 
 @pytest.mark.parametrize("missing", ["onnxruntime", "onnx", "onnxscript"])
@@ -82,12 +91,30 @@ def test_onnx_runtime_serves_fp32_only_where_it_pays(examples, tmp_path, monkeyp
     assert why.startswith(reason)
 
 
-def test_onnx_runtime_that_disagrees_with_torch_does_not_serve(examples, tmp_path, monkeypatch):
+def test_onnx_runtime_that_differs_from_torch_by_more_than_rounding_does_not_serve(examples, tmp_path, monkeypatch):
+    """0.001 would pass int8's bound; an fp32 engine must match torch to rounding."""
     model, images, reference = examples
     monkeypatch.setattr(inference, "speed_up", lambda *args: 9.0)
-    predictor, why = fastest_fp32(model, images, reference + 1.0, tmp_path, SHA)  # y moved: the head disagrees
+    monkeypatch.setattr(inference, "agreement", lambda *args: inference.Agreement(4, 1.0, 0.0, 0.001, 0.0005, 1.0))
+    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
     assert isinstance(predictor, Predictor)
-    assert why.startswith("On torch: ONNX Runtime disagreed with it on the bundled photos (top-1")
+    assert why.startswith("On torch: ONNX Runtime disagreed with it on the bundled photos (top-1 100.0% the same")
+    assert "an fp32 engine must match within 1e-04" in why
+
+
+def test_onnx_runtime_failing_while_running_leaves_torch_serving(examples, tmp_path, monkeypatch):
+    model, images, reference = examples
+
+    def failing(self, images):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
+
+    monkeypatch.setattr(OnnxRuntimePredictor, "features", failing)
+    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    assert isinstance(predictor, Predictor)
+    assert why == (
+        "On torch: ONNX Runtime failed running the model (RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+        "out of memory)."
+    )
 
 
 def test_without_onnx_runtime_torch_serves_fp32_and_says_why(examples, tmp_path, monkeypatch):
