@@ -96,7 +96,7 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
 
     served = Predictor(model, "int8", calibration)
     paths = {
-        "served fp32 (model.py ViT)": path(Predictor(model, "fp32")),
+        "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
         f"served int8 ({served.engine} kernels)": path(served),
     }
     if served.engine != "x86":  # oneDNN on AMX tiles serves: fbgemm's kernels, which serve elsewhere, beside it

@@ -5,6 +5,7 @@ resident memory (VmRSS) before and after, and per visitor.
 
     python benchmarks/visitor_memory.py                          # about a minute per app
     python benchmarks/visitor_memory.py --visitors 100 --app-dir <older checkout> --app-dir .
+    python benchmarks/visitor_memory.py --visitors 10 --precision fp32    # the fp32 engine's memory
 """
 
 import argparse
@@ -31,12 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visitors", type=at_least(1), default=60, help="new sessions, one prediction each")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
+    parser.add_argument("--precision", default="auto", help="app.py's --precision, for every app served")
     args = parser.parse_args()
     print_machine()
     checkpoint = generated_head_checkpoint(WORK_DIR)
     rows, results = [], {}
     for app_dir in args.app_dir or [ROOT]:
-        with app_server(app_dir, "--checkpoint", str(checkpoint)) as (url, process):
+        with app_server(app_dir, "--checkpoint", str(checkpoint), "--precision", args.precision) as (url, process):
             Client(url, verbose=False).predict(handle_file(EXAMPLE_PHOTOS[0]), api_name="/predict")  # warm-up
             time.sleep(1)
             before = resident_mb(process.pid)
