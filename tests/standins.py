@@ -34,6 +34,17 @@ from images import example_photos
 
 REPO = Path(__file__).resolve().parent.parent  # the project folder, this file being in tests/
 EXAMPLE_PHOTOS = example_photos()
+TINY_VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+TINY_CALIBRATION = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def tiny_extractor(seed: int = 0) -> torch.nn.Module:
+    """A torchvision VisionTransformer (TINY_VIT) with a 3-class head, small enough for structural checks in
+    milliseconds."""
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(**TINY_VIT)
+    model.heads = torch.nn.Linear(TINY_VIT["hidden_dim"], 3)
+    return model.eval()
 
 
 def write_random_backbone(home: Path) -> Path:

@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from torch import nn
 
 import inference
 from classifier import load_classifier
@@ -23,11 +21,9 @@ from inference import Predictor
 from model import build_vit, convert_torchvision_state_dict
 from standins import EXAMPLE_PHOTOS as EXAMPLES
 from standins import GENERATED_CLASSES as GENERATED
-from standins import draw_food_image, inject_outliers
+from standins import TINY_CALIBRATION, TINY_VIT, draw_food_image, inject_outliers, tiny_extractor
 
-TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
 NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"
-TINY_CALIBRATION = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 # Each library's switch to its AVX2 code: int8 products then add in int16 pairs as on an AVX2-only CPU
@@ -38,14 +34,6 @@ AVX2_ONLY = {
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 }
 needs_int8_engine = pytest.mark.skipif(inference.int8_sums() is None, reason=NO_INT8_ENGINE)
-
-
-def tiny_extractor(seed: int = 0) -> nn.Module:
-    """A torchvision VisionTransformer small enough for structural checks in milliseconds."""
-    torch.manual_seed(seed)
-    model = torchvision.models.VisionTransformer(**TINY)
-    model.heads = nn.Linear(16, 3)
-    return model.eval()
 
 
 def agreement_images(transforms) -> torch.Tensor:
@@ -288,7 +276,7 @@ def test_unknown_precision_is_refused():
 def test_attention_maps_are_model_pys_on_every_path():
     """The maps each path returns are model.py's ViT's for the same weights (the int8 path's within rounding)."""
     model = tiny_extractor()
-    paper_vit = build_vit("vit_b_16", num_classes=3, **TINY).eval()
+    paper_vit = build_vit("vit_b_16", num_classes=3, **TINY_VIT).eval()
     paper_vit.load_state_dict(convert_torchvision_state_dict(model.state_dict()))
     images = torch.randn(2, 3, 32, 32)
     expected = []

@@ -12,7 +12,7 @@ import inference
 import onnx_engine
 from inference import Predictor, fastest_fp32, reference_features, vit_from_torchvision
 from onnx_engine import OnnxRuntimePredictor, OnnxRuntimeUnavailable
-from test_inference import TINY_CALIBRATION, tiny_extractor
+from standins import TINY_CALIBRATION, TINY_VIT, tiny_extractor
 
 SHA = "ab" * 32
 
@@ -53,7 +53,7 @@ def test_a_read_only_cache_folder_gets_no_export_and_no_leftovers(tmp_path, monk
     monkeypatch.setattr(onnx_engine.os, "access", lambda path, mode: False)
     onnx = OnnxRuntimePredictor(vit_from_torchvision(tiny_extractor()), tmp_path, SHA, threads=1)
     assert list(tmp_path.iterdir()) == [] and not onnx.file.exists()  # loaded, then its temporary folder deleted
-    assert onnx.features(TINY_CALIBRATION).shape == (len(TINY_CALIBRATION), 16)
+    assert onnx.features(TINY_CALIBRATION).shape == (len(TINY_CALIBRATION), TINY_VIT["hidden_dim"])
 
 
 def test_speed_up_is_torchs_time_over_onnx_runtimes():
