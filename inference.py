@@ -396,6 +396,7 @@ def choose_predictor(
     model: nn.Module,
     examples: torch.Tensor,
     examples_features: torch.Tensor,
+    examples_maps: list[torch.Tensor],
     precision: str,
     record: dict | None,
     weights_sha256: str,
@@ -405,7 +406,8 @@ def choose_predictor(
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
     passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
-    (calibration_images) and `examples_features` their fp32 y (Eq. 4). Where fp32 serves on the CPU, the engine
+    (calibration_images), `examples_features` their fp32 y (Eq. 4) and `examples_maps` their fp32 attention maps
+    (model.py's contract), from the same pass. Where fp32 serves on the CPU, the engine
     that runs it is measured too (fastest_fp32), its export cached in `cache_folder` (None: torch serves)."""
     device = next(model.parameters()).device
     calibration = examples if device.type == "cpu" else None
@@ -417,7 +419,9 @@ def choose_predictor(
         )
 
     def fp32(why: str) -> tuple[Predictor | OnnxRuntimePredictor, str]:
-        predictor, engine = fastest_fp32(model, examples, examples_features, cache_folder, weights_sha256)
+        predictor, engine = fastest_fp32(
+            model, examples, examples_features, examples_maps, cache_folder, weights_sha256
+        )
         return predictor, f"{why} {engine}"
 
     if precision != "auto":
@@ -460,6 +464,7 @@ def fastest_fp32(
     model: nn.Module,
     examples: torch.Tensor,
     examples_features: torch.Tensor,
+    examples_maps: list[torch.Tensor],
     cache_folder: Path | None,
     weights_sha256: str,
 ) -> tuple[Predictor | OnnxRuntimePredictor, str]:
@@ -474,11 +479,13 @@ def fastest_fp32(
     except OnnxRuntimeUnavailable as error:
         return served, f"On torch: ONNX Runtime cannot serve here ({error})."
     try:
-        check = agreement(onnx, examples, examples_features)
-        expected_maps, maps = [], []
-        served(examples[:1], expected_maps)
-        onnx(examples[:1], maps)
-        maps_difference = max((got - want).abs().max().item() for got, want in zip(maps, expected_maps))
+        features, maps = [], []  # each photo alone, as the app runs it: y, and every layer's maps
+        for image in examples:
+            maps.append([])
+            onnx(image[None], maps[-1], features)
+        check = agreement(onnx, examples, examples_features, torch.cat(features))
+        by_layer = (torch.cat(layer) for layer in zip(*maps))
+        maps_difference = max((got - want).abs().max().item() for got, want in zip(by_layer, examples_maps))
         if check.max_probability_difference > FP32_TOLERANCE or maps_difference > FP32_TOLERANCE:
             return served, (
                 f"On torch: ONNX Runtime disagreed with it on the bundled photos ({check.describe()}; attention "

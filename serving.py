@@ -171,8 +171,9 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
     weights_check = check_weights_file(config["weights"])
     vit = vit_from_torchvision(model)  # the same tensors, still on the CPU: the explanations are computed from here
     examples = calibration_images(transforms)
-    # One fp32 pass over the bundled photos gives the int8 self-check's reference y (Eq. 4) and the examples' mean
-    # attention distance, the reference each visitor's photo is drawn against in Figure 7 (right)
+    # One fp32 pass over the bundled photos gives the self-checks' reference y (Eq. 4) and maps (int8's, and the fp32
+    # engine's) and the examples' mean attention distance, the reference each visitor's photo is drawn against in
+    # Figure 7 (right)
     attention_maps = []
     with torch.inference_mode():
         examples_features = vit.forward_features(examples, attention_maps)
@@ -181,6 +182,7 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         model,
         examples,
         examples_features,
+        attention_maps,
         precision,
         config.get("int8"),
         weights_check.sha256,

@@ -10,7 +10,7 @@ import torch
 
 import inference
 import onnx_engine
-from inference import Predictor, fastest_fp32, reference_features, vit_from_torchvision
+from inference import Predictor, fastest_fp32, vit_from_torchvision
 from onnx_engine import OnnxRuntimePredictor, OnnxRuntimeUnavailable
 from standins import TINY_CALIBRATION, TINY_VIT, tiny_extractor
 
@@ -72,8 +72,12 @@ def test_without_onnx_runtime_or_the_exporter_it_says_what_to_install(tmp_path, 
 
 @pytest.fixture
 def examples():
+    """(model, photos, their fp32 y and maps from one pass), as serving.load hands them to fastest_fp32."""
     model = tiny_extractor()
-    return model, TINY_CALIBRATION, reference_features(model, TINY_CALIBRATION)
+    maps = []
+    with torch.inference_mode():
+        features = vit_from_torchvision(model).forward_features(TINY_CALIBRATION, maps)
+    return model, TINY_CALIBRATION, features, maps
 
 
 @pytest.mark.parametrize(
@@ -84,32 +88,32 @@ def examples():
     ],
 )
 def test_onnx_runtime_serves_fp32_only_where_it_pays(examples, tmp_path, monkeypatch, measured, serves, reason):
-    model, images, reference = examples
+    model, images, reference, maps = examples
     monkeypatch.setattr(inference, "speed_up", lambda *args: measured)  # the rule, whatever this CPU measures
-    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert type(predictor).__name__ == serves and predictor.precision == "fp32"
     assert why.startswith(reason)
 
 
 def test_onnx_runtime_that_differs_from_torch_by_more_than_rounding_does_not_serve(examples, tmp_path, monkeypatch):
     """0.001 would pass int8's bound; an fp32 engine must match torch to rounding."""
-    model, images, reference = examples
+    model, images, reference, maps = examples
     monkeypatch.setattr(inference, "speed_up", lambda *args: 9.0)
     monkeypatch.setattr(inference, "agreement", lambda *args: inference.Agreement(4, 1.0, 0.0, 0.001, 0.0005, 1.0))
-    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert isinstance(predictor, Predictor)
     assert why.startswith("On torch: ONNX Runtime disagreed with it on the bundled photos (top-1 100.0% the same")
     assert "an fp32 engine must match within 1e-04" in why
 
 
 def test_onnx_runtime_failing_while_running_leaves_torch_serving(examples, tmp_path, monkeypatch):
-    model, images, reference = examples
+    model, images, reference, maps = examples
 
-    def failing(self, images):
+    def failing(self, *args):
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
 
-    monkeypatch.setattr(OnnxRuntimePredictor, "features", failing)
-    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    monkeypatch.setattr(OnnxRuntimePredictor, "__call__", failing)
+    predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert isinstance(predictor, Predictor)
     assert why == (
         "On torch: ONNX Runtime failed running the model (RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
@@ -118,9 +122,9 @@ def test_onnx_runtime_failing_while_running_leaves_torch_serving(examples, tmp_p
 
 
 def test_without_onnx_runtime_torch_serves_fp32_and_says_why(examples, tmp_path, monkeypatch):
-    model, images, reference = examples
+    model, images, reference, maps = examples
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    predictor, why = fastest_fp32(model, images, reference, tmp_path, SHA)
+    predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert isinstance(predictor, Predictor) and predictor.precision == "fp32"
     assert why == (
         "On torch: ONNX Runtime cannot serve here (onnxruntime is not installed (pip install -r requirements.txt))."
