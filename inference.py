@@ -17,7 +17,6 @@ the figures.
 import contextlib
 import functools
 import hashlib
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,20 +95,15 @@ def sums_of(engine: str) -> str:
     return "int32" if sums.item() > 0.9 * _OVERFLOW_WIDTH else "int16"
 
 
-def onednn_may_use_amx() -> bool:
-    """The CPU has AMX tiles and oneDNN may use them (ONEDNN_MAX_CPU_ISA, by default ALL, names an AMX level)."""
-    allowed = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    return torch.cpu._is_amx_tile_supported() and (allowed == "ALL" or "AMX" in allowed)
-
-
 @functools.cache
 def int8_engine() -> str | None:
-    """The quantized engine the int8 Linears are packed for: oneDNN where it runs them on AMX tiles (with the
-    products added in int32), which served the pass faster than fbgemm's AVX-512 VNNI kernels (BENCHMARKS.md,
-    engines.py); fbgemm (torch's "x86" engine) elsewhere on x86; None where torch has neither (ARM builds)."""
+    """The quantized engine the int8 Linears are packed for: oneDNN wherever its kernels add the products in int32
+    (AVX-512 VNNI, AMX tiles), where it served the pass faster than fbgemm's (BENCHMARKS.md, engines.py); fbgemm
+    (torch's "x86" engine) elsewhere on x86 (AVX2, where oneDNN's kernels too add pairs in int16); None where torch
+    has neither (ARM builds)."""
     if not int8_engine_available():
         return None
-    if onednn_may_use_amx() and "onednn" in torch.backends.quantized.supported_engines and sums_of("onednn") == "int32":
+    if "onednn" in torch.backends.quantized.supported_engines and sums_of("onednn") == "int32":
         return "onednn"
     return torch.backends.quantized.engine
 

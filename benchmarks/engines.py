@@ -99,7 +99,7 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
         "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
         f"served int8 ({served.engine} kernels)": path(served),
     }
-    if served.engine != "x86":  # oneDNN on AMX tiles serves: fbgemm's kernels, which serve elsewhere, beside it
+    if served.engine != "x86":  # oneDNN serves: fbgemm's kernels, which serve on AVX2 CPUs, beside it
         paths["int8 on fbgemm's kernels (x86 engine)"] = path(Predictor(model, "int8", calibration, engine="x86"))
     return paths
 
