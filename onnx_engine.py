@@ -96,11 +96,7 @@ class OnnxRuntimePredictor:
             reason = "onnxruntime is not installed" if isinstance(error, ImportError) else f"onnxruntime: {error}"
             raise OnnxRuntimeUnavailable(f"{reason} (pip install -r requirements.txt)") from None
         self.vit = vit
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Its threads otherwise spin after each run, taking the cores from Gradio's event loop and from torch
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: its notes on the graph are not the user's business
+        options = session_options(onnxruntime, threads)
         try:
             with contextlib.ExitStack() as cleanup:
                 if not os.access(cache_folder, os.W_OK):
@@ -140,6 +136,15 @@ class OnnxRuntimePredictor:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """y = LN(z_L^0) (Eq. 4) in float32, the head's input."""
         return torch.from_numpy(self.session.run([FEATURES], {INPUT: as_input(images)})[0])
+
+
+def session_options(onnxruntime, threads: int):
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Its threads otherwise spin after each run, taking the cores from Gradio's event loop and from torch
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: its notes on the graph are not the user's business
+    return options
 
 
 def as_input(images: torch.Tensor):
