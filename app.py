@@ -160,7 +160,7 @@ class Pictures:
 def where(served: FoodVision) -> str:
     """Where and how the model runs, in a few words for the page."""
     if served.predictor.precision == "int8":  # its bits are the Predictor's, measured on the torch thread
-        kernels = {"onednn": "oneDNN's, on AMX tiles", "x86": "fbgemm's", "fbgemm": "fbgemm's"}
+        kernels = {"onednn": "oneDNN's", "x86": "fbgemm's", "fbgemm": "fbgemm's"}
         how = (
             "model.py's ViT with int8 Linear layers (dynamic quantization, {} kernels; {}-bit activations, {}-bit "
             "weights: they add int8 products in {})".format(

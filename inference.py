@@ -51,7 +51,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def int8_engine_available() -> bool:
-    """The x86 quantized kernels (fbgemm) that int8 dynamic quantization runs on; ARM builds of torch have none."""
+    """The x86 quantized kernels (fbgemm, oneDNN) that int8 dynamic quantization runs on; ARM builds of torch have
+    none."""
     return torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
@@ -85,7 +86,8 @@ def sums_of(engine: str) -> str:
     """How `engine`'s int8 kernels add int8 products: "int32" (AVX-512 VNNI's vpdpbusd, AMX tiles) or "int16" (pairs
     of products added in int16 first, as AVX2's vpmaddubsw does). Measured with one product row that overflows
     int16, not read off the CPU flags: the kernels are picked by the library's own rules, and
-    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 makes fbgemm take the int16 ones on a VNNI CPU (how the tests cover both)."""
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2 make fbgemm and oneDNN take the int16 ones on a VNNI
+    CPU (how the tests cover both)."""
     with quiet_torch_ao(), packing_for(engine):
         weight = torch.quantize_per_channel(
             torch.ones(1, _OVERFLOW_WIDTH), torch.tensor([1 / 127]), torch.tensor([0]), 0, torch.qint8

@@ -13,6 +13,7 @@ here is reported and left out."""
 import argparse
 import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from common import interleaved_ms, load_benchmark_classifier, median, print_machine, print_table, save_results
@@ -31,7 +32,7 @@ from inference import (
     probability_agreement,
     vit_from_torchvision,
 )
-from onnx_engine import PROVIDERS, OnnxRuntimePredictor, session_options
+from onnx_engine import PROVIDERS, OnnxRuntimePredictor, OnnxRuntimeUnavailable, session_options
 from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
@@ -45,20 +46,25 @@ def onnx_paths(model: nn.Module, folder: Path, threads: int) -> dict:
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as error:
-        print(f"ONNX Runtime left out: {error} (pip install onnxruntime onnx onnxscript)\n")
+        print(f"ONNX Runtime left out: {error} (pip install -r requirements.txt)\n")
         return {}
     folder.mkdir(exist_ok=True)
-    fp32 = OnnxRuntimePredictor(vit_from_torchvision(model), folder, weights_sha256=folder.name, threads=threads)
+    try:
+        fp32 = OnnxRuntimePredictor(vit_from_torchvision(model), folder, weights_sha256=folder.name, threads=threads)
+    except OnnxRuntimeUnavailable as error:
+        print(f"ONNX Runtime left out: {error}\n")
+        return {}
     int8_file = folder / "vit-int8.onnx"
     quantize_dynamic(str(fp32.file), str(int8_file), weight_type=QuantType.QInt8, per_channel=True)
     int8 = copy.copy(fp32)  # the same head and outputs, the quantized graph's session
+    int8.file = int8_file
     int8.session = onnxruntime.InferenceSession(
         str(int8_file), session_options(onnxruntime, threads), providers=PROVIDERS
     )
-    return {"ONNX Runtime fp32 (served where fp32 serves)": path(fp32), "ONNX Runtime int8 dynamic": path(int8)}
+    return {"ONNX Runtime fp32 (onnx_engine.py)": path(fp32), "ONNX Runtime int8 dynamic": path(int8)}
 
 
-def path(predictor) -> callable:
+def path(predictor) -> Callable:
     def run(images: torch.Tensor):
         maps = []
         return predictor(images, maps), maps

@@ -83,22 +83,24 @@ def test_fbgemm_keeps_the_promise_too_where_onednn_serves(agreement_set, outlier
     CPUs, are held to the same promise here."""
     model, calibration, images, reference = agreement_set
     fast = Predictor(inject_outliers(copy.deepcopy(model), outlier_scale), "int8", calibration, engine="x86")
-    assert fast.engine == "x86" and fast.bits == inference.bits_for(inference.sums_of("x86"))
+    assert fast.engine == "x86" and fast.bits == ((8, 8) if torch.cpu._is_vnni_supported() else (8, 7))
     measured = inference.agreement(fast, images, reference)
     assert measured.passed and measured.top1 >= 0.98, measured.describe()
 
 
+@needs_int8_engine
 def test_the_int8_engine_is_onednn_wherever_its_kernels_add_in_int32(monkeypatch):
     """oneDNN where its kernels add the products in int32 (AVX-512 VNNI, AMX), fbgemm where they add pairs in int16
-    (AVX2), none without torch's x86 engine (ARM builds); and on this CPU, the engine whose sums were measured."""
-    measured = inference.sums_of("onednn")
+    (AVX2: test_int8_sums_are_measured_from_the_kernels_the_libraries_take), none without torch's x86 engine (ARM
+    builds)."""
     for onednn_sums, expected in (("int32", "onednn"), ("int16", "x86")):
         monkeypatch.setattr(inference, "sums_of", lambda engine, sums=onednn_sums: sums)
         inference.int8_engine.cache_clear()
         assert inference.int8_engine() == expected
     monkeypatch.undo()
     inference.int8_engine.cache_clear()
-    assert inference.int8_engine() == ("onednn" if measured == "int32" else "x86")
+    if torch.cpu._is_vnni_supported() and "ONEDNN_MAX_CPU_ISA" not in os.environ:  # vpdpbusd adds in int32
+        assert inference.int8_engine() == "onednn"
     monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")
     inference.int8_engine.cache_clear()
     assert inference.int8_engine() is None
@@ -208,19 +210,20 @@ def test_auto_picks_int8_wherever_the_int8_engine_is_and_bf16_only_with_amx_with
 
 
 @needs_int8_engine
-def test_int8_sums_are_measured_from_the_kernels_fbgemm_takes():
-    """The probe reads the kernels, not the CPU flags: fbgemm told to use its AVX2 kernels adds in int16 on any x86
-    CPU, VNNI ones included. Left to choose, fbgemm adds in int32 exactly where the CPU has AVX-512 VNNI."""
+def test_int8_sums_are_measured_from_the_kernels_the_libraries_take():
+    """The probe reads the kernels, not the CPU flags: fbgemm and oneDNN told to use their AVX2 kernels add in int16
+    on any x86 CPU, VNNI ones included, and then fbgemm serves. Left to choose, fbgemm adds in int32 exactly where
+    the CPU has AVX-512 VNNI."""
     if "FBGEMM_ENABLE_INSTRUCTIONS" not in os.environ:
-        assert inference.int8_sums() == ("int32" if torch.cpu._is_vnni_supported() else "int16")
+        assert inference.sums_of("x86") == ("int32" if torch.cpu._is_vnni_supported() else "int16")
     forced = subprocess.run(
-        [sys.executable, "-c", "import inference; print(inference.int8_sums())"],
+        [sys.executable, "-c", "import inference; print(inference.int8_sums(), inference.int8_engine())"],
         env=os.environ | AVX2_ONLY,
         capture_output=True,
         text=True,
         check=True,
     )
-    assert forced.stdout.strip() == "int16", forced.stderr
+    assert forced.stdout.split() == ["int16", "x86"], forced.stderr
 
 
 @needs_int8_engine
