@@ -82,6 +82,7 @@ def packing_for(engine: str):
         torch.backends.quantized.engine = previous
 
 
+@functools.cache  # the kernels are picked once a process: int8_engine, int8_sums and each Predictor ask
 def sums_of(engine: str) -> str:
     """How `engine`'s int8 kernels add int8 products: "int32" (AVX-512 VNNI's vpdpbusd, AMX tiles) or "int16" (pairs
     of products added in int16 first, as AVX2's vpmaddubsw does). Measured with one product row that overflows
