@@ -62,6 +62,13 @@ ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 # in a real browser).
 QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
+# Gradio's queue looks for a new event every millisecond and for progress to send every 10 ms
+# (queueing.Queue.sleep_when_free, progress_update_sleep_when_free), so an idle server wakes 1,100 times a second,
+# which took a tenth of a core here; on 2 cores each wake-up also stops one of torch's two threads while the other
+# waits for it at the end of the parallel region. Polled every 10 ms, an event still starts within 5 ms on average
+# (BENCHMARKS.md, app_latency.py); these pages send no progress (no gr.Progress), so that poll can be slower still.
+# The notice page polls the same way: first-start training has the cores to itself.
+QUEUE_POLLS_SECONDS = {"sleep_when_free": 0.01, "progress_update_sleep_when_free": 0.1}
 # Gradio keeps a session's gr.State in memory until up to an hour after its tab closes, and the session of a REST
 # API call, which holds no connection, until it is evicted: beyond this many sessions the oldest go, which bounds
 # the kept analyses (views.PhotoAnalysis; BENCHMARKS.md, "Memory per visitor") instead of Gradio's default 10,000.
@@ -526,12 +533,22 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
     with gr.Blocks(title="FoodVision Mini: starting") as page:
         text = gr.Markdown(notice(), elem_id="status")
         gr.Timer(2).tick(notice, outputs=text).then(None, inputs=text, js=RELOAD_WHEN_TRAINED)
-    page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    queued(page).launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     thread.start()
     thread.join()
     time.sleep(3)  # a last tick shows the visitors "Ready"
     page.close()
     return outcome.get("problem")
+
+
+def queued(demo: gr.Blocks) -> gr.Blocks:
+    """demo with Gradio's queue, polled as QUEUE_POLLS_SECONDS says. The polling intervals are no public setting:
+    where a Gradio release no longer has one, Gradio's own stays."""
+    demo.queue(max_size=QUEUE_SIZE)
+    for interval, seconds in QUEUE_POLLS_SECONDS.items():
+        if hasattr(demo._queue, interval):
+            setattr(demo._queue, interval, seconds)
+    return demo
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -544,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         served = NoModel.because(str(DEFAULT_CHECKPOINT_DIR), problem)
     print(status(served) if isinstance(served, NoModel) else model_info(served), flush=True)
     demo = torch_thread.run(build_demo, served)
-    demo.queue(max_size=QUEUE_SIZE).launch(
+    queued(demo).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,

@@ -9,7 +9,8 @@ photos. All in turns, so that every figure sees the same machine load.
 
 The ratios it prints are the app's speed targets (BENCHMARKS.md): the model time the app reports against the bare
 fp32 forward; a request, less the bare page's, against the work the app reports doing (prediction and pictures); the
-model time inside the server against the same pass in this process.
+model time inside the server against the same pass in this process. Before the requests, each idle server's CPU
+time and wake-ups a second are read from /proc: what a server takes from the model's cores while it waits.
 
 The requests come from a child process at the lowest priority (nice 19): gradio_client does work of its own for each
 request (it builds an SSL context per connection and polls the job's status; the CPU time it takes a request is
@@ -35,7 +36,7 @@ from gradio_client import Client, handle_file
 
 import serving
 from devices import available_cpus
-from tests.standins import EXAMPLE_PHOTOS, app_server, twelve_megapixel_jpeg
+from tests.standins import EXAMPLE_PHOTOS, app_server, idle_load, twelve_megapixel_jpeg
 from train_vit import at_least
 
 BARE_PAGE = "bare Gradio page"
@@ -83,14 +84,16 @@ def main() -> None:
     reported = {str(app_dir): {"model": [], "prediction": [], "pictures": []} for app_dir in app_dirs}
     client_cpu_ms = []
     with ExitStack() as stack:
-        urls = {
+        started = {
             name: stack.enter_context(
                 app_server(
                     app_dir, "--checkpoint", str(checkpoint), "--precision", args.precision, env=env, script=script
                 )
-            )[0]
+            )
             for name, (app_dir, script, env) in servers.items()
         }
+        urls = {name: url for name, (url, _) in started.items()}
+        idle = {name: idle_load(process.pid) for name, (_, process) in started.items()}
         client = stack.enter_context(
             ProcessPoolExecutor(
                 1, multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(LOWEST_PRIORITY,)
@@ -127,8 +130,9 @@ def main() -> None:
     print_table(["in this process", "p50 ms"], [[name, median(times)] for name, times in in_process.items()])
     client_cpu = median(client_cpu_ms)
     print(f"gradio_client's own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
-    print_table(["server", "requests", "p50 ms", "p95 ms"], [
-        [name, len(t), median(t), statistics.quantiles(t, n=20)[-1]] for name, t in requests.items()
+    print_table(["server", "requests", "p50 ms", "p95 ms", "idle: CPU ms a second", "idle: wake-ups a second"], [
+        [name, len(t), median(t), statistics.quantiles(t, n=20)[-1], *(idle[name] or ("n/a", "n/a"))]
+        for name, t in requests.items()
     ])  # fmt: skip
     rows = []
     for app_dir, figures in reported.items():
@@ -151,7 +155,13 @@ def main() -> None:
     )  # fmt: skip
     save_results(
         "app_latency",
-        {"requests_ms": requests, "reported_ms": reported, "in_process_ms": in_process, "client_cpu_ms": client_cpu_ms},
+        {
+            "requests_ms": requests,
+            "reported_ms": reported,
+            "in_process_ms": in_process,
+            "client_cpu_ms": client_cpu_ms,
+            "idle_cpu_ms_and_wakeups_a_second": idle,
+        },
     )
 
 

@@ -42,7 +42,7 @@ def classify_without_model(foodvision: FoodVision, image_path: str, decode: bool
 
 def serve_bare_page(argv: list[str]) -> None:
     """The photo input, the label and the timing line, with app.build_demo's element ids (browser_latency watches
-    them) and its quiet progress, and nothing else: no examples, pictures or deeper views, Gradio's default queue."""
+    them), its quiet progress and its queue (app.queued), and nothing else: no examples, pictures or deeper views."""
     args = app.parse_args(argv)
 
     def answer(upload: dict | None):
@@ -61,7 +61,7 @@ def serve_bare_page(argv: list[str]) -> None:
             show_progress_on=label,
             **app.QUIET_PROGRESS,
         )
-    demo.queue().launch(server_name=args.host, server_port=args.port)
+    app.queued(demo).launch(server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,29 @@ def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: floa
             process.communicate()
 
 
+def idle_load(pid: int, seconds: float = 5.0) -> tuple[float, float] | None:
+    """(CPU ms a second, wake-ups a second) of the idle process `pid` over `seconds`, from /proc; None where there is
+    no /proc (not Linux). On a 2-core machine each wake-up takes a core from torch's threads for a moment."""
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return None
+
+    def cpu_ticks_and_wakeups() -> tuple[int, int]:
+        utime, stime = proc.joinpath("stat").read_text().rpartition(")")[2].split()[11:13]  # fields 14, 15
+        wakeups = 0
+        for task in proc.joinpath("task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                status = task.joinpath("status").read_text()
+                wakeups += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE).group(1))
+        return int(utime) + int(stime), wakeups
+
+    ticks_before, wakeups_before = cpu_ticks_and_wakeups()
+    time.sleep(seconds)
+    ticks_after, wakeups_after = cpu_ticks_and_wakeups()
+    ms_per_tick = 1000 / os.sysconf("SC_CLK_TCK")
+    return (ticks_after - ticks_before) * ms_per_tick / seconds, (wakeups_after - wakeups_before) / seconds
+
+
 @contextlib.contextmanager
 def http_server(handler: type[http.server.BaseHTTPRequestHandler], **attributes):
     """A threading HTTP server on 127.0.0.1 with `handler`, the keyword arguments set as attributes of the server

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import serving
-from app import EXAMPLES, MAX_UPLOAD, Inside, Page, Pictures, on_the_torch_thread
+from app import EXAMPLES, MAX_UPLOAD, QUEUE_POLLS_SECONDS, Inside, Page, Pictures, on_the_torch_thread
 from classifier import load_classifier
 from devices import default_device, torch_thread
 from figures import attention_rollout, mean_attention_distance
@@ -32,6 +32,7 @@ from standins import (
     encoded,
     free_port,
     fresh_clone,
+    idle_load,
     page_config_once,
     png_declaring,
     probabilities_of,
@@ -170,6 +171,16 @@ def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good
             client.predict(handle_file(upload), api_name=endpoint)
     photo, expected = good_photo
     assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts wake-ups from Linux's /proc")
+def test_an_idle_server_leaves_the_cores_to_the_model(served):
+    """Gradio's queue looks for events every millisecond, waking an idle server about a thousand times a second
+    (BENCHMARKS.md, app_latency.py); polled as app.QUEUE_POLLS_SECONDS says, it wakes a few times a poll interval.
+    A Gradio release that drops those intervals fails here."""
+    _, wakeups = idle_load(served[1].pid, seconds=3)
+    polls = sum(1 / seconds for seconds in QUEUE_POLLS_SECONDS.values())
+    assert wakeups < 3 * polls, f"{wakeups:.0f} wake-ups a second against {polls:.0f} polls"
 
 
 def test_oversized_upload_is_refused_at_the_door(client, served, good_photo):
