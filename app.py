@@ -63,11 +63,11 @@ ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 QUIET_PROGRESS = {"show_progress": "minimal"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 # Gradio's queue looks for a new event every millisecond and for progress to send every 10 ms
-# (queueing.Queue.sleep_when_free, progress_update_sleep_when_free), so an idle server wakes 1,100 times a second,
-# which took a tenth of a core here; on 2 cores each wake-up also stops one of torch's two threads while the other
-# waits for it at the end of the parallel region. Polled every 10 ms, an event still starts within 5 ms on average
-# (BENCHMARKS.md, app_latency.py); these pages send no progress (no gr.Progress), so that poll can be slower still.
-# The notice page polls the same way: first-start training has the cores to itself.
+# (queueing.Queue.sleep_when_free, progress_update_sleep_when_free): an idle server woke hundreds of times a second
+# and took a tenth of a core (BENCHMARKS.md, app_latency.py), and on 2 cores each wake-up stops one of torch's two
+# threads while the other waits for it at the end of the parallel region. Polled every 10 ms, a new event, or one
+# waiting for the model's slot, starts at most 10 ms later than it would; these pages send no progress (no
+# gr.Progress), so that poll can be slower still. The first-start notice page polls the same way, for the training.
 QUEUE_POLLS_SECONDS = {"sleep_when_free": 0.01, "progress_update_sleep_when_free": 0.1}
 # Gradio keeps a session's gr.State in memory until up to an hour after its tab closes, and the session of a REST
 # API call, which holds no connection, until it is evicted: beyond this many sessions the oldest go, which bounds
@@ -542,12 +542,13 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
 
 
 def queued(demo: gr.Blocks) -> gr.Blocks:
-    """demo with Gradio's queue, polled as QUEUE_POLLS_SECONDS says. The polling intervals are no public setting:
-    where a Gradio release no longer has one, Gradio's own stays."""
+    """demo with Gradio's queue, polled at most as often as QUEUE_POLLS_SECONDS says (Gradio polls less often on
+    Windows). The polling intervals are no public setting: where a Gradio release no longer has one, Gradio's own
+    stays."""
     demo.queue(max_size=QUEUE_SIZE)
     for interval, seconds in QUEUE_POLLS_SECONDS.items():
         if hasattr(demo._queue, interval):
-            setattr(demo._queue, interval, seconds)
+            setattr(demo._queue, interval, max(getattr(demo._queue, interval), seconds))
     return demo
 
 

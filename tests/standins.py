@@ -281,16 +281,18 @@ def idle_load(pid: int, seconds: float = 5.0) -> tuple[float, float] | None:
         utime, stime = proc.joinpath("stat").read_text().rpartition(")")[2].split()[11:13]  # fields 14, 15
         wakeups = 0
         for task in proc.joinpath("task").iterdir():
-            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
                 status = task.joinpath("status").read_text()
                 wakeups += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE).group(1))
         return int(utime) + int(stime), wakeups
 
     ticks_before, wakeups_before = cpu_ticks_and_wakeups()
+    started = time.monotonic()
     time.sleep(seconds)
     ticks_after, wakeups_after = cpu_ticks_and_wakeups()
+    elapsed = time.monotonic() - started
     ms_per_tick = 1000 / os.sysconf("SC_CLK_TCK")
-    return (ticks_after - ticks_before) * ms_per_tick / seconds, (wakeups_after - wakeups_before) / seconds
+    return (ticks_after - ticks_before) * ms_per_tick / elapsed, (wakeups_after - wakeups_before) / elapsed
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import serving
-from app import EXAMPLES, MAX_UPLOAD, QUEUE_POLLS_SECONDS, Inside, Page, Pictures, on_the_torch_thread
+from app import EXAMPLES, MAX_UPLOAD, QUEUE_POLLS_SECONDS, Inside, Page, Pictures, on_the_torch_thread, queued
 from classifier import load_classifier
 from devices import default_device, torch_thread
 from figures import attention_rollout, mean_attention_distance
@@ -175,12 +176,19 @@ def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts wake-ups from Linux's /proc")
 def test_an_idle_server_leaves_the_cores_to_the_model(served):
-    """Gradio's queue looks for events every millisecond, waking an idle server about a thousand times a second
-    (BENCHMARKS.md, app_latency.py); polled as app.QUEUE_POLLS_SECONDS says, it wakes a few times a poll interval.
-    A Gradio release that drops those intervals fails here."""
+    """Gradio's queue looks for events every millisecond, waking an idle server hundreds of times a second
+    (BENCHMARKS.md, app_latency.py); polled as app.QUEUE_POLLS_SECONDS says, it wakes a few times a poll interval."""
     _, wakeups = idle_load(served[1].pid, seconds=3)
     polls = sum(1 / seconds for seconds in QUEUE_POLLS_SECONDS.values())
+    assert served[1].poll() is None, "the server stopped"
     assert wakeups < 3 * polls, f"{wakeups:.0f} wake-ups a second against {polls:.0f} polls"
+
+
+def test_the_queue_takes_the_apps_polling_intervals():
+    """Each interval the app sets still exists in this Gradio and holds the app's value: a release that renames
+    one fails here instead of silently polling every millisecond again."""
+    queue = queued(gr.Blocks())._queue
+    assert {interval: getattr(queue, interval) for interval in QUEUE_POLLS_SECONDS} == QUEUE_POLLS_SECONDS
 
 
 def test_oversized_upload_is_refused_at_the_door(client, served, good_photo):
