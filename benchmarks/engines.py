@@ -81,6 +81,8 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
     }
     if served.engine != "x86":  # oneDNN serves: fbgemm's kernels, which serve on AVX2 CPUs, beside it
         paths["int8 on fbgemm's kernels (x86 engine)"] = path(Predictor(model, "int8", calibration, engine="x86"))
+    elif "onednn" in torch.backends.quantized.supported_engines:  # fbgemm serves: oneDNN's int16 kernels beside it
+        paths["int8 on oneDNN's kernels (onednn engine)"] = path(Predictor(model, "int8", calibration, engine="onednn"))
     return paths
 
 
