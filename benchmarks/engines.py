@@ -79,7 +79,7 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
         "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
         f"served int8 ({served.engine} kernels)": path(served),
     }
-    if served.engine != "x86":  # oneDNN serves: fbgemm's kernels, which serve on AVX2 CPUs, beside it
+    if served.engine == "onednn":  # oneDNN serves: fbgemm's kernels, which serve on AVX2 CPUs, beside it
         paths["int8 on fbgemm's kernels (x86 engine)"] = path(Predictor(model, "int8", calibration, engine="x86"))
     elif "onednn" in torch.backends.quantized.supported_engines:  # fbgemm serves: oneDNN's int16 kernels beside it
         paths["int8 on oneDNN's kernels (onednn engine)"] = path(Predictor(model, "int8", calibration, engine="onednn"))
