@@ -72,6 +72,9 @@ def path(predictor) -> Callable:
     return run
 
 
+KERNELS = {"x86": "fbgemm's", "onednn": "oneDNN's"}  # torch's quantized engine names, by the library behind them
+
+
 def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
     """name -> (images -> (logits, maps)) for the project's own paths on torch."""
     served = Predictor(model, "int8", calibration)
@@ -79,10 +82,13 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
         "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
         f"served int8 ({served.engine} kernels)": path(served),
     }
-    if served.engine == "onednn":  # oneDNN serves: fbgemm's kernels, which serve on AVX2 CPUs, beside it
-        paths["int8 on fbgemm's kernels (x86 engine)"] = path(Predictor(model, "int8", calibration, engine="x86"))
-    elif "onednn" in torch.backends.quantized.supported_engines:  # fbgemm serves: oneDNN's int16 kernels beside it
-        paths["int8 on oneDNN's kernels (onednn engine)"] = path(Predictor(model, "int8", calibration, engine="onednn"))
+    # The engine inference.int8_engine did not pick, beside the one it did, so its rule is measured on every CPU:
+    # fbgemm's kernels where oneDNN serves (VNNI, AMX), oneDNN's where fbgemm serves (AVX2)
+    other = "x86" if served.engine == "onednn" else "onednn"
+    if other in torch.backends.quantized.supported_engines:
+        paths[f"int8 on {KERNELS[other]} kernels ({other} engine)"] = path(
+            Predictor(model, "int8", calibration, engine=other)
+        )
     return paths
 
 
