@@ -25,7 +25,7 @@ from torch import nn
 from classifier import build_feature_extractor
 from data import ImageDataset
 from tests.standins import write_food_dataset
-from train_head import extract_features, fit
+from train_head import extract_features, feature_batch_size, fit
 
 
 def course_way(
@@ -52,9 +52,9 @@ def course_way(
 def cached_way(
     model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int
 ) -> None:
-    """train_head.py's loop: one backbone pass, then every epoch on the cached features."""
-    train = extract_features(model, train_set, batch_size, "train features")
-    test = extract_features(model, test_set, batch_size, "test features")
+    """train_head.py's loop: one backbone pass, at its batch for the CPU, then every epoch on the cached features."""
+    train = extract_features(model, train_set, feature_batch_size("cpu", batch_size), "train features")
+    test = extract_features(model, test_set, feature_batch_size("cpu", batch_size), "test features")
     fit(model.heads, train, test, epochs, lr, batch_size, seed=42)
 
 

@@ -141,6 +141,11 @@ def test_main_downloads_trains_saves_and_reports_a_failed_push(
     assert f"Test accuracy {config['metrics']['test_acc']:.4f} on 3 images" in (output / "README.md").read_text()
 
 
+def test_the_backbone_pass_takes_the_cpus_batch_on_the_cpu_and_the_heads_on_a_gpu():
+    assert train_head.feature_batch_size("cpu", 32) == train_head.CPU_FEATURE_BATCH < 32
+    assert train_head.feature_batch_size("cuda:0", 32) == 32
+
+
 def test_command_line_defaults_are_train_heads():
     parameters = inspect.signature(train_head.train_head).parameters
     args = vars(train_head.parse_args([]))
