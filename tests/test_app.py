@@ -38,6 +38,7 @@ from standins import (
     png_declaring,
     probabilities_of,
     twelve_megapixel_jpeg,
+    write_food_dataset,
 )
 from views import views_in
 
@@ -273,11 +274,12 @@ def test_offline_fresh_clone_starts_and_says_what_is_missing(tmp_path):
     assert not (clone / "checkpoints" / "foodvision-mini").exists()
 
 
-def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home, pizza_steak_sushi_dataset):
-    """A fresh clone whose dataset is already downloaded (a folder with the course zip's name) and whose weights
-    are cached: the address answers at once with a notice that a head is being trained, then serves the app."""
+def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home):
+    """A fresh clone whose dataset is already downloaded (a folder with the course zip's name, here 4 training and 2
+    test photos a class: what is tested is the start, not the head) and whose weights are cached: the address
+    answers at once with a notice that a head is being trained, then serves the app."""
     clone = fresh_clone(tmp_path / "clone")
-    shutil.copytree(pizza_steak_sushi_dataset, clone / "data" / "pizza_steak_sushi")
+    write_food_dataset(clone / "data" / "pizza_steak_sushi", 4, 2)
     environment = {"TORCH_HOME": str(torch_home), "FOODVISION_CHECKPOINT": "", "HF_HUB_OFFLINE": "1"}
     with app_server(clone, env=environment) as (url, _):
         page_config_once(url, "Starting: training the head", timeout=60)
