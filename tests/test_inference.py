@@ -21,10 +21,15 @@ from inference import Predictor
 from model import build_vit, convert_torchvision_state_dict
 from standins import EXAMPLE_PHOTOS as EXAMPLES
 from standins import GENERATED_CLASSES as GENERATED
-from standins import TINY_CALIBRATION, TINY_VIT, draw_food_image, inject_outliers, tiny_extractor
-
-NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm) for this CPU"
-
+from standins import (
+    NO_INT8_ENGINE,
+    TINY_CALIBRATION,
+    TINY_VIT,
+    draw_food_image,
+    inject_outliers,
+    needs_int8_engine,
+    tiny_extractor,
+)
 
 # Each library's switch to its AVX2 code: int8 products then add in int16 pairs as on an AVX2-only CPU
 AVX2_ONLY = {
@@ -33,7 +38,6 @@ AVX2_ONLY = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 }
-needs_int8_engine = pytest.mark.skipif(inference.int8_sums() is None, reason=NO_INT8_ENGINE)
 
 
 def agreement_images(transforms) -> torch.Tensor:

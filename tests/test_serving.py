@@ -22,11 +22,7 @@ import serving
 from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file
 from figures import mean_attention_distance
 from images import example_photos
-from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image
-
-needs_int8_engine = pytest.mark.skipif(
-    inference.int8_sums() is None, reason="torch has no int8 kernels (fbgemm) for this CPU"
-)
+from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image, needs_int8_engine
 
 
 @pytest.fixture
