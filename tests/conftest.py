@@ -1,5 +1,5 @@
-"""Shared fixtures over standins.py: a random vit_b_16 where torchvision's loader looks first (`torch_home`), a
-drawn pizza/steak/sushi dataset, a head that train_head.py trained on them, and zips served over HTTP."""
+"""Shared fixtures over standins.py: a random vit_b_16 where torchvision's loader looks first (`torch_home`), drawn
+pizza/steak/sushi datasets, a head that train_head.py trained on one of them, and zips served over HTTP."""
 
 import os
 from pathlib import Path
@@ -30,17 +30,9 @@ def torch_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pizza_steak_sushi_dataset(tmp_path_factory) -> Path:
-    """A generated 3-class dataset (15 train / 8 test images a class, 64 px): big enough that the head's test
-    accuracy means something, small enough for a CPU backbone."""
+    """A generated 3-class dataset (15 train / 8 test images a class, 64 px) for the dataset code and train_vit.py's
+    tiny ViTs: big enough that a test accuracy means something, small enough to train from scratch on a CPU."""
     return write_food_dataset(tmp_path_factory.mktemp("pizza_steak_sushi"), 15, 8)
-
-
-@pytest.fixture(scope="session")
-def trained_head_checkpoint(tmp_path_factory, torch_home, pizza_steak_sushi_dataset) -> Path:
-    """A head checkpoint folder written by `python train_head.py` on the generated dataset with the random
-    `torch_home` backbone (default hyperparameters); its console output is in stdout.txt beside the folder."""
-    run_dir = tmp_path_factory.mktemp("trained_head")
-    return train_head_checkpoint(pizza_steak_sushi_dataset, run_dir / "foodvision-mini", torch_home)
 
 
 @pytest.fixture
@@ -57,11 +49,18 @@ def serve_bytes():
 
 
 @pytest.fixture(scope="session")
-def ood_trained_head(tmp_path_factory, torch_home) -> Path:
-    """A head trained with --ood-dir on more drawn photos (60 train / 20 test a class) against drawn non-food (12 of
-    each standins.NON_FOOD_KINDS): with 15 photos a class in 768 dimensions the class Gaussians are too loose for
-    the outlier score to mean much (BENCHMARKS.md, outlier_score.py)."""
-    root = tmp_path_factory.mktemp("ood")
-    dataset = write_food_dataset(root / "pizza_steak_sushi", 60, 20, seed=3)
+def head_dataset(tmp_path_factory) -> Path:
+    """The generated pizza/steak/sushi photos the session's head is trained on (60 train / 20 test a class): with
+    fewer, the class Gaussians in 768 dimensions are too loose for the outlier score to mean much (BENCHMARKS.md,
+    outlier_score.py)."""
+    return write_food_dataset(tmp_path_factory.mktemp("head_dataset"), 60, 20, seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_head_checkpoint(tmp_path_factory, torch_home, head_dataset) -> Path:
+    """A head checkpoint folder written by `python train_head.py --ood-dir` on `head_dataset`, against drawn non-food
+    (12 of each standins.NON_FOOD_KINDS), with the random `torch_home` backbone and the default hyperparameters; its
+    console output is in stdout.txt beside the folder."""
+    root = tmp_path_factory.mktemp("trained_head")
     non_food = write_non_food_folder(root / "not-food", 12, seed=4)
-    return train_head_checkpoint(dataset, root / "run" / "foodvision-mini", torch_home, "--ood-dir", str(non_food))
+    return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, "--ood-dir", str(non_food))

@@ -38,8 +38,10 @@ def edit_record(checkpoint, **setup_changes) -> None:
 
 @needs_int8_engine
 def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, torch_home):
-    record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
-    assert record["measured"] and record["agreement"]["passed"] and record["agreement"]["inputs"] == 24
+    config = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())
+    record = config["int8"]
+    assert record["measured"] and record["agreement"]["passed"]
+    assert record["agreement"]["inputs"] == config["data"]["test_images"] == 60
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "int8"
     reason = foodvision.precision_reason
@@ -127,7 +129,9 @@ def scored_photos(foodvision, pictures: list[Image.Image], folder: Path) -> tupl
     return torch.tensor(scores), warnings
 
 
-def test_the_served_verdict_flags_drawn_non_food_on_every_precision(ood_trained_head, torch_home, tmp_path, capsys):
+def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
+    trained_head_checkpoint, torch_home, tmp_path, capsys
+):
     """Fresh drawn food and non-food, never seen in training: the score separates them on the fp32 and the int8
     path alike (it is computed from the served pass's own y), the threshold still accepts about 95% of the food,
     and a flagged photo's warning is what the page, the API and predict.py say."""
@@ -137,7 +141,7 @@ def test_the_served_verdict_flags_drawn_non_food_on_every_precision(ood_trained_
     precisions = ["fp32"] + (["int8"] if inference.int8_sums() else [])
     measured = {}
     for precision in precisions:
-        served = serving.load(str(ood_trained_head), "cpu", precision)
+        served = serving.load(str(trained_head_checkpoint), "cpu", precision)
         food_scores, food_warnings = scored_photos(served, food, tmp_path / f"food-{precision}")
         other_scores, other_warnings = scored_photos(served, non_food, tmp_path / f"other-{precision}")
         measured[precision] = outliers.auroc(food_scores, other_scores)
@@ -154,7 +158,7 @@ def test_the_served_verdict_flags_drawn_non_food_on_every_precision(ood_trained_
     if "int8" in measured:
         assert abs(measured["int8"] - measured["fp32"]) < 0.05, measured
     photo = tmp_path / f"other-{precisions[-1]}" / f"{int(other_scores.argmax())}.png"
-    assert predict.main([str(photo), "--checkpoint", str(ood_trained_head), "--precision", precisions[-1]]) == 0
+    assert predict.main([str(photo), "--checkpoint", str(trained_head_checkpoint), "--precision", precisions[-1]]) == 0
     assert "  warning: This does not look like pizza, steak or sushi" in capsys.readouterr().out
 
 
