@@ -54,8 +54,8 @@ from outliers import OutlierScore
 from outputs import epoch_line, plot_curves, plot_fewshot
 
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
-# The backbone pass's batch on a CPU: 8 keeps more of each layer's activations in the caches than the head's 32 and
-# computes the same features faster (BENCHMARKS.md, feature_batch.py)
+# The backbone pass's batch on a CPU: 8 computes the same features faster than the head's 32, likely by keeping more
+# of each layer's activations in the caches (BENCHMARKS.md, feature_batch.py)
 CPU_FEATURE_BATCH = 8
 ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
 
