@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from marks import SMALL_HEAD
 from standins import (
     BytesHandler,
     http_server,
@@ -30,8 +31,9 @@ def torch_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pizza_steak_sushi_dataset(tmp_path_factory) -> Path:
-    """A generated 3-class dataset (15 train / 8 test images a class, 64 px) for the dataset code and train_vit.py's
-    tiny ViTs: big enough that a test accuracy means something, small enough to train from scratch on a CPU."""
+    """A generated 3-class dataset (15 train / 8 test images a class, 64 px) for the dataset code, train_vit.py's tiny
+    ViTs and train_head.py's download test: big enough that a test accuracy means something, small enough to train
+    from scratch on a CPU."""
     return write_food_dataset(tmp_path_factory.mktemp("pizza_steak_sushi"), 15, 8)
 
 
@@ -52,15 +54,16 @@ def serve_bytes():
 def head_dataset(tmp_path_factory) -> Path:
     """The generated pizza/steak/sushi photos the session's head is trained on (60 train / 20 test a class): with
     fewer, the class Gaussians in 768 dimensions are too loose for the outlier score to mean much (BENCHMARKS.md,
-    outlier_score.py)."""
-    return write_food_dataset(tmp_path_factory.mktemp("head_dataset"), 60, 20, seed=3)
+    outlier_score.py). 15 / 8 where marks.SMALL_HEAD is set."""
+    train, test = (15, 8) if os.environ.get(SMALL_HEAD) else (60, 20)
+    return write_food_dataset(tmp_path_factory.mktemp("head_dataset"), train, test, seed=3)
 
 
 @pytest.fixture(scope="session")
 def trained_head_checkpoint(tmp_path_factory, torch_home, head_dataset) -> Path:
     """A head checkpoint folder written by `python train_head.py --ood-dir` on `head_dataset`, against drawn non-food
-    (12 of each standins.NON_FOOD_KINDS), with the random `torch_home` backbone and the default hyperparameters; its
-    console output is in stdout.txt beside the folder."""
+    (12 of each standins.NON_FOOD_KINDS; no --ood-dir where marks.SMALL_HEAD is set), with the random `torch_home`
+    backbone and the default hyperparameters; its console output is in stdout.txt beside the folder."""
     root = tmp_path_factory.mktemp("trained_head")
-    non_food = write_non_food_folder(root / "not-food", 12, seed=4)
-    return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, "--ood-dir", str(non_food))
+    ood = [] if os.environ.get(SMALL_HEAD) else ["--ood-dir", str(write_non_food_folder(root / "not-food", 12, seed=4))]
+    return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, *ood)

@@ -26,16 +26,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torchvision
 from PIL import Image, ImageDraw
 
-import inference
 from images import example_photos
 
-NO_INT8_ENGINE = "torch has no int8 kernels (fbgemm, oneDNN) for this CPU"
-needs_int8_engine = pytest.mark.skipif(inference.int8_sums() is None, reason=NO_INT8_ENGINE)
 REPO = Path(__file__).resolve().parent.parent  # the project folder, this file being in tests/
 EXAMPLE_PHOTOS = example_photos()
 TINY_VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)

@@ -18,16 +18,15 @@ import inference
 from classifier import load_classifier
 from images import load_rgb
 from inference import Predictor
+from marks import NO_INT8_ENGINE, SMALL_HEAD, needs_int8_engine
 from model import build_vit, convert_torchvision_state_dict
 from standins import EXAMPLE_PHOTOS as EXAMPLES
 from standins import GENERATED_CLASSES as GENERATED
 from standins import (
-    NO_INT8_ENGINE,
     TINY_CALIBRATION,
     TINY_VIT,
     draw_food_image,
     inject_outliers,
-    needs_int8_engine,
     tiny_extractor,
 )
 
@@ -265,7 +264,7 @@ def test_the_int8_tests_pass_on_the_kernels_that_add_in_int16_as_well():
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        env=os.environ | AVX2_ONLY,
+        env=os.environ | AVX2_ONLY | {SMALL_HEAD: "1"},
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,

@@ -22,7 +22,8 @@ import serving
 from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file
 from figures import mean_attention_distance
 from images import example_photos
-from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image, needs_int8_engine
+from marks import needs_int8_engine
+from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image
 
 
 @pytest.fixture
@@ -37,11 +38,10 @@ def edit_record(checkpoint, **setup_changes) -> None:
 
 
 @needs_int8_engine
-def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, torch_home):
-    config = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())
-    record = config["int8"]
+def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, head_dataset, torch_home):
+    record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
     assert record["measured"] and record["agreement"]["passed"]
-    assert record["agreement"]["inputs"] == config["data"]["test_images"] == 60
+    assert record["agreement"]["inputs"] == len(list((head_dataset / "test").rglob("*.jpg")))  # every test photo
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "int8"
     reason = foodvision.precision_reason
