@@ -54,8 +54,8 @@ from outliers import OutlierScore
 from outputs import epoch_line, plot_curves, plot_fewshot
 
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
-# The backbone pass's batch on a CPU: 8 computes the same features faster than the head's 32, likely by keeping more
-# of each layer's activations in the caches (BENCHMARKS.md, feature_batch.py)
+# The backbone pass's batch on a CPU: 8 computed the same features faster than the head's 32 on the EPYC AVX2
+# (BENCHMARKS.md, feature_batch.py)
 CPU_FEATURE_BATCH = 8
 ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
 
@@ -382,7 +382,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     training.add_argument("--weights", default=DEFAULTS["weights"], choices=WEIGHTS_NAMES, help=weights_help)
     training.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="%(default)s")
     training.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (%(default)s)")
-    training.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="%(default)s")
+    training.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help=f"the head's; on a GPU also the backbone pass's (on the CPU, {CPU_FEATURE_BATCH}). %(default)s",
+    )
     training.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="%(default)s")
     training.add_argument("--device", help="where the backbone runs, e.g. cpu or cuda (default: cuda when available)")
     parser.add_argument(

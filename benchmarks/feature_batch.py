@@ -1,11 +1,11 @@
 """train_head.py's backbone pass (extract_features) at each batch size, in milliseconds an image: which batch
 computes the features fastest on this CPU (train_head.CPU_FEATURE_BATCH), and how far the features move with it.
 
-The frozen ViT-B/16 does the same work per image at any batch size; what changes is how much of a layer's
-activations (a batch of 197-token sequences, 3072 wide in the MLP) stays in the caches. The images are standins.py's
-generated pictures and the backbone the seeded random vit_b_16: timing does not depend on the weights or pixels.
+The frozen ViT-B/16 does the same work per image at any batch size; what changes is likely how much of a layer's
+activations stays in the caches (BENCHMARKS.md). The images are standins.py's generated pictures and the backbone the
+seeded random vit_b_16: timing does not depend on the weights or pixels.
 
-    python benchmarks/feature_batch.py                    # about 3 minutes on 2 idle cores
+    python benchmarks/feature_batch.py                    # about 4 minutes on 2 idle cores
     python benchmarks/feature_batch.py --images 64 --batches 4 8 64
 """
 
@@ -37,12 +37,15 @@ def main(argv: list[str] | None = None) -> None:
         dataset = ImageDataset(write_food_dataset(Path(temp), args.images // 3, 1), "train")
         model, transforms = build_feature_extractor("IMAGENET1K_V1", dataset.class_names)
         dataset.transform = transforms
-        passes = {
-            batch: lambda batch=batch: extract_features(model.eval(), dataset, batch, f"batch {batch}")
-            for batch in args.batches
-        }
-        times = interleaved_ms(passes, args.repeats)
-        features = {batch: run()[0] for batch, run in passes.items()}
+        features = {}  # each batch's features from its last pass
+
+        def timed(batch: int):
+            def run():
+                features[batch] = extract_features(model.eval(), dataset, batch, f"batch {batch}")[0]
+
+            return run
+
+        times = interleaved_ms({batch: timed(batch) for batch in args.batches}, args.repeats)
     per_image = {batch: median(times[batch]) / len(dataset) for batch in args.batches}
     baseline, smallest = max(args.batches), min(args.batches)
     fastest = min(per_image, key=per_image.get)

@@ -2,9 +2,10 @@
 runs the frozen backbone over every image in every epoch (chapter 08's engine.train).
 
 Both train the same head with the same Adam/CrossEntropyLoss/batch settings for --epochs; the
-cached way runs the backbone once over train and test. By default the images are standins.py's
-generated pizza/steak/sushi pictures and the backbone is the seeded random vit_b_16 (the real
-weights cannot be downloaded here): timing does not depend on what the weights or pixels are.
+cached way runs the backbone once over train and test, at train_head.py's batch for the CPU. By
+default the images are standins.py's generated pizza/steak/sushi pictures and the backbone is the
+seeded random vit_b_16 (the real weights cannot be downloaded here): timing does not depend on what
+the weights or pixels are.
 
     python benchmarks/head_training.py                    # about 3 minutes on 2 idle cores
     python benchmarks/head_training.py --repeats 5 --train-per-class 8
@@ -53,8 +54,9 @@ def cached_way(
     model: nn.Module, train_set: ImageDataset, test_set: ImageDataset, epochs: int, lr: float, batch_size: int
 ) -> None:
     """train_head.py's loop: one backbone pass, at its batch for the CPU, then every epoch on the cached features."""
-    train = extract_features(model, train_set, feature_batch_size("cpu", batch_size), "train features")
-    test = extract_features(model, test_set, feature_batch_size("cpu", batch_size), "test features")
+    feature_batch = feature_batch_size("cpu", batch_size)
+    train = extract_features(model, train_set, feature_batch, "train features")
+    test = extract_features(model, test_set, feature_batch, "test features")
     fit(model.heads, train, test, epochs, lr, batch_size, seed=42)
 
 
