@@ -46,7 +46,7 @@ from figures import (
     similarity_picture,
 )
 from images import example_photos, to_display
-from inference import sums_of
+from inference import KERNEL_LIBRARIES, sums_of
 from onnx_engine import OnnxRuntimePredictor
 from options import add_model_arguments, check_model_arguments
 from serving import FoodVision, NoModel, ServingError, load
@@ -167,11 +167,10 @@ class Pictures:
 def where(served: FoodVision) -> str:
     """Where and how the model runs, in a few words for the page."""
     if served.predictor.precision == "int8":  # its bits are the Predictor's, measured on the torch thread
-        kernels = {"onednn": "oneDNN's", "x86": "fbgemm's", "fbgemm": "fbgemm's"}
         how = (
-            "model.py's ViT with int8 Linear layers (dynamic quantization, {} kernels; {}-bit activations, {}-bit "
+            "model.py's ViT with int8 Linear layers (dynamic quantization, {}'s kernels; {}-bit activations, {}-bit "
             "weights: they add int8 products in {})".format(
-                kernels[served.predictor.engine], *served.predictor.bits, sums_of(served.predictor.engine)
+                KERNEL_LIBRARIES[served.predictor.engine], *served.predictor.bits, sums_of(served.predictor.engine)
             )
         )
     elif isinstance(served.predictor, OnnxRuntimePredictor):

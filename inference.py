@@ -42,6 +42,8 @@ SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
 FP32_LINEARS = ("blocks.0.attention.projection",)
 MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise, with the same top-1 class as fp32
+# torch's quantized engine names, by the library whose kernels they run ("fbgemm" is the older name of "x86")
+KERNEL_LIBRARIES = {"onednn": "oneDNN", "x86": "fbgemm", "fbgemm": "fbgemm"}
 
 
 def cpu_supports_bf16() -> bool:

@@ -24,6 +24,7 @@ from torch import nn
 
 from devices import available_cpus
 from inference import (
+    KERNEL_LIBRARIES,
     Predictor,
     calibration_images,
     int8_bits,
@@ -72,9 +73,6 @@ def path(predictor) -> Callable:
     return run
 
 
-KERNELS = {"x86": "fbgemm's", "onednn": "oneDNN's"}  # torch's quantized engine names, by the library behind them
-
-
 def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
     """name -> (images -> (logits, maps)) for the project's own paths on torch."""
     served = Predictor(model, "int8", calibration)
@@ -86,7 +84,7 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
     # fbgemm's kernels where oneDNN serves (VNNI, AMX), oneDNN's where fbgemm serves (AVX2)
     other = "x86" if served.engine == "onednn" else "onednn"
     if other in torch.backends.quantized.supported_engines:
-        paths[f"int8 on {KERNELS[other]} kernels ({other} engine)"] = path(
+        paths[f"int8 on {KERNEL_LIBRARIES[other]}'s kernels ({other} engine)"] = path(
             Predictor(model, "int8", calibration, engine=other)
         )
     return paths
