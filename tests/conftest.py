@@ -16,6 +16,8 @@ from standins import (
     write_random_backbone,
 )
 
+SMALL_SESSION_HEAD = bool(os.environ.get(SMALL_HEAD))  # set by the AVX2-kernel rerun (marks.py)
+
 
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory) -> Path:
@@ -55,7 +57,7 @@ def head_dataset(tmp_path_factory) -> Path:
     """The generated pizza/steak/sushi photos the session's head is trained on (60 train / 20 test a class): with
     fewer, the class Gaussians in 768 dimensions are too loose for the outlier score to mean much (BENCHMARKS.md,
     outlier_score.py). 15 / 8 where marks.SMALL_HEAD is set."""
-    train, test = (15, 8) if os.environ.get(SMALL_HEAD) else (60, 20)
+    train, test = (15, 8) if SMALL_SESSION_HEAD else (60, 20)
     return write_food_dataset(tmp_path_factory.mktemp("head_dataset"), train, test, seed=3)
 
 
@@ -65,5 +67,5 @@ def trained_head_checkpoint(tmp_path_factory, torch_home, head_dataset) -> Path:
     (12 of each standins.NON_FOOD_KINDS; no --ood-dir where marks.SMALL_HEAD is set), with the random `torch_home`
     backbone and the default hyperparameters; its console output is in stdout.txt beside the folder."""
     root = tmp_path_factory.mktemp("trained_head")
-    ood = [] if os.environ.get(SMALL_HEAD) else ["--ood-dir", str(write_non_food_folder(root / "not-food", 12, seed=4))]
+    ood = [] if SMALL_SESSION_HEAD else ["--ood-dir", str(write_non_food_folder(root / "not-food", 12, seed=4))]
     return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, *ood)
