@@ -1,7 +1,8 @@
 """The served paths against other inference engines on this CPU: batch 1, the page's attention maps included, all
 timed in turns in one process, and each one's agreement with fp32 on a backbone carrying pretrained ViTs' LayerNorm
 outlier channels (standins.inject_outliers). ONNX Runtime's rows are the app's own fp32 engine (onnx_engine.py, which
-serves wherever fp32 serves and it pays) and ONNX Runtime's int8 dynamic quantization of that same export.
+serves wherever fp32 serves and it pays), ONNX Runtime's int8 dynamic quantization of that same export, and ONNX
+Runtime's int8 with the served method (inference.INT8_METHOD), the one fair match for the served int8.
 
     python benchmarks/engines.py                                # about 4 minutes on 2 cores
     python benchmarks/engines.py --repeats 20 --inputs 100 --outliers 30
@@ -12,6 +13,7 @@ here is reported and left out."""
 
 import argparse
 import copy
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,13 +26,16 @@ from torch import nn
 
 from devices import available_cpus
 from inference import (
+    FP32_LINEARS,
     KERNEL_LIBRARIES,
+    SMOOTHING_ALPHA,
     Predictor,
     calibration_images,
     int8_bits,
     int8_engine,
     int8_sums,
     probability_agreement,
+    smooth_activations,
     vit_from_torchvision,
 )
 from onnx_engine import PROVIDERS, OnnxRuntimePredictor, OnnxRuntimeUnavailable, session_options
@@ -40,9 +45,10 @@ from train_vit import at_least
 BASELINE = "bare fp32 forward (torchvision, no maps)"
 
 
-def onnx_paths(model: nn.Module, folder: Path, threads: int) -> dict:
-    """name -> (images -> (logits, maps)) on ONNX Runtime: the served fp32 engine (onnx_engine.py) and, on the same
-    export, ONNX Runtime's own int8 dynamic quantization; {} with a note where ONNX Runtime cannot run here."""
+def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, threads: int) -> dict:
+    """name -> (images -> (logits, maps)) on ONNX Runtime: the served fp32 engine (onnx_engine.py), on the same
+    export ONNX Runtime's own int8 dynamic quantization, and int8 with the served method (served_method_int8); {}
+    with a note where ONNX Runtime cannot run here."""
     try:
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -57,12 +63,54 @@ def onnx_paths(model: nn.Module, folder: Path, threads: int) -> dict:
         return {}
     int8_file = folder / "vit-int8.onnx"
     quantize_dynamic(str(fp32.file), str(int8_file), weight_type=QuantType.QInt8, per_channel=True)
-    int8 = copy.copy(fp32)  # the same head and outputs, the quantized graph's session
-    int8.file = int8_file
-    int8.session = onnxruntime.InferenceSession(
-        str(int8_file), session_options(onnxruntime, threads), providers=PROVIDERS
+    activation_bits, weight_bits = int8_bits()
+    smoothed = vit_from_torchvision(model)
+    smooth_activations(smoothed, calibration, SMOOTHING_ALPHA[weight_bits])
+    smoothed_fp32 = OnnxRuntimePredictor(smoothed, folder, weights_sha256="smoothed", threads=threads)
+    served_method_file = folder / "vit-int8-served-method.onnx"
+    quantize_dynamic(
+        str(smoothed_fp32.file),
+        str(served_method_file),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=weight_bits == 7,  # ONNX Runtime's reduce_range keeps the weights to 7 bits
+        nodes_to_quantize=quantized_linears(smoothed_fp32.file),
     )
-    return {"ONNX Runtime fp32 (onnx_engine.py)": path(fp32), "ONNX Runtime int8 dynamic": path(int8)}
+    return {
+        "ONNX Runtime fp32 (onnx_engine.py)": path(fp32),
+        "ONNX Runtime int8 dynamic": path(on_graph(onnxruntime, fp32, int8_file, threads)),
+        f"ONNX Runtime int8, served method ({activation_bits}, {weight_bits} bits)": path(
+            on_graph(onnxruntime, smoothed_fp32, served_method_file, threads)
+        ),
+    }
+
+
+def on_graph(onnxruntime, predictor: OnnxRuntimePredictor, file: Path, threads: int) -> OnnxRuntimePredictor:
+    """The same head and outputs as `predictor`, running the graph in `file` (a quantized copy of its own)."""
+    quantized = copy.copy(predictor)
+    quantized.file = file
+    quantized.session = onnxruntime.InferenceSession(
+        str(file), session_options(onnxruntime, threads), providers=PROVIDERS
+    )
+    return quantized
+
+
+def quantized_linears(file: Path) -> list[str]:
+    """The exported graph's nodes that the served int8 quantizes: the encoder's Linears (MatMuls by a weight) except
+    inference.FP32_LINEARS, told apart by the module path torch's exporter records on each node. The attention's
+    own products (q k^T, A v) stay fp32, as on torch."""
+    import onnx
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    kept = {f"vit.{name}" for name in FP32_LINEARS}
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            scopes = dict((entry.key, entry.value) for entry in node.metadata_props)["namespace"].split("/")
+            if scopes[-2].split(":")[0] not in kept:  # the last scope is the op, the one before it its module
+                nodes.append(node.name)
+    return nodes
 
 
 def path(predictor) -> Callable:
@@ -96,6 +144,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=at_least(100), default=100, help="images for the agreement check")
     parser.add_argument("--outliers", type=float, default=30, help="outlier scale of the agreement backbone")
     args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer suggests its pre-processing at each call
     print_machine()
     threads = available_cpus()
     torch.set_num_threads(threads)
@@ -107,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
         paths = {
             **served_paths(model, calibration),
-            **onnx_paths(model, Path(folder) / "random", threads),
+            **onnx_paths(model, calibration, Path(folder) / "random", threads),
         }
         variants = {
             BASELINE: lambda: model(images),
@@ -127,7 +176,7 @@ def main() -> None:
         rows, results = [], {}
         outlier_paths = {
             **served_paths(injected, calibration),
-            **onnx_paths(injected, Path(folder) / "outliers", threads),
+            **onnx_paths(injected, calibration, Path(folder) / "outliers", threads),
         }
         for name, run in outlier_paths.items():
             probabilities = torch.cat([run(image[None])[0] for image in inputs]).softmax(dim=-1)
