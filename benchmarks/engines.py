@@ -39,7 +39,7 @@ from inference import (
     smooth_activations,
     vit_from_torchvision,
 )
-from onnx_engine import PROVIDERS, OnnxRuntimePredictor, OnnxRuntimeUnavailable, session_options
+from onnx_engine import PROVIDERS, OnnxRuntimePredictor, OnnxRuntimeUnavailable, export, session_options
 from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
@@ -68,22 +68,23 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
     weight_bits = int8_bits()[1]  # ONNX Runtime's dynamic quantization keeps 8-bit activations, as served
     smoothed = vit_from_torchvision(model)
     smooth_activations(smoothed, calibration, SMOOTHING_ALPHA[weight_bits])
-    smoothed_fp32 = OnnxRuntimePredictor(smoothed, folder, weights_sha256="smoothed", threads=threads)
-    served_method_file = folder / "vit-int8-served-method.onnx"
+    smoothed_file, served_method_file = folder / "vit-fp32-smoothed.onnx", folder / "vit-int8-served-method.onnx"
+    export(smoothed, smoothed_file)
     with without_root_warnings():
         quantize_dynamic(
-            str(smoothed_fp32.file),
+            str(smoothed_file),
             str(served_method_file),
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=weight_bits == 7,  # ONNX Runtime's reduce_range keeps the weights to 7 bits
-            nodes_to_quantize=quantized_linears(smoothed_fp32.file, smoothed.config.num_layers),
+            nodes_to_quantize=quantized_linears(smoothed_file, smoothed.config.num_layers),
         )
     return {
         "ONNX Runtime fp32 (onnx_engine.py)": path(fp32),
         "ONNX Runtime int8 dynamic": path(on_graph(onnxruntime, fp32, int8_file, threads)),
+        # SmoothQuant changes the blocks alone: fp32's head and map outputs are the smoothed graph's too
         f"ONNX Runtime int8, served method ({weight_bits}-bit weights)": path(
-            on_graph(onnxruntime, smoothed_fp32, served_method_file, threads)
+            on_graph(onnxruntime, fp32, served_method_file, threads)
         ),
     }
 
@@ -111,7 +112,7 @@ def quantized_linears(file: Path, num_layers: int) -> list[str]:
     nodes, seen_kept = [], set()
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights:
-            scopes = dict((entry.key, entry.value) for entry in node.metadata_props).get("namespace", "").split("/")
+            scopes = {entry.key: entry.value for entry in node.metadata_props}.get("namespace", "").split("/")
             module = scopes[-2].split(":")[0] if len(scopes) > 1 else ""  # the last scope is the op, then its module
             if module in kept:
                 seen_kept.add(module)

@@ -22,13 +22,7 @@ from marks import NO_INT8_ENGINE, SMALL_HEAD, needs_int8_engine
 from model import build_vit, convert_torchvision_state_dict
 from standins import EXAMPLE_PHOTOS as EXAMPLES
 from standins import GENERATED_CLASSES as GENERATED
-from standins import (
-    TINY_CALIBRATION,
-    TINY_VIT,
-    draw_food_image,
-    inject_outliers,
-    tiny_extractor,
-)
+from standins import TINY_CALIBRATION, TINY_VIT, draw_food_image, inject_outliers, tiny_extractor
 
 # Each library's switch to its AVX2 code: int8 products then add in int16 pairs as on an AVX2-only CPU
 AVX2_ONLY = {
