@@ -49,12 +49,20 @@ from classifier import (
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, PhotoFolder, prepare_dataset
 from devices import resolve_device
 from fewshot import fewshot_accuracy
-from inference import Predictor, agreement, calibration_images, fast_features, int8_setup, resolve_precision
+from inference import (
+    Predictor,
+    agreement,
+    calibration_images,
+    fast_features,
+    int8_setup,
+    resolve_precision,
+    vit_from_torchvision,
+)
 from outliers import OutlierScore
 from outputs import epoch_line, plot_curves, plot_fewshot
 
 MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
-# The backbone pass's batch on a CPU: 8 computed the same features faster than the head's 32 on the EPYC AVX2
+# The backbone pass's batch on a CPU: 8 computed the features faster than the head's 32 on the EPYC AVX2
 # (BENCHMARKS.md, feature_batch.py)
 CPU_FEATURE_BATCH = 8
 ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
@@ -63,18 +71,16 @@ ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photo
 def extract_features(
     model: nn.Module, dataset: ImageDataset, batch_size: int, desc: str, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backbone's class-token features (N, D) (Eq. 4) and labels (N,) of every image, on the
-    CPU. torchvision's VisionTransformer applies `heads` last, so an Identity head exposes them."""
+    """The backbone's class-token features y (N, D) (Eq. 4) and labels (N,) of every image, on the CPU, computed by
+    model.py's ViT holding the torchvision model's tensors: the code that serves them, and faster than torchvision's
+    at these batches (BENCHMARKS.md, vit_implementations.py)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    head, model.heads = model.heads, nn.Identity()
+    vit = vit_from_torchvision(model)
     features, labels = [], []
-    try:
-        with torch.inference_mode():
-            for images, batch_labels in tqdm(loader, desc=desc, unit="batch"):
-                features.append(model(images.to(device)).cpu())
-                labels.append(batch_labels)
-    finally:
-        model.heads = head
+    with torch.inference_mode():
+        for images, batch_labels in tqdm(loader, desc=desc, unit="batch"):
+            features.append(vit.forward_features(images.to(device)).cpu())
+            labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels)
 
 
