@@ -125,7 +125,7 @@ def errors_on_the_page():
 
 
 class Pictures:
-    """PNG files for the page, each written under a new name and renamed into place. Gradio copies a returned file
+    """Picture files for the page, each written under a new name and renamed into place. Gradio copies a returned file
     into its cache atomically; a returned PIL image it writes in place under a name made of the image's hash, so
     two visitors getting the same picture at once could read a half-written file (tests/test_app.py). Files older
     than MAX_AGE_S go at the first save after that, within SWEEP_EVERY_S: Gradio has copied them by then."""
@@ -133,6 +133,9 @@ class Pictures:
     MAX_AGE_S = 60
     # The folder is swept at most this often, not on every save: under many visitors it holds thousands of files
     SWEEP_EVERY_S = 30
+    # The drawings of a photo: quality 95 with full-resolution colour, within a few levels of the drawing
+    # (tests/test_app.py), at a fraction of a PNG's time and bytes (BENCHMARKS.md, in a real browser)
+    PHOTO_JPEG = {"quality": 95, "subsampling": 0}
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="foodvision-pictures-"))
@@ -151,13 +154,16 @@ class Pictures:
             except OSError as error:  # housekeeping never fails a visitor's request
                 print(f"Could not delete an old picture: {error}", file=sys.stderr)
 
-    def save(self, picture, name: str) -> str:
+    def save(self, picture, name: str, photo: bool = False) -> str:
+        """The picture's path: a drawing of the visitor's photo (`photo`) as a JPEG, anything else as a PNG."""
         if time.monotonic() - self.swept > self.SWEEP_EVERY_S:
             self.sweep()
-        path = self.folder / f"{uuid.uuid4().hex}-{name}.png"
+        path = self.folder / f"{uuid.uuid4().hex}-{name}.{'jpg' if photo else 'png'}"
         partial = path.with_suffix(".partial")
-        if isinstance(picture, Image.Image):
-            picture.save(partial, format="png", compress_level=1)  # a few ms, not tens: bytes are cheap on loopback
+        if photo:
+            picture.save(partial, format="jpeg", **self.PHOTO_JPEG)
+        elif isinstance(picture, Image.Image):  # the weights' pictures, drawn once: exact colours, a few ms
+            picture.save(partial, format="png", compress_level=1)
         else:  # a matplotlib Figure
             picture.savefig(partial, format="png", dpi=110)
         partial.rename(path)
@@ -267,7 +273,7 @@ class Page:
         yield answer | {"timing": timing, "kept": None, **cleared}  # the deeper views wait for this photo's
         analysis = PhotoAnalysis.of(prediction, self.served)
         drawn = draw_views(PHOTO_VIEWS, analysis, Weights.of(self.served))
-        pictures = {name: self.pictures.save(picture, name) for name, picture in drawn.items()}
+        pictures = {name: self.pictures.save(picture, name, photo=True) for name, picture in drawn.items()}
         drawn_ms = (time.perf_counter() - started) * 1000 - answered_ms
         # every output again: an API client reads only the last update
         yield answer | {"timing": f"{timing} · **pictures:** {drawn_ms:.0f} ms more", **pictures, "kept": analysis}
@@ -277,7 +283,7 @@ class Page:
         if not image_path:
             return None
         shown = to_display(self.served.preprocess(image_path), self.served.transforms.mean, self.served.transforms.std)
-        return self.pictures.save(patches_view(shown, self.served.patch_size), "patches")
+        return self.pictures.save(patches_view(shown, self.served.patch_size), "patches", photo=True)
 
 
 class Inside:
@@ -305,7 +311,8 @@ class Inside:
         }
 
     def save(self, view: View, picture, layer: int) -> str:
-        return self.pictures.save(picture, f"{view.name}-layer-{layer}" if view.follows_layer else view.name)
+        name = f"{view.name}-layer-{layer}" if view.follows_layer else view.name
+        return self.pictures.save(picture, name, photo=isinstance(picture, Image.Image))  # a Figure is a plot
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:
         """The position-embedding similarity map of the patch clicked on Figure 7 (centre)."""
@@ -329,7 +336,6 @@ def image_output(view: View, grid: int, patch: int) -> gr.Image:
     return gr.Image(
         label=view.caption.format(grid=grid, patch=patch),
         elem_id=view.name,
-        format="png",
         interactive=False,
         height=260,
     )
@@ -386,7 +392,7 @@ def lay_out(served: FoodVision | NoModel, inside: Inside | None) -> tuple[gr.Blo
                         if not view.text and not view.follows_layer:
                             parts[view.name] = image_output(view, grid, patch)
                 with gr.Row():
-                    picture = dict(format="png", interactive=False, height=260)
+                    picture = dict(interactive=False, height=260)
                     gr.Image(
                         inside.filters,
                         label="Embedding filters E: first 28 principal components (Figure 7, left)",
