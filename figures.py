@@ -146,8 +146,8 @@ def embedding_filters(projection_weight: torch.Tensor, k: int = 28) -> torch.Ten
     return components.reshape(-1, *projection_weight.shape[1:]).to(dtype)
 
 
-def _figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -330,18 +330,24 @@ def draw_attention_distance(
         raise ValueError(f"distances must be (layers, heads), got shape {tuple(distances.shape)}")
     layers, heads = distances.shape
     depth = np.arange(1, layers + 1)
-    figure = _figure(5.5, 4.5)
+    # The page draws this for every photo: fixed margins and plain markers take half the time of a constrained
+    # layout's and scatter's extra passes over the text and the dots (BENCHMARKS.md, in a real browser)
+    figure = _figure(5.5, 4.5, layout=None)
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
     axes = figure.add_subplot()
+    dots = {"linestyle": "none", "marker": "o"}
     highest = float(distances.max())
     if reference is not None:
         reference = torch.as_tensor(reference).detach().double().cpu()
         if reference.shape != distances.shape:
             raise ValueError(f"reference has shape {tuple(reference.shape)}, distances {tuple(distances.shape)}")
-        axes.scatter(np.repeat(depth, heads), reference.flatten().numpy(), s=16, color="0.82", label=reference_label)
+        axes.plot(
+            np.repeat(depth, heads), reference.flatten().numpy(), **dots, ms=4, color="0.82", label=reference_label
+        )
         highest = max(highest, float(reference.max()))
     colours = matplotlib.colormaps["tab20"]
     for head in range(heads):
-        axes.scatter(depth, distances[:, head].numpy(), s=12, color=colours(head % 20), label=f"Head {head + 1}")
+        axes.plot(depth, distances[:, head].numpy(), **dots, ms=3.5, color=colours(head % 20), label=f"Head {head + 1}")
     axes.set_xlabel("Network depth (layer)")
     axes.set_ylabel("Mean attention distance (pixels)")
     axes.set_xticks(depth if layers <= 12 else depth[::2])

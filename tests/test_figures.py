@@ -300,17 +300,28 @@ def test_draw_attention_distance_puts_one_dot_per_head_at_its_depth():
     figure = draw_attention_distance(distances, reference=distances + 5, reference_label="examples")
     axes = figure.axes[0]
     assert axes.get_xlabel() == "Network depth (layer)" and "pixels" in axes.get_ylabel()
-    by_label = {collection.get_label(): collection for collection in axes.collections}
+    by_label = {dots.get_label(): dots for dots in axes.lines}
     assert set(by_label) == {"examples", "Head 1", "Head 2"}
-    np.testing.assert_allclose(by_label["Head 1"].get_offsets(), [[1, 10], [2, 30], [3, 50]])
-    np.testing.assert_allclose(by_label["Head 2"].get_offsets(), [[1, 20], [2, 40], [3, 60]])
-    assert sorted(map(tuple, by_label["examples"].get_offsets())) == [
+    assert all(dots.get_linestyle() == "None" and dots.get_marker() == "o" for dots in axes.lines)
+    np.testing.assert_allclose(by_label["Head 1"].get_xydata(), [[1, 10], [2, 30], [3, 50]])
+    np.testing.assert_allclose(by_label["Head 2"].get_xydata(), [[1, 20], [2, 40], [3, 60]])
+    assert sorted(map(tuple, by_label["examples"].get_xydata())) == [
         (1, 15), (1, 25), (2, 35), (2, 45), (3, 55), (3, 65)
     ]  # fmt: skip
-    assert axes.collections[0] is by_label["examples"]  # drawn first, behind the heads
+    assert axes.lines[0] is by_label["examples"]  # drawn first, behind the heads
     assert axes.get_ylim()[1] >= 65
     with pytest.raises(ValueError, match=r"\(2, 2\)"):
         draw_attention_distance(distances, reference=distances[:2])
+
+
+@pytest.mark.parametrize("largest", [1.0, 120.0, 310.0])  # up to the diagonal of a 224 px input
+def test_the_attention_distance_figure_keeps_its_labels_and_legend_on_the_canvas(largest):
+    """Its margins are fixed, not laid out for each figure: wide tick labels and 12 heads' legend must still fit."""
+    distances = torch.linspace(0, largest, 144, dtype=torch.float64).reshape(12, 12)
+    figure = draw_attention_distance(distances, reference=distances.flip(0), reference_label="examples")
+    renderer = figure.canvas.get_renderer()
+    drawn = figure.get_tightbbox(renderer)  # in inches, everything drawn
+    assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= figure.get_figwidth() and drawn.y1 <= figure.get_figheight()
 
 
 def test_draw_head_maps_shows_each_heads_planted_patch_brightest():
