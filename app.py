@@ -134,7 +134,7 @@ class Pictures:
     # The folder is swept at most this often, not on every save: under many visitors it holds thousands of files
     SWEEP_EVERY_S = 30
     # The drawings of a photo: quality 95 with full-resolution colour, within a few levels of the drawing
-    # (tests/test_app.py), at a fraction of a PNG's time and bytes (BENCHMARKS.md, in a real browser)
+    # (tests/test_app.py), written faster and smaller than a PNG (BENCHMARKS.md, in a real browser)
     PHOTO_JPEG = {"quality": 95, "subsampling": 0}
 
     def __init__(self):
