@@ -155,15 +155,17 @@ class Pictures:
                 print(f"Could not delete an old picture: {error}", file=sys.stderr)
 
     def save(self, picture, name: str, photo: bool = False) -> str:
-        """The picture's path: a drawing of the visitor's photo (`photo`) as a JPEG, anything else as a PNG."""
+        """The picture's path: a picture drawn over the visitor's photo (`photo`) as a JPEG; the weights' pictures
+        and every plot (a matplotlib Figure) as PNG, in their exact colours."""
         if time.monotonic() - self.swept > self.SWEEP_EVERY_S:
             self.sweep()
-        path = self.folder / f"{uuid.uuid4().hex}-{name}.{'jpg' if photo else 'png'}"
+        jpeg = photo and isinstance(picture, Image.Image)
+        path = self.folder / f"{uuid.uuid4().hex}-{name}.{'jpg' if jpeg else 'png'}"
         partial = path.with_suffix(".partial")
-        if photo:
+        if jpeg:
             picture.save(partial, format="jpeg", **self.PHOTO_JPEG)
-        elif isinstance(picture, Image.Image):  # the weights' pictures, drawn once: exact colours, a few ms
-            picture.save(partial, format="png", compress_level=1)
+        elif isinstance(picture, Image.Image):
+            picture.save(partial, format="png", compress_level=1)  # a few ms, not tens: bytes are cheap on loopback
         else:  # a matplotlib Figure
             picture.savefig(partial, format="png", dpi=110)
         partial.rename(path)
@@ -312,7 +314,7 @@ class Inside:
 
     def save(self, view: View, picture, layer: int) -> str:
         name = f"{view.name}-layer-{layer}" if view.follows_layer else view.name
-        return self.pictures.save(picture, name, photo=isinstance(picture, Image.Image))  # a Figure is a plot
+        return self.pictures.save(picture, name, photo=True)  # every view is of the photo (views.py)
 
     def patch_similarity(self, selected: gr.SelectData) -> str | None:
         """The position-embedding similarity map of the patch clicked on Figure 7 (centre)."""

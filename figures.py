@@ -330,9 +330,8 @@ def draw_attention_distance(
         raise ValueError(f"distances must be (layers, heads), got shape {tuple(distances.shape)}")
     layers, heads = distances.shape
     depth = np.arange(1, layers + 1)
-    # The page draws this for every photo: fixed margins and plain markers, as a constrained layout's and scatter's
-    # extra passes over the text and the dots made it the slowest part of "Inside the ViT" (BENCHMARKS.md, in a real
-    # browser)
+    # Fixed margins and plain markers: the page draws this for every photo, and a constrained layout and scatter
+    # make extra passes over the text and the dots (BENCHMARKS.md, in a real browser: "Inside the ViT")
     figure = _figure(5.5, 4.5, layout=None)
     figure.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
     axes = figure.add_subplot()

@@ -315,9 +315,10 @@ def test_draw_attention_distance_puts_one_dot_per_head_at_its_depth():
 
 
 @pytest.mark.parametrize("largest", [1.0, 120.0, 310.0])  # up to the diagonal of a 224 px input
-def test_the_attention_distance_figure_keeps_its_labels_and_legend_on_the_canvas(largest):
-    """Its margins are fixed, not laid out for each figure: wide tick labels and 12 heads' legend must still fit."""
-    distances = torch.linspace(0, largest, 144, dtype=torch.float64).reshape(12, 12)
+@pytest.mark.parametrize("layers, heads", [(12, 12), (24, 16), (32, 16)])  # Table 1: ViT-Base, Large, Huge
+def test_the_attention_distance_figure_keeps_its_labels_and_legend_on_the_canvas(largest, layers, heads):
+    """Its margins are fixed, not laid out for each figure: wide tick labels and every head's legend must fit."""
+    distances = torch.linspace(0, largest, layers * heads, dtype=torch.float64).reshape(layers, heads)
     figure = draw_attention_distance(distances, reference=distances.flip(0), reference_label="examples")
     renderer = figure.canvas.get_renderer()
     drawn = figure.get_tightbbox(renderer)  # in inches, everything drawn
