@@ -20,24 +20,18 @@ from devices import available_cpus
 from inference import Predictor, calibration_images
 from train_vit import at_least
 
-# torch's operator names (self time, so nested calls are not counted twice), by the part of the ViT they compute
-KINDS = {
-    "quantized::linear_dynamic": "int8 Linears (qkv, projection, MLP: Eqs. 2-3, 5, 8)",
-    "aten::addmm": "fp32 Linears (those kept fp32, the head)",
-    "aten::mm": "fp32 Linears (those kept fp32, the head)",
-    "aten::bmm": "attention's products q k^T and A v (Eqs. 6-7)",
-    "aten::_softmax": "softmax (Eq. 6)",
-    "aten::gelu": "GELU (Eq. 3)",
-    "aten::native_layer_norm": "LayerNorm (Eqs. 2-4)",
-    "aten::mkldnn_convolution": "patch embedding E (Eq. 1)",
-    "aten::convolution": "patch embedding E (Eq. 1)",
-    "aten::_convolution": "patch embedding E (Eq. 1)",
-    "aten::add": "residual adds, scaling, copies",
-    "aten::div": "residual adds, scaling, copies",
-    "aten::mul": "residual adds, scaling, copies",
-    "aten::copy_": "residual adds, scaling, copies",
-    "aten::cat": "residual adds, scaling, copies",
+# The parts of the ViT, each with torch's operators that compute it (self time, so nested calls are not counted twice)
+WORK = {
+    "int8 Linears (qkv, projection, MLP: Eqs. 2-3, 5, 8)": ("quantized::linear_dynamic",),
+    "fp32 Linears (those kept fp32, the head)": ("aten::addmm", "aten::mm"),
+    "attention's products q k^T and A v (Eqs. 6-7)": ("aten::bmm",),
+    "softmax (Eq. 6)": ("aten::_softmax",),
+    "GELU (Eq. 3)": ("aten::gelu",),
+    "LayerNorm (Eqs. 2-4)": ("aten::native_layer_norm",),
+    "patch embedding E (Eq. 1)": ("aten::mkldnn_convolution", "aten::convolution", "aten::_convolution"),
+    "residual adds, scaling, copies": ("aten::add", "aten::div", "aten::mul", "aten::copy_", "aten::cat"),
 }
+KINDS = {operator: kind for kind, operators in WORK.items() for operator in operators}
 OTHER = "views, allocation, dispatch"
 
 
