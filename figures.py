@@ -331,9 +331,11 @@ def draw_attention_distance(
     layers, heads = distances.shape
     depth = np.arange(1, layers + 1)
     # Fixed margins and plain markers: the page draws this for every photo, and a constrained layout and scatter
-    # make extra passes over the text and the dots (BENCHMARKS.md, in a real browser: "Inside the ViT")
+    # make extra passes over the text and the dots (BENCHMARKS.md, in a real browser: "Inside the ViT"). The top
+    # margin is wide because the page lays the picture's label over its top tenth, where it would hide the
+    # highest dots and the top of the axis.
     figure = _figure(5.5, 4.5, layout=None)
-    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.97)
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.87)
     axes = figure.add_subplot()
     dots = {"linestyle": "none", "marker": "o"}
     highest = float(distances.max())

@@ -6,8 +6,10 @@ import base64
 import shutil
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 
+from figures import draw_attention_distance
 from standins import CHROMIUM, CHROMIUM_FLAGS, REPO, app_server, probabilities_of, twelve_megapixel_jpeg
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -33,6 +35,28 @@ def loaded(page, selector: str) -> None:
         "return image && image.complete && image.naturalWidth > 0; }",
         arg=selector,
         timeout=60_000,
+    )
+
+
+LABEL_AND_PICTURE = """selector => {
+    const label = document.querySelector(selector + ' [data-testid="block-label"]').getBoundingClientRect();
+    const image = document.querySelector(selector + ' img');
+    const box = image.getBoundingClientRect();
+    const scale = getComputedStyle(image).objectFit === "contain"
+        ? Math.min(box.width / image.naturalWidth, box.height / image.naturalHeight) : box.height / image.naturalHeight;
+    const shown = image.naturalHeight * scale;
+    return {labelBottom: label.bottom, pictureTop: box.top + (box.height - shown) / 2, pictureHeight: shown};
+}"""
+
+
+def axes_top_below_the_label(page) -> None:
+    """Figure 7 (right) is a plot under the label Gradio lays over a picture's top: its axes must start below it,
+    or the label hides the highest dots and the top of the axis."""
+    top = draw_attention_distance(torch.full((12, 12), 100.0)).subplotpars.top
+    shown = page.evaluate(LABEL_AND_PICTURE, "#distance")
+    axes_top = shown["pictureTop"] + (1 - top) * shown["pictureHeight"]
+    assert shown["labelBottom"] <= axes_top, (
+        f"the label ends {shown['labelBottom'] - axes_top:.1f} px below the axes' top"
     )
 
 
@@ -76,6 +100,7 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(trained_head_che
                 expect(page.locator("#walk")).to_contain_text("196x768")
                 for output in ("#heads", "#distance", "#filters", "#position-similarity"):
                     loaded(page, output)
+                axes_top_below_the_label(page)
                 similarity = page.locator("#position-similarity img")
                 natural, shown = page.evaluate(width, "#position-similarity"), similarity.bounding_box()["width"]
                 cell = (14 + 1) * 3  # app.SIMILARITY_SCALE pixels per cell of the 14x14 grid and its gap
@@ -98,5 +123,6 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(trained_head_che
                 page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
                 page.set_viewport_size({"width": 390, "height": 844})  # a phone
                 page.screenshot(path=ARTIFACTS / "browser-phone.png", full_page=True)
+                axes_top_below_the_label(page)
             finally:
                 browser.close()
