@@ -8,7 +8,9 @@ import pytest
 
 from marks import SMALL_HEAD
 from standins import (
+    REPO,
     BytesHandler,
+    app_server,
     http_server,
     train_head_checkpoint,
     write_food_dataset,
@@ -69,3 +71,11 @@ def trained_head_checkpoint(tmp_path_factory, torch_home, head_dataset) -> Path:
     root = tmp_path_factory.mktemp("trained_head")
     ood = [] if SMALL_SESSION_HEAD else ["--ood-dir", str(write_non_food_folder(root / "not-food", 12, seed=4))]
     return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, *ood)
+
+
+@pytest.fixture(scope="session")
+def served(trained_head_checkpoint, torch_home):
+    """(url, process) of `python app.py --checkpoint <trained_head_checkpoint>` on 127.0.0.1, one server for the
+    session: the API tests' requests, bad ones included, then the browser's, as a public server takes them."""
+    with app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)}) as running:
+        yield running

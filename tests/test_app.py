@@ -28,7 +28,6 @@ from images import attention_overlay, load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
 from standins import (
     EXAMPLE_PHOTOS,
-    REPO,
     app_server,
     encoded,
     free_port,
@@ -46,12 +45,6 @@ PHOTOS = [*EXAMPLE_PHOTOS, twelve_megapixel_jpeg()]
 
 
 PHOTO_VIEWS = [view.name for view in views_in("photo")]
-
-
-@pytest.fixture(scope="module")
-def served(trained_head_checkpoint, torch_home):
-    with app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)}) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from gradio_client import Client, handle_file
 
 from figures import draw_attention_distance
-from standins import CHROMIUM, CHROMIUM_FLAGS, REPO, app_server, probabilities_of, twelve_megapixel_jpeg
+from standins import CHROMIUM, CHROMIUM_FLAGS, REPO, probabilities_of, twelve_megapixel_jpeg
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -60,69 +60,66 @@ def axes_top_below_the_label(page) -> None:
     )
 
 
-def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(trained_head_checkpoint, torch_home):
+def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(served):
     from playwright.sync_api import expect, sync_playwright
 
     photo = twelve_megapixel_jpeg()  # a phone photo's size: the upload and decode cost a visitor meets
-    server = app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)})
-    with server as (url, _):
-        label = Client(url, verbose=False).predict(handle_file(photo), api_name="/predict")[0]
-        expected = probabilities_of(label)
-        top_class = max(expected, key=expected.get)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=CHROMIUM_FLAGS,
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 1300})
-                page.goto(url)
-                # the stand-in backbone is not the published file, and the page says so
-                expect(page.locator("#status")).to_contain_text("not the published IMAGENET1K_V1 weights")
-                expect(page.locator("#status")).to_contain_text("Running on CPU")
-                drop_zone = '#photo button[aria-label="Drop an image file here to upload"]'
-                page.wait_for_selector(drop_zone)
-                page.evaluate(DROP_FILE, [drop_zone, photo.name, base64.b64encode(photo.read_bytes()).decode()])
+    url, _ = served
+    label = Client(url, verbose=False).predict(handle_file(photo), api_name="/predict")[0]
+    expected = probabilities_of(label)
+    top_class = max(expected, key=expected.get)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_FLAGS,
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1300})
+            page.goto(url)
+            # the stand-in backbone is not the published file, and the page says so
+            expect(page.locator("#status")).to_contain_text("not the published IMAGENET1K_V1 weights")
+            expect(page.locator("#status")).to_contain_text("Running on CPU")
+            drop_zone = '#photo button[aria-label="Drop an image file here to upload"]'
+            page.wait_for_selector(drop_zone)
+            page.evaluate(DROP_FILE, [drop_zone, photo.name, base64.b64encode(photo.read_bytes()).decode()])
 
-                expect(page.locator("#timing")).to_contain_text("ms", timeout=60_000)
-                # the Label's heading names the top class alone (its list below names all three)
-                expect(page.locator('#prediction [data-testid="label-output-value"]')).to_have_text(top_class)
-                for name in expected:
-                    expect(page.locator("#prediction")).to_contain_text(name)
-                for output in ("#patches", "#attention", "#rollout"):
-                    loaded(page, output)
-                width = "selector => document.querySelector(selector + ' img').naturalWidth"
-                assert page.evaluate(width, "#attention") == page.evaluate(width, "#rollout") == 224
-                assert page.evaluate(width, "#patches") > 224  # the 224 px input, spread out by the gaps
+            expect(page.locator("#timing")).to_contain_text("ms", timeout=60_000)
+            # the Label's heading names the top class alone (its list below names all three)
+            expect(page.locator('#prediction [data-testid="label-output-value"]')).to_have_text(top_class)
+            for name in expected:
+                expect(page.locator("#prediction")).to_contain_text(name)
+            for output in ("#patches", "#attention", "#rollout"):
+                loaded(page, output)
+            width = "selector => document.querySelector(selector + ' img').naturalWidth"
+            assert page.evaluate(width, "#attention") == page.evaluate(width, "#rollout") == 224
+            assert page.evaluate(width, "#patches") > 224  # the 224 px input, spread out by the gaps
 
-                # Inside the ViT: the Eq. 1-4 walk, the heads of the last layer, the distances, Figure 7
-                expect(page.locator("#walk")).to_contain_text("197x768", timeout=30_000)
-                expect(page.locator("#walk")).to_contain_text("196x768")
-                for output in ("#heads", "#distance", "#filters", "#position-similarity"):
-                    loaded(page, output)
-                axes_top_below_the_label(page)
-                similarity = page.locator("#position-similarity img")
-                natural, shown = page.evaluate(width, "#position-similarity"), similarity.bounding_box()["width"]
-                cell = (14 + 1) * 3  # app.SIMILARITY_SCALE pixels per cell of the 14x14 grid and its gap
-                row, column = 3, 5
-                centre = {"x": (column * cell + 21) * shown / natural, "y": (row * cell + 21) * shown / natural}
-                similarity.click(position=centre)
-                loaded(page, "#chosen")
-                assert page.evaluate(width, "#chosen") == 224
-                # the layer slider redraws the heads of the layer it is released on
-                heads = "() => document.querySelector('#heads img').src"
-                page.locator("#layer input[type=range]").fill("1")
-                page.wait_for_function(f"() => ({heads})().includes('heads-layer-1')", timeout=30_000)
-                loaded(page, "#heads")
-                expect(page.locator(".toast-body")).to_have_count(0)  # no error was shown
-                page.get_by_text("What model is serving").click()
-                expect(page.locator("#model-info")).to_contain_text(
-                    "85,800,963 in all, of which 2,307 in the trained head"
-                )
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
-                page.set_viewport_size({"width": 390, "height": 844})  # a phone
-                page.screenshot(path=ARTIFACTS / "browser-phone.png", full_page=True)
-                axes_top_below_the_label(page)
-            finally:
-                browser.close()
+            # Inside the ViT: the Eq. 1-4 walk, the heads of the last layer, the distances, Figure 7
+            expect(page.locator("#walk")).to_contain_text("197x768", timeout=30_000)
+            expect(page.locator("#walk")).to_contain_text("196x768")
+            for output in ("#heads", "#distance", "#filters", "#position-similarity"):
+                loaded(page, output)
+            axes_top_below_the_label(page)
+            similarity = page.locator("#position-similarity img")
+            natural, shown = page.evaluate(width, "#position-similarity"), similarity.bounding_box()["width"]
+            cell = (14 + 1) * 3  # app.SIMILARITY_SCALE pixels per cell of the 14x14 grid and its gap
+            row, column = 3, 5
+            centre = {"x": (column * cell + 21) * shown / natural, "y": (row * cell + 21) * shown / natural}
+            similarity.click(position=centre)
+            loaded(page, "#chosen")
+            assert page.evaluate(width, "#chosen") == 224
+            # the layer slider redraws the heads of the layer it is released on
+            heads = "() => document.querySelector('#heads img').src"
+            page.locator("#layer input[type=range]").fill("1")
+            page.wait_for_function(f"() => ({heads})().includes('heads-layer-1')", timeout=30_000)
+            loaded(page, "#heads")
+            expect(page.locator(".toast-body")).to_have_count(0)  # no error was shown
+            page.get_by_text("What model is serving").click()
+            expect(page.locator("#model-info")).to_contain_text("85,800,963 in all, of which 2,307 in the trained head")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "browser.png", full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone
+            page.screenshot(path=ARTIFACTS / "browser-phone.png", full_page=True)
+            axes_top_below_the_label(page)
+        finally:
+            browser.close()
