@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import serving
 from marks import SMALL_HEAD
 from standins import (
     REPO,
@@ -79,3 +80,16 @@ def served(trained_head_checkpoint, torch_home):
     session: the API tests' requests, bad ones included, then the browser's, as a public server takes them."""
     with app_server(REPO, "--checkpoint", str(trained_head_checkpoint), env={"TORCH_HOME": str(torch_home)}) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def foodvision(trained_head_checkpoint, torch_home) -> serving.FoodVision:
+    """The session's head loaded in this process as app.py loads it on the CPU (precision auto), for the page's own
+    methods and what the served model says of itself. Tests read it; none changes it."""
+    return serving.load(str(trained_head_checkpoint), "cpu")
+
+
+@pytest.fixture(scope="session")
+def foodvision_fp32(trained_head_checkpoint, torch_home) -> serving.FoodVision:
+    """The same head served in fp32, as `--precision fp32` loads it (the engine measured at load, onnx_engine.py)."""
+    return serving.load(str(trained_head_checkpoint), "cpu", "fp32")

@@ -53,12 +53,6 @@ def client(served):
 
 
 @pytest.fixture(scope="module")
-def foodvision(trained_head_checkpoint, torch_home):
-    """The served model loaded in this process, as app.py loads it on the CPU, for the page's own methods."""
-    return serving.load(str(trained_head_checkpoint), "cpu")
-
-
-@pytest.fixture(scope="module")
 def reference(trained_head_checkpoint, torch_home):
     """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid),
     on the device and in the precision the server defaults to (on a CUDA machine, fp32 on the GPU)."""

@@ -43,22 +43,26 @@ def test_checkpoint_is_small_and_pickle_free(trained_head_checkpoint):
     assert not [p for p in trained_head_checkpoint.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
-def load_in_subprocess(repo_id: str, env: dict, local: Path) -> subprocess.CompletedProcess:
-    """load_classifier(repo_id) in a fresh interpreter (huggingface_hub reads HF_* variables at
-    import); it checks the head equals the local checkpoint's and prints any CheckpointError."""
+def load_in_subprocess(env: dict, local: Path, *repo_ids: str) -> subprocess.CompletedProcess:
+    """load_classifier(repo_id) of each repo id in one fresh interpreter (huggingface_hub reads HF_* variables at
+    import); it prints "<repo id>: the local head" where the head equals the local checkpoint's, and any
+    CheckpointError to stderr."""
     script = (
         "import sys, torch\n"
         "from classifier import CheckpointError, load_classifier\n"
-        "try:\n"
-        "    hub, *_ = load_classifier(sys.argv[1])\n"
-        "except CheckpointError as error:\n"
-        "    sys.exit(f'CheckpointError: {error}')\n"
-        "local, *_ = load_classifier(sys.argv[2])\n"
-        "pairs = zip(hub.heads.state_dict().values(), local.heads.state_dict().values())\n"
-        "assert all(torch.equal(a, b) for a, b in pairs)\n"
+        "local, *_ = load_classifier(sys.argv[1])\n"
+        "for repo_id in sys.argv[2:]:\n"
+        "    try:\n"
+        "        hub, *_ = load_classifier(repo_id)\n"
+        "    except CheckpointError as error:\n"
+        "        print(f'{repo_id}: CheckpointError: {error}', file=sys.stderr)\n"
+        "        continue\n"
+        "    pairs = zip(hub.heads.state_dict().values(), local.heads.state_dict().values())\n"
+        "    if all(torch.equal(a, b) for a, b in pairs):\n"
+        "        print(f'{repo_id}: the local head')\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", script, repo_id, str(local)],
+        [sys.executable, "-c", script, str(local), *repo_ids],
         cwd=REPO,
         env=dict(os.environ, **env),
         capture_output=True,
@@ -74,14 +78,13 @@ def test_hub_repo_id_downloads_then_loads_offline(trained_head_checkpoint, torch
     env = dict(HF_HUB_CACHE=str(tmp_path / "hub"), TORCH_HOME=str(torch_home), HF_HUB_DISABLE_TELEMETRY="1")
     with http_server(HubFilesHandler, repos={"someone/foodvision-mini": trained_head_checkpoint}) as server:
         online = dict(env, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
-        result = load_in_subprocess("someone/foodvision-mini", online, trained_head_checkpoint)
-        assert result.returncode == 0, result.stderr
-        missing = load_in_subprocess("someone/not-there", online, trained_head_checkpoint)
-    assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in missing.stderr
+        result = load_in_subprocess(online, trained_head_checkpoint, "someone/foodvision-mini", "someone/not-there")
+    assert result.returncode == 0 and result.stdout.splitlines() == ["someone/foodvision-mini: the local head"], result
+    assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in result.stderr
     assert list((tmp_path / "hub").glob("models--someone--foodvision-mini/snapshots/*/config.json"))
     offline = dict(env, HF_HUB_OFFLINE="1")
-    result = load_in_subprocess("someone/foodvision-mini", offline, trained_head_checkpoint)
-    assert result.returncode == 0, result.stderr
+    result = load_in_subprocess(offline, trained_head_checkpoint, "someone/foodvision-mini")
+    assert result.returncode == 0 and result.stdout.splitlines() == ["someone/foodvision-mini: the local head"], result
 
 
 @pytest.fixture

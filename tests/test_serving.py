@@ -38,11 +38,10 @@ def edit_record(checkpoint, **setup_changes) -> None:
 
 
 @needs_int8_engine
-def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, head_dataset, torch_home):
+def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, head_dataset, foodvision):
     record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
     assert record["measured"] and record["agreement"]["passed"]
     assert record["agreement"]["inputs"] == len(list((head_dataset / "test").rglob("*.jpg")))  # every test photo
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "int8"
     reason = foodvision.precision_reason
     assert "train_head.py measured it against fp32 on the test split for exactly this setup" in reason
@@ -90,12 +89,12 @@ def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_c
     assert foodvision.classify(str(example_photos()[0])).probabilities
 
 
-def test_an_asked_precision_is_served_as_asked(trained_head_checkpoint, torch_home):
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
-    assert foodvision.predictor.precision == "fp32" and "as asked (--precision fp32)" in foodvision.precision_reason
+def test_an_asked_precision_is_served_as_asked(foodvision_fp32):
+    assert foodvision_fp32.predictor.precision == "fp32"
+    assert "as asked (--precision fp32)" in foodvision_fp32.precision_reason
     # and which engine runs it, as measured at start-up (onnx_engine.py)
     engine = r"\. On (ONNX Runtime: it ran|torch: ONNX Runtime ran) the pass \d\.\d\dx"
-    assert re.search(engine, foodvision.precision_reason)
+    assert re.search(engine, foodvision_fp32.precision_reason)
 
 
 @needs_int8_engine
@@ -105,16 +104,15 @@ def test_the_record_names_everything_it_depends_on(trained_head_checkpoint, torc
     assert setup["torch"] == torch.__version__ and setup["method"] == inference.INT8_METHOD
 
 
-def test_the_examples_reference_distances_are_computed_at_load_from_each_example(trained_head_checkpoint, torch_home):
+def test_the_examples_reference_distances_are_computed_at_load_from_each_example(foodvision_fp32):
     """Figure 7 (right)'s reference comes with the loaded model, before any prediction (a ZeroGPU call runs in a
     forked process, so a reference it computed would be lost), and is the examples' average, photo by photo."""
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu", "fp32")
     per_photo = [
-        mean_attention_distance([maps[None] for maps in foodvision.classify(str(photo)).attention_maps], 16)
+        mean_attention_distance([maps[None] for maps in foodvision_fp32.classify(str(photo)).attention_maps], 16)
         for photo in example_photos()
     ]
     assert len(per_photo) >= 2 and not torch.allclose(per_photo[0], per_photo[1])  # an average of differing photos
-    assert torch.allclose(foodvision.reference_distances, torch.stack(per_photo).mean(dim=0), atol=1e-3)
+    assert torch.allclose(foodvision_fp32.reference_distances, torch.stack(per_photo).mean(dim=0), atol=1e-3)
 
 
 def scored_photos(foodvision, pictures: list[Image.Image], folder: Path) -> tuple[torch.Tensor, list[str]]:
@@ -130,7 +128,7 @@ def scored_photos(foodvision, pictures: list[Image.Image], folder: Path) -> tupl
 
 
 def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
-    trained_head_checkpoint, torch_home, tmp_path, capsys
+    trained_head_checkpoint, foodvision_fp32, tmp_path, capsys
 ):
     """Fresh drawn food and non-food, never seen in training: the score separates them on the fp32 and the int8
     path alike (it is computed from the served pass's own y), the threshold still accepts about 95% of the food,
@@ -141,7 +139,9 @@ def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
     precisions = ["fp32"] + (["int8"] if inference.int8_sums() else [])
     measured = {}
     for precision in precisions:
-        served = serving.load(str(trained_head_checkpoint), "cpu", precision)
+        served = (
+            foodvision_fp32 if precision == "fp32" else serving.load(str(trained_head_checkpoint), "cpu", precision)
+        )
         food_scores, food_warnings = scored_photos(served, food, tmp_path / f"food-{precision}")
         other_scores, other_warnings = scored_photos(served, non_food, tmp_path / f"other-{precision}")
         measured[precision] = outliers.auroc(food_scores, other_scores)

@@ -15,7 +15,6 @@ import pytest
 from huggingface_hub import metadata_load
 
 import deploy
-import serving
 from standins import EXAMPLE_PHOTOS, REPO
 from views import views_in
 
@@ -52,11 +51,8 @@ def app_with_stand_in_spaces(monkeypatch):
     importlib.reload(app)  # back to the real `spaces` package (or none)
 
 
-def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(
-    app_with_stand_in_spaces, trained_head_checkpoint, torch_home
-):
+def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(app_with_stand_in_spaces, foodvision):
     app, decorated = app_with_stand_in_spaces
-    foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     demo = app.build_demo(foodvision)
     [predict] = [function for function in demo.fns.values() if function.api_name == "predict"]
     tasks = {task: duration for task, duration in decorated}

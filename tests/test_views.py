@@ -4,17 +4,13 @@ import pytest
 from PIL import Image
 
 import app
-import serving
 import views
 from standins import EXAMPLE_PHOTOS
 
 
-@pytest.fixture(scope="module")
-def served(trained_head_checkpoint, torch_home):
-    return serving.load(str(trained_head_checkpoint), "cpu", "fp32")
-
-
-def test_the_command_line_saves_every_view_and_the_weights_figures(served, trained_head_checkpoint, tmp_path, capsys):
+def test_the_command_line_saves_every_view_and_the_weights_figures(
+    trained_head_checkpoint, torch_home, tmp_path, capsys
+):
     """`python views.py --checkpoint ... --out ...` with the stand-in backbone (conftest): a file for each entry of
     VIEWS, Markdown for the walk, pictures for the rest, and Figure 7 (left and centre)."""
     assert views.main(["--checkpoint", str(trained_head_checkpoint), "--out", str(tmp_path)]) == 0
@@ -33,10 +29,10 @@ def test_a_checkpoint_that_cannot_load_is_an_error_not_a_figure(tmp_path, capsys
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_every_view_is_laid_out_on_the_page_and_filled_by_its_event(served):
+def test_every_view_is_laid_out_on_the_page_and_filled_by_its_event(foodvision_fp32):
     """One entry in VIEWS is the whole edit: the page has an output with the view's id, and the photo's events fill
     it (the photo views with the prediction, the inside views after it)."""
-    demo = app.build_demo(served)
+    demo = app.build_demo(foodvision_fp32)
     ids = {block.elem_id for block in demo.blocks.values()}
     assert {view.name for view in views.VIEWS} <= ids
     filled = {
@@ -48,9 +44,9 @@ def test_every_view_is_laid_out_on_the_page_and_filled_by_its_event(served):
     assert {view.name for view in views.VIEWS} <= filled
 
 
-def test_a_view_can_be_drawn_for_any_layer_and_differs_between_layers(served):
-    analysis = views.PhotoAnalysis.of(served.classify(str(EXAMPLE_PHOTOS[0])), served)
-    weights = views.Weights.of(served)
+def test_a_view_can_be_drawn_for_any_layer_and_differs_between_layers(foodvision_fp32):
+    analysis = views.PhotoAnalysis.of(foodvision_fp32.classify(str(EXAMPLE_PHOTOS[0])), foodvision_fp32)
+    weights = views.Weights.of(foodvision_fp32)
     following = tuple(view for view in views.VIEWS if view.follows_layer)
     first, last = (views.draw_views(following, analysis, weights, layer) for layer in (1, analysis.layers))
     assert following and all(first[name].tobytes() != last[name].tobytes() for name in first)
