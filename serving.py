@@ -156,10 +156,14 @@ class FoodVision(Preprocessing):
         return Prediction(dict(zip(self.class_names, probabilities)), pixels, maps, model_ms, outlier)
 
 
-def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto") -> FoodVision | NoModel:
+def load(
+    checkpoint: str | None, device: torch.device | str = "cpu", precision: str = "auto", measure_engines: bool = True
+) -> FoodVision | NoModel:
     """The served classifier from `checkpoint` (a folder or a Hub repo id; default checkpoints/foodvision-mini), or
     a NoModel saying what is missing and how to fix it. Training a first head is the caller's
-    (train_head.train_default_head)."""
+    (train_head.train_default_head). `measure_engines`: where fp32 serves on the CPU, export the backbone for ONNX
+    Runtime and measure it against torch (inference.fastest_fp32); False for a one-off command, whose single pass
+    would not repay the export and the measurement, and torch runs it."""
     source = checkpoint or str(DEFAULT_CHECKPOINT_DIR)
     try:
         folder = checkpoint_files(source)  # resolved once: a Hub repo's head and score come from one snapshot
@@ -186,7 +190,8 @@ def load(checkpoint: str | None, device: torch.device | str = "cpu", precision: 
         precision,
         config.get("int8"),
         weights_check.sha256,
-        cache_folder=weights_check.file.parent,  # the ONNX export depends on the backbone's weights alone
+        # the ONNX export depends on the backbone's weights alone
+        cache_folder=weights_check.file.parent if measure_engines else None,
     )
     print(f"Precision: {predictor.precision}. {reason}", file=sys.stderr, flush=True)  # the log, not the results
     return FoodVision(

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if photo is None:
         parser.error("no --image given and no photos in examples/")
 
-    served = load(args.checkpoint, precision="fp32")  # the served weights in model.py's ViT, unquantized
+    # the served weights in model.py's ViT, unquantized, on torch: one photo does not repay an ONNX export
+    served = load(args.checkpoint, precision="fp32", measure_engines=False)
     if isinstance(served, NoModel):
         print(f"error: {served.problem}", file=sys.stderr)
         return 1
