@@ -67,10 +67,10 @@ def head_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_head_checkpoint(tmp_path_factory, torch_home, head_dataset) -> Path:
     """A head checkpoint folder written by `python train_head.py --ood-dir` on `head_dataset`, against drawn non-food
-    (12 of each standins.NON_FOOD_KINDS; no --ood-dir where marks.SMALL_HEAD is set), with the random `torch_home`
+    (6 of each standins.NON_FOOD_KINDS; no --ood-dir where marks.SMALL_HEAD is set), with the random `torch_home`
     backbone and the default hyperparameters; its console output is in stdout.txt beside the folder."""
     root = tmp_path_factory.mktemp("trained_head")
-    ood = [] if SMALL_SESSION_HEAD else ["--ood-dir", str(write_non_food_folder(root / "not-food", 12, seed=4))]
+    ood = [] if SMALL_SESSION_HEAD else ["--ood-dir", str(write_non_food_folder(root / "not-food", 6, seed=4))]
     return train_head_checkpoint(head_dataset, root / "run" / "foodvision-mini", torch_home, *ood)
 
 

@@ -170,7 +170,7 @@ def test_a_checkpoint_from_before_the_score_serves_and_says_the_check_is_off(che
     save_file(
         {name: tensor for name, tensor in tensors.items() if name.startswith("heads.")}, checkpoint_copy / WEIGHTS_FILE
     )
-    served = serving.load(str(checkpoint_copy), "cpu", "fp32")
+    served = serving.load(str(checkpoint_copy), "cpu")
     assert served.outliers is None
     prediction = served.classify(str(example_photos()[0]))
     assert prediction.outlier is None and prediction.warning() == "" and prediction.probabilities
