@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -238,36 +239,40 @@ def page_config_once(url: str, text: str, timeout: float = 300) -> str:
 def app_server(app_dir: Path, *args: str, env: dict | None = None, timeout: float = 180, script: str = "app.py"):
     """`python app.py --port <free> *args` (or another script taking app.py's arguments) run from app_dir; yields
     (url, process) once the page answers, and stops the server afterwards. A server that does not start raises
-    RuntimeError with its console output."""
+    RuntimeError with its console output, which goes to a file: a pipe read only at the end would fill with the
+    tracebacks Gradio prints for refused requests and stop the server mid-run."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, script, "--port", str(port), *args],
-        cwd=app_dir,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    log = process.communicate()[0].decode(errors="replace")
-                    raise RuntimeError(f"{script} did not start (exit {process.returncode}):\n{log}") from None
-                time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile() as console:
+        process = subprocess.Popen(
+            [sys.executable, script, "--port", str(port), *args],
+            cwd=app_dir,
+            env={**os.environ, **(env or {})},
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}/"
         try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=5).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        process.kill()
+                        process.wait()
+                        console.seek(0)
+                        log = console.read().decode(errors="replace")
+                        raise RuntimeError(f"{script} did not start (exit {process.returncode}):\n{log}") from None
+                    time.sleep(0.5)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def idle_load(pid: int, seconds: float = 5.0) -> tuple[float, float] | None:

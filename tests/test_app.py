@@ -284,9 +284,9 @@ def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home):
 
 def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(served, reference):
     """Each visitor on its own connection, all asking for the same example at the same moment, in two rounds (the
-    second writes each picture again where the first's are being read): every picture arrives whole (Gradio writes
-    a returned PIL image in place under its hash, where one request could read another's half-written file; the app
-    returns files, which Gradio copies atomically)."""
+    second writes each picture over the first's files while its own visitors read them): every picture arrives whole
+    (Gradio writes a returned PIL image in place under its hash, where one request could read another's half-written
+    file; the app returns files, which Gradio copies atomically)."""
     photo = PHOTOS[0]
     expected_probabilities, expected_grid = reference(photo)
     visitors = [Client(served[0], verbose=False) for _ in range(12)]

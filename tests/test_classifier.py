@@ -57,8 +57,9 @@ def load_in_subprocess(env: dict, local: Path, *repo_ids: str) -> subprocess.Com
         "    except CheckpointError as error:\n"
         "        print(f'{repo_id}: CheckpointError: {error}', file=sys.stderr)\n"
         "        continue\n"
-        "    pairs = zip(hub.heads.state_dict().values(), local.heads.state_dict().values())\n"
-        "    if all(torch.equal(a, b) for a, b in pairs):\n"
+        "    hub_head, local_head = hub.heads.state_dict(), local.heads.state_dict()\n"
+        "    same = hub_head.keys() == local_head.keys()\n"
+        "    if same and all(torch.equal(hub_head[name], local_head[name]) for name in hub_head):\n"
         "        print(f'{repo_id}: the local head')\n"
     )
     return subprocess.run(

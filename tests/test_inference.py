@@ -60,7 +60,7 @@ def agreement_set(trained_head_checkpoint):
 def test_int8_keeps_its_promise_on_backbones_with_outlier_channels(agreement_set, outlier_scale):
     """The same top-1 and probabilities within 0.02 of fp32 over 100 inputs, on the random backbone and on the
     function-preserving outlier injection of real pretrained ViTs' LayerNorm channels (standins.inject_outliers) at
-    the issue's scale, 30x; benchmarks/latency.py measures s = 1 to 100 beside the other int8 paths."""
+    their scale, 30x; benchmarks/latency.py measures s = 1 to 100 beside the other int8 paths."""
     model, calibration, images, reference = agreement_set
     injected = inject_outliers(copy.deepcopy(model), outlier_scale)
     torch.testing.assert_close(inference.reference_features(injected, images[:4]), reference[:4], rtol=0, atol=1e-4)

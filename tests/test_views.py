@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 import app
-import inference
+import onnx_engine
 import views
 from standins import EXAMPLE_PHOTOS
 
@@ -16,11 +16,10 @@ def test_the_command_line_saves_every_view_and_the_weights_figures(
     VIEWS, Markdown for the walk, pictures for the rest, and Figure 7 (left and centre); torch draws them, with no
     ONNX export or engine measurement for one photo."""
 
-    class Exported(inference.OnnxRuntimePredictor):
-        def __init__(self, *args):
-            raise AssertionError("views.py set up ONNX Runtime for one photo")
+    def exported(*args):
+        raise AssertionError("views.py set up ONNX Runtime for one photo")
 
-    monkeypatch.setattr(inference, "OnnxRuntimePredictor", Exported)
+    monkeypatch.setattr(onnx_engine.OnnxRuntimePredictor, "__init__", exported)
     assert views.main(["--checkpoint", str(trained_head_checkpoint), "--out", str(tmp_path)]) == 0
     pictures = {view.name for view in views.VIEWS if not view.text} | {"embedding_filters", "position_similarity"}
     assert {path.stem for path in tmp_path.glob("*.png")} == pictures
