@@ -168,30 +168,56 @@ class FullRangeInt8Linear(quantized_dynamic.Linear):
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
 
 
-@torch.no_grad()
-def smooth_activations(vit: ViT, calibration: torch.Tensor, alpha: float) -> None:
-    """SmoothQuant (Xiao et al. 2023) for the Linears that read a LayerNorm (qkv, Eq. 2; the MLP's first, Eq. 3):
-    with X the Linear's input over the calibration images' tokens, input channel j gets
-    s_j = max|X_j|^alpha / max|W_j|^(1-alpha); the LayerNorm's affine weight and bias are divided by s and the
-    Linear's columns multiplied by it. The fp32 function stays as it was, while an outlier channel's range shrinks
-    toward the others'. New Parameters replace the old: the ViT shares its tensors with the torchvision model."""
-    pairs = [(block.attention.norm, block.attention.qkv) for block in vit.blocks]
-    pairs += [(block.mlp.norm, block.mlp.mlp[0]) for block in vit.blocks]
-    largest = {}
+def smoothed_linears(vit: ViT) -> dict[str, tuple[nn.LayerNorm, nn.Linear]]:
+    """The Linears that read a LayerNorm, each with its LayerNorm, by name: qkv (Eq. 2) and the MLP's first (Eq. 3)."""
+    pairs = {}
+    for index, block in enumerate(vit.blocks):
+        pairs[f"blocks.{index}.attention.qkv"] = (block.attention.norm, block.attention.qkv)
+        pairs[f"blocks.{index}.mlp.mlp.0"] = (block.mlp.norm, block.mlp.mlp[0])
+    return pairs
 
-    def record(linear: nn.Module, inputs: tuple[torch.Tensor]) -> None:
-        observed = inputs[0].abs().flatten(0, -2).amax(dim=0)
-        largest[linear] = torch.maximum(largest[linear], observed) if linear in largest else observed
 
-    hooks = [linear.register_forward_pre_hook(record) for _, linear in pairs]
+@contextlib.contextmanager
+def recording_input_ranges(vit: ViT):
+    """Yields a dict that every pass of `vit` inside the block fills with max|X_j|, per input channel j over all
+    tokens seen, of each of the smoothed_linears, by name: SmoothQuant's calibration, recorded from a pass run for
+    its own outputs (serving.load's over the example photos) instead of a second one."""
+    ranges = {}
+
+    def recorder(name: str):
+        def record(linear: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+            observed = inputs[0].abs().flatten(0, -2).amax(dim=0)
+            ranges[name] = torch.maximum(ranges[name], observed) if name in ranges else observed
+
+        return record
+
+    hooks = [linear.register_forward_pre_hook(recorder(name)) for name, (_, linear) in smoothed_linears(vit).items()]
     try:
-        vit.forward_features(calibration)
+        yield ranges
     finally:
         for hook in hooks:
             hook.remove()
-    for norm, linear in pairs:
+
+
+@torch.inference_mode()
+def input_ranges(vit: ViT, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The smoothed_linears' input ranges (recording_input_ranges) over one pass of `images`, with the attention maps
+    as serving.load's pass has them: the same ranges to the last bit, and so the same int8 model."""
+    with recording_input_ranges(vit) as ranges:
+        vit.forward_features(images, [])
+    return ranges
+
+
+@torch.no_grad()
+def smooth_activations(vit: ViT, ranges: dict[str, torch.Tensor], alpha: float) -> None:
+    """SmoothQuant (Xiao et al. 2023) for the smoothed_linears: with `ranges` their inputs' max|X_j| over the
+    calibration images' tokens (input_ranges), input channel j gets s_j = max|X_j|^alpha / max|W_j|^(1-alpha); the
+    LayerNorm's affine weight and bias are divided by s and the Linear's columns multiplied by it. The fp32 function
+    stays as it was, while an outlier channel's range shrinks toward the others'. New Parameters replace the old: the
+    ViT shares its tensors with the torchvision model."""
+    for name, (norm, linear) in smoothed_linears(vit).items():
         weight_range = linear.weight.abs().amax(dim=0).clamp_min(1e-5)
-        scale = (largest[linear].clamp_min(1e-5).pow(alpha) / weight_range.pow(1 - alpha)).clamp_min(1e-5)
+        scale = (ranges[name].clamp_min(1e-5).pow(alpha) / weight_range.pow(1 - alpha)).clamp_min(1e-5)
         norm.weight = nn.Parameter(norm.weight / scale, requires_grad=False)
         norm.bias = nn.Parameter(norm.bias / scale, requires_grad=False)
         linear.weight = nn.Parameter(linear.weight * scale, requires_grad=False)
@@ -244,15 +270,16 @@ def vit_from_torchvision(model: nn.Module) -> ViT:
 
 class Predictor:
     """Logits, and optionally every layer's attention maps, for a batch of preprocessed images, in the precision
-    chosen at construction (see resolve_precision). int8 needs `calibration` images (calibration_images) for its
-    SmoothQuant scales, and quantizes each activation tensor with one scale, so an image's logits move slightly with
-    the other images of its batch: the app classifies one photo at a time, and `agreement` measures it so."""
+    chosen at construction (see resolve_precision). int8 needs `calibration` for its SmoothQuant scales: images
+    (calibration_images), or the input ranges a pass over them recorded (recording_input_ranges); it quantizes
+    each activation tensor with one scale, so an image's logits move slightly with the other images of its batch:
+    the app classifies one photo at a time, and `agreement` measures it so."""
 
     def __init__(
         self,
         model: nn.Module,
         precision: str = "auto",
-        calibration: torch.Tensor | None = None,
+        calibration: torch.Tensor | dict[str, torch.Tensor] | None = None,
         *,
         smooth: bool = True,
         fp32_linears: tuple[str, ...] = FP32_LINEARS,
@@ -271,7 +298,8 @@ class Predictor:
             self.engine = engine or int8_engine()
             self.bits = activation_bits, weight_bits = bits or bits_for(sums_of(self.engine))
             if smooth:
-                smooth_activations(self.vit, calibration, SMOOTHING_ALPHA[weight_bits])
+                ranges = calibration if isinstance(calibration, dict) else input_ranges(self.vit, calibration)
+                smooth_activations(self.vit, ranges, SMOOTHING_ALPHA[weight_bits])
             # The head stays fp32 (it is tiny and sets the probabilities directly), and so do fp32_linears.
             linear = FullRangeInt8Linear if activation_bits == 8 else quantized_dynamic.Linear
             kept = {name.removeprefix("blocks.") for name in fp32_linears}
@@ -396,6 +424,7 @@ def choose_predictor(
     examples: torch.Tensor,
     examples_features: torch.Tensor,
     examples_maps: list[torch.Tensor],
+    examples_ranges: dict[str, torch.Tensor],
     precision: str,
     record: dict | None,
     weights_sha256: str,
@@ -405,11 +434,12 @@ def choose_predictor(
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
     passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
-    (calibration_images), `examples_features` their fp32 y (Eq. 4) and `examples_maps` their fp32 attention maps
-    (model.py's contract), from the same pass. Where fp32 serves on the CPU, the engine
-    that runs it is measured too (fastest_fp32), its export cached in `cache_folder` (None: torch serves)."""
+    (calibration_images); `examples_features` their fp32 y (Eq. 4), `examples_maps` their fp32 attention maps
+    (model.py's contract) and `examples_ranges` int8's calibration (recording_input_ranges), all from the same pass.
+    Where fp32 serves on the CPU, the engine that runs it is measured too (fastest_fp32), its export cached in
+    `cache_folder` (None: torch serves)."""
     device = next(model.parameters()).device
-    calibration = examples if device.type == "cpu" else None
+    calibration = examples_ranges if device.type == "cpu" else None
     resolved = resolve_precision(precision, device)
     if device.type != "cpu":
         return Predictor(model, resolved), (
@@ -447,7 +477,7 @@ def choose_predictor(
         why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
     else:
         why_no_record = "the checkpoint has no int8 measurement"
-    check = agreement(fast, calibration, examples_features)
+    check = agreement(fast, examples, examples_features)
     if check.passed:
         return (
             fast,

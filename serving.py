@@ -29,7 +29,7 @@ from classifier import (
 )
 from figures import mean_attention_distance
 from images import ImageError, load_rgb
-from inference import Predictor, calibration_images, choose_predictor, vit_from_torchvision
+from inference import Predictor, calibration_images, choose_predictor, recording_input_ranges, vit_from_torchvision
 from model import VIT_CONFIGS, PatchEmbedding
 from onnx_engine import OnnxRuntimePredictor
 from outliers import OutlierScore
@@ -176,10 +176,10 @@ def load(
     vit = vit_from_torchvision(model)  # the same tensors, still on the CPU: the explanations are computed from here
     examples = calibration_images(transforms)
     # One fp32 pass over the bundled photos gives the self-checks' reference y (Eq. 4) and maps (int8's, and the fp32
-    # engine's) and the examples' mean attention distance, the reference each visitor's photo is drawn against in
-    # Figure 7 (right)
+    # engine's), int8's SmoothQuant calibration and the examples' mean attention distance, the reference each
+    # visitor's photo is drawn against in Figure 7 (right)
     attention_maps = []
-    with torch.inference_mode():
+    with torch.inference_mode(), recording_input_ranges(vit) as input_ranges:
         examples_features = vit.forward_features(examples, attention_maps)
     model = model.to(device)
     predictor, reason = choose_predictor(
@@ -187,6 +187,7 @@ def load(
         examples,
         examples_features,
         attention_maps,
+        input_ranges,
         precision,
         config.get("int8"),
         weights_check.sha256,

@@ -32,6 +32,7 @@ from inference import (
     SMOOTHING_ALPHA,
     Predictor,
     calibration_images,
+    input_ranges,
     int8_bits,
     int8_engine,
     int8_sums,
@@ -67,7 +68,7 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
         quantize_dynamic(str(fp32.file), str(int8_file), weight_type=QuantType.QInt8, per_channel=True)
     weight_bits = int8_bits()[1]  # ONNX Runtime's dynamic quantization keeps 8-bit activations, as served
     smoothed = vit_from_torchvision(model)
-    smooth_activations(smoothed, calibration, SMOOTHING_ALPHA[weight_bits])
+    smooth_activations(smoothed, input_ranges(smoothed, calibration), SMOOTHING_ALPHA[weight_bits])
     smoothed_file, served_method_file = folder / "vit-fp32-smoothed.onnx", folder / "vit-int8-served-method.onnx"
     export(smoothed, smoothed_file)
     with without_root_warnings():

@@ -182,6 +182,32 @@ def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
         torch.testing.assert_close(attention, reference, atol=tolerance, rtol=0)
 
 
+def test_smoothquant_ranges_are_recorded_from_any_pass_and_only_inside_the_block():
+    """recording_input_ranges records, per smoothed Linear (qkv, the MLP's first), its inputs' largest magnitude per
+    channel over every pass in the block, what input_ranges measures in a pass of its own; then it stops."""
+    vit = inference.vit_from_torchvision(tiny_extractor())
+    with torch.inference_mode(), inference.recording_input_ranges(vit) as recorded:
+        vit.forward_features(TINY_CALIBRATION[:2], [])
+        vit.forward_features(TINY_CALIBRATION[2:], [])
+    expected = inference.input_ranges(vit, TINY_CALIBRATION)
+    assert (
+        set(recorded)
+        == set(expected)
+        == {
+            f"blocks.{layer}.{linear}"
+            for layer in range(TINY_VIT["num_layers"])
+            for linear in ("attention.qkv", "mlp.mlp.0")
+        }
+    )
+    for name, ranges in recorded.items():
+        assert ranges.shape == (TINY_VIT["hidden_dim"],) and ranges.min() > 0
+        torch.testing.assert_close(ranges, expected[name], rtol=1e-6, atol=0)
+    before = {name: ranges.clone() for name, ranges in recorded.items()}
+    with torch.inference_mode():
+        vit.forward_features(TINY_CALIBRATION * 10, [])
+    assert all(torch.equal(ranges, before[name]) for name, ranges in recorded.items())  # no hook left behind
+
+
 def test_without_native_bf16_the_bf16_flag_runs_plain_fp32(monkeypatch):
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     model = tiny_extractor()

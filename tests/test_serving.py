@@ -19,9 +19,9 @@ import inference
 import outliers
 import predict
 import serving
-from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file
+from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file, load_classifier
 from figures import mean_attention_distance
-from images import example_photos
+from images import example_photos, load_rgb
 from marks import needs_int8_engine
 from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image
 
@@ -45,6 +45,18 @@ def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, he
     assert foodvision.predictor.precision == "int8"
     reason = foodvision.precision_reason
     assert "train_head.py measured it against fp32 on the test split for exactly this setup" in reason
+
+
+@needs_int8_engine
+def test_the_served_int8_model_is_the_one_calibrated_on_the_example_photos(trained_head_checkpoint, foodvision):
+    """serving.load takes SmoothQuant's ranges from the pass over the example photos it runs anyway: the int8 model
+    it serves is, to the last bit, the one train_head.py measured, which calibrates on the photos themselves."""
+    model, transforms, _ = load_classifier(trained_head_checkpoint)
+    measured = inference.Predictor(model, "int8", inference.calibration_images(transforms))
+    photo = transforms(load_rgb(example_photos()[0], min_size=transforms.resize_size[0]))[None]
+    served_maps, measured_maps = [], []
+    assert torch.equal(foodvision.predictor(photo, served_maps), measured(photo, measured_maps))
+    assert all(map(torch.equal, served_maps, measured_maps))
 
 
 @needs_int8_engine
