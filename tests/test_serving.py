@@ -140,7 +140,7 @@ def scored_photos(foodvision, pictures: list[Image.Image], folder: Path) -> tupl
 
 
 def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
-    trained_head_checkpoint, foodvision_fp32, tmp_path, capsys
+    trained_head_checkpoint, foodvision, foodvision_fp32, tmp_path, capsys
 ):
     """Fresh drawn food and non-food, never seen in training: the score separates them on the fp32 and the int8
     path alike (it is computed from the served pass's own y), the threshold still accepts about 95% of the food,
@@ -150,10 +150,9 @@ def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
     non_food = [draw_non_food_image(kind, rng) for kind in NON_FOOD_KINDS for _ in range(6)]
     precisions = ["fp32"] + (["int8"] if inference.int8_sums() else [])
     measured = {}
+    loaded = {served.predictor.precision: served for served in (foodvision, foodvision_fp32)}
     for precision in precisions:
-        served = (
-            foodvision_fp32 if precision == "fp32" else serving.load(str(trained_head_checkpoint), "cpu", precision)
-        )
+        served = loaded.get(precision) or serving.load(str(trained_head_checkpoint), "cpu", precision)
         food_scores, food_warnings = scored_photos(served, food, tmp_path / f"food-{precision}")
         other_scores, other_warnings = scored_photos(served, non_food, tmp_path / f"other-{precision}")
         measured[precision] = outliers.auroc(food_scores, other_scores)
