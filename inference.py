@@ -33,7 +33,8 @@ from onnx_engine import ENGINE_SPEED_UP, FP32_TOLERANCE, OnnxRuntimePredictor, O
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 INT8_METHOD = (
     "int8 dynamic, 8-bit activations, weights 8-bit (7-bit where int8 products add in int16), SmoothQuant alpha 0.5 "
-    "(0.3 with 7-bit weights) on qkv and fc1, blocks.0.attention.projection fp32"
+    "(0.3 with 7-bit weights) on qkv and fc1, ranges from a pass with the attention maps, "
+    "blocks.0.attention.projection fp32"
 )
 # SmoothQuant's migration strength, by the weights' bits: at 0.5 each channel's range is split evenly between x and W;
 # 7-bit weights, with half the resolution, take less of it (chosen with benchmarks/latency.py --outliers)
@@ -294,7 +295,9 @@ class Predictor:
         self.vit = vit_from_torchvision(model)
         if self.precision == "int8":
             if smooth and calibration is None:
-                raise ValueError("the int8 path needs calibration images: pass calibration=calibration_images(...)")
+                raise ValueError(
+                    "the int8 path needs calibration: pass calibration=calibration_images(...) or their input_ranges"
+                )
             self.engine = engine or int8_engine()
             self.bits = activation_bits, weight_bits = bits or bits_for(sums_of(self.engine))
             if smooth:

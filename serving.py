@@ -179,7 +179,7 @@ def load(
     # engine's), int8's SmoothQuant calibration and the examples' mean attention distance, the reference each
     # visitor's photo is drawn against in Figure 7 (right)
     attention_maps = []
-    with torch.inference_mode(), recording_input_ranges(vit) as input_ranges:
+    with torch.inference_mode(), recording_input_ranges(vit) as examples_ranges:
         examples_features = vit.forward_features(examples, attention_maps)
     model = model.to(device)
     predictor, reason = choose_predictor(
@@ -187,7 +187,7 @@ def load(
         examples,
         examples_features,
         attention_maps,
-        input_ranges,
+        examples_ranges,
         precision,
         config.get("int8"),
         weights_check.sha256,

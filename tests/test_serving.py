@@ -51,6 +51,7 @@ def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, he
 def test_the_served_int8_model_is_the_one_calibrated_on_the_example_photos(trained_head_checkpoint, foodvision):
     """serving.load takes SmoothQuant's ranges from the pass over the example photos it runs anyway: the int8 model
     it serves is, to the last bit, the one train_head.py measured, which calibrates on the photos themselves."""
+    assert foodvision.predictor.precision == "int8", foodvision.precision_reason
     model, transforms, _ = load_classifier(trained_head_checkpoint)
     measured = inference.Predictor(model, "int8", inference.calibration_images(transforms))
     photo = transforms(load_rgb(example_photos()[0], min_size=transforms.resize_size[0]))[None]
