@@ -184,15 +184,13 @@ def recording_input_ranges(vit: ViT):
     tokens seen, of each of the smoothed_linears, by name: SmoothQuant's calibration, recorded from a pass run for
     its own outputs (serving.load's over the example photos) instead of a second one."""
     ranges = {}
+    names = {linear: name for name, (_, linear) in smoothed_linears(vit).items()}
 
-    def recorder(name: str):
-        def record(linear: nn.Module, inputs: tuple[torch.Tensor]) -> None:
-            observed = inputs[0].abs().flatten(0, -2).amax(dim=0)
-            ranges[name] = torch.maximum(ranges[name], observed) if name in ranges else observed
+    def record(linear: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        name, observed = names[linear], inputs[0].abs().flatten(0, -2).amax(dim=0)
+        ranges[name] = torch.maximum(ranges[name], observed) if name in ranges else observed
 
-        return record
-
-    hooks = [linear.register_forward_pre_hook(recorder(name)) for name, (_, linear) in smoothed_linears(vit).items()]
+    hooks = [linear.register_forward_pre_hook(record) for linear in names]
     try:
         yield ranges
     finally:
