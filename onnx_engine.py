@@ -22,8 +22,8 @@ from torch import nn
 import model
 from model import ViT
 
-# A second engine is a second set of kernels to trust and its own copy of the weights in memory (about 300 MB for
-# ViT-B/16, BENCHMARKS.md): it serves only where it pays this much
+# A second engine is a second set of kernels to trust and its own copy of the weights in memory (BENCHMARKS.md,
+# app_latency.py): it serves only where it pays this much
 ENGINE_SPEED_UP = 1.25
 # An fp32 engine computes what torch does in another order: its probabilities and maps may differ by rounding alone
 FP32_TOLERANCE = 1e-4
@@ -56,8 +56,9 @@ def exported_file(folder: Path, weights_sha256: str) -> Path:
 
 def export(vit: ViT, file: Path) -> None:
     """The ViT as ONNX at `file`, written to a hidden partial file first and renamed, so a half-written export is
-    never read as a whole one (nor two processes' exports mixed). torch's exporter (torch.export) needs the onnx and
-    onnxscript packages."""
+    never read as a whole one (nor two processes' exports mixed); then the same weights' exports by other code (an
+    older torch or model.py) go, each a copy of the weights no longer read. torch's exporter (torch.export) needs the
+    onnx and onnxscript packages."""
     for package in ("onnx", "onnxscript"):
         if importlib.util.find_spec(package) is None:
             raise OnnxRuntimeUnavailable(f"{package} is not installed (pip install -r requirements.txt)")
@@ -79,6 +80,10 @@ def export(vit: ViT, file: Path) -> None:
         os.replace(partial, file)
     finally:
         Path(partial).unlink(missing_ok=True)
+    same_weights = file.name.rsplit("-", 1)[0]  # exported_file's name less its code's hash
+    for stale in file.parent.glob(f"{same_weights}-*.onnx"):
+        if stale != file:
+            stale.unlink(missing_ok=True)
 
 
 class OnnxRuntimePredictor:
@@ -151,14 +156,15 @@ def as_input(images: torch.Tensor):
     return images.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
-def speed_up(torch_pass, onnx_pass, images: torch.Tensor, repeats: int = 5) -> float:
-    """How many times as fast ONNX Runtime runs the served pass (with the attention maps) as torch: medians of
-    `repeats` passes each, in turns after one warm-up each, so that both see the same machine."""
-    times = {torch_pass: [], onnx_pass: []}
+def speed_up(baseline, candidate, images: torch.Tensor, repeats: int = 5) -> float:
+    """How many times as fast `candidate` runs the served pass (with the attention maps) as `baseline` (ONNX Runtime
+    against torch, int8 against fp32): medians of `repeats` passes each, in turns after one warm-up each, so that both
+    see the same machine."""
+    times = {baseline: [], candidate: []}
     for repeat in range(repeats + 1):
         for run, measured in times.items():
             started = time.perf_counter()
             run(images, [])
             if repeat:
                 measured.append(time.perf_counter() - started)
-    return median(times[torch_pass]) / median(times[onnx_pass])
+    return median(times[baseline]) / median(times[candidate])

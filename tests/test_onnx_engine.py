@@ -35,8 +35,11 @@ def test_onnx_runtime_gives_torchs_logits_maps_and_features(tmp_path):
 
 def test_the_export_is_cached_by_the_weights_hash_and_made_again_when_unreadable(tmp_path):
     vit = vit_from_torchvision(tiny_extractor())
+    by_older_code = tmp_path / f"vit-fp32-{SHA[:16]}-0123abcd.onnx"  # an older torch's or model.py's export
+    by_older_code.write_bytes(b"an older export")
     first = OnnxRuntimePredictor(vit, tmp_path, SHA, threads=1)
     assert not first.cached and first.file.parent == tmp_path and SHA[:16] in first.file.name
+    assert not by_older_code.exists()  # a copy of the weights nothing reads any more
     written = first.file.stat().st_mtime_ns
     again = OnnxRuntimePredictor(vit, tmp_path, SHA, threads=1)
     assert again.cached and again.file.stat().st_mtime_ns == written
