@@ -30,17 +30,27 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores this process may really use: the affinity mask, capped by a cgroup CPU quota (containers such as
     Hugging Face Spaces report the host's cores but grant only a few)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return cpus if quota is None else min(cpus, max(1, int(quota)))
+
+
+def cgroup_cpu_quota(cgroup: Path) -> float | None:
+    """The cores a cgroup's CPU quota grants (cgroup v2's cpu.max, else v1's CFS files), None without a quota."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+        quota, period = (cgroup / "cpu.max").read_text().split()  # "<quota> <period>", the quota "max" for none
     except (OSError, ValueError):
-        pass
-    return cpus
+        try:
+            quota, period = ((cgroup / "cpu" / f"cpu.cfs_{name}_us").read_text() for name in ("quota", "period"))
+        except OSError:
+            return None
+    try:
+        return int(quota) / int(period) if int(quota) > 0 else None  # v1's quota is -1 for none
+    except ValueError:
+        return None
 
 
 class TorchThread:

@@ -9,13 +9,32 @@ import time
 import pytest
 import torch
 
-from devices import TorchThread, resolve_device
+from devices import TorchThread, available_cpus, resolve_device
 
 
 def test_a_device_this_machine_lacks_is_a_clear_error():
     with pytest.raises(ValueError, match="'nonsense' is not a usable torch device here"):
         resolve_device("nonsense")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("files", "granted"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1),  # cgroup v2, 1.5 cores: one whole
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbled"}, None),
+        ({}, None),
+    ],
+)
+def test_available_cpus_are_capped_by_a_cgroup_quota(tmp_path, files, granted):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (min(granted, affinity) if granted else affinity)
 
 
 def test_every_caller_runs_on_the_same_thread_and_gets_its_result_or_its_error():
