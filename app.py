@@ -186,7 +186,7 @@ def where(served: FoodVision) -> str:
     else:
         how = {
             "bf16": "model.py's ViT in bf16 (autocast)",
-            "fp32": "fp32, torchvision's vit_b_16 as published (model.py's ViT for the attention maps)",
+            "fp32": "fp32, model.py's ViT holding torchvision's vit_b_16 weights (for the attention maps)",
         }[served.predictor.precision]
     if os.environ.get("SPACES_ZERO_GPU"):
         place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"

@@ -44,7 +44,8 @@ SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 FP32_LINEARS = ("blocks.0.attention.projection",)
 MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise, with the same top-1 class as fp32
 # torch's quantized engine names, by the library whose kernels they run ("fbgemm" is the older name of "x86")
-KERNEL_LIBRARIES = {"onednn": "oneDNN", "x86": "fbgemm", "fbgemm": "fbgemm"}
+KERNEL_LIBRARIES = {"onednn": "oneDNN", "x86": "fbgemm", "fbgemm": "fbgemm", "qnnpack": "QNNPACK"}
+NO_INT8_ENGINE = "torch has no int8 kernels here: neither its x86 engines (fbgemm, oneDNN) nor ARM's (QNNPACK)"
 
 
 def cpu_supports_bf16() -> bool:
@@ -54,9 +55,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def int8_engine_available() -> bool:
-    """The x86 quantized kernels (fbgemm, oneDNN) that int8 dynamic quantization runs on; ARM builds of torch have
-    none."""
-    return torch.backends.quantized.engine in ("x86", "fbgemm")
+    """Quantized kernels that int8 dynamic quantization runs on (int8_engine)."""
+    return int8_engine() is not None
 
 
 @contextlib.contextmanager
@@ -101,20 +101,28 @@ def sums_of(engine: str) -> str:
     return "int32" if sums.item() > 0.9 * _OVERFLOW_WIDTH else "int16"
 
 
+def quantized_engines() -> list[str]:
+    """The quantized engines this build of torch has: x86 builds have fbgemm (as "x86" and "fbgemm"), oneDNN and
+    QNNPACK; ARM builds QNNPACK alone."""
+    return torch.backends.quantized.supported_engines
+
+
 @functools.cache
 def int8_engine() -> str | None:
-    """The quantized engine the int8 Linears are packed for: oneDNN wherever its kernels add the products in int32
-    (AVX-512 VNNI, AMX tiles), where it served the pass faster than fbgemm's (BENCHMARKS.md, engines.py); fbgemm
-    (torch's "x86" engine) elsewhere on x86 (AVX2, where oneDNN's kernels too add pairs in int16); None where torch
-    has neither (ARM builds)."""
-    if not int8_engine_available():
-        return None
-    if "onednn" in torch.backends.quantized.supported_engines and sums_of("onednn") == "int32":
-        return "onednn"
-    return torch.backends.quantized.engine
+    """The quantized engine the int8 Linears are packed for. On torch's x86 builds: oneDNN wherever its kernels add
+    the products in int32 (AVX-512 VNNI, AMX tiles), where it served the pass faster than fbgemm's (BENCHMARKS.md,
+    engines.py); fbgemm (torch's "x86" engine) elsewhere (AVX2, where oneDNN's kernels too add pairs in int16). On
+    ARM builds QNNPACK, which BENCHMARKS.md has no figures for (no ARM machine here): int8 serves on it only where it
+    also pays at start-up (choose_predictor). None where torch has none of them."""
+    engines = quantized_engines()
+    if "fbgemm" in engines:  # an x86 build: fbgemm has no other kernels
+        if "onednn" in engines and sums_of("onednn") == "int32":
+            return "onednn"
+        return "x86" if "x86" in engines else "fbgemm"
+    # ARM builds may leave torch's engine at "none" until it is set (pytorch/pytorch#123507): Predictor sets it
+    return "qnnpack" if "qnnpack" in engines else None
 
 
-@functools.cache
 def int8_sums() -> str | None:
     """How the served int8 kernels (int8_engine's) add int8 products (sums_of), None without an int8 engine."""
     engine = int8_engine()
@@ -142,6 +150,11 @@ def auto_precision() -> str:
     return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
 
 
+def not_native(precision: str) -> str:
+    """Why this CPU cannot run `precision` ("int8" or "bf16") natively."""
+    return NO_INT8_ENGINE if precision == "int8" else "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision Predictor will really run ("auto": see auto_precision); a precision the CPU cannot run
     falls back to fp32 with a warning."""
@@ -155,7 +168,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return auto_precision()
     supported = {"int8": int8_engine_available, "bf16": cpu_supports_bf16}.get(precision)
     if supported is not None and not supported():
-        warnings.warn(f"this CPU has no native {precision} support; running in fp32 instead", stacklevel=3)
+        warnings.warn(f"{not_native(precision)}; running in fp32 instead", stacklevel=3)
         return "fp32"
     return precision
 
@@ -456,38 +469,45 @@ def choose_predictor(
 
     if precision != "auto":
         if resolved != precision:  # resolve_precision's fallback: the CPU cannot run what was asked
-            return fp32(f"fp32: this CPU has no native {precision} (--precision {precision}).")
+            return fp32(f"fp32: {not_native(precision)} (--precision {precision}).")
         if resolved == "fp32":
             return fp32("fp32, as asked (--precision fp32).")
         return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
     if resolved != "int8":
-        reason = (
-            f"{resolved}: torch has no int8 kernels for this CPU (its x86 engine, fbgemm; ARM builds have none), so "
-            "the int8 path cannot be tried."
-        )
+        engines = ", ".join(quantized_engines())
+        reason = f"{resolved}: {NO_INT8_ENGINE} (its quantized engines: {engines}), so the int8 path cannot be tried."
         return fp32(reason) if resolved == "fp32" else (Predictor(model, resolved, calibration), reason)
     fast = Predictor(model, "int8", calibration)
     record = record or {}
     if record.get("setup") == int8_setup(weights_sha256) and record["agreement"]["passed"]:
         measured = record["agreement"]
-        return fast, (
-            f"int8 serves: train_head.py measured it against fp32 on the test split for exactly this setup: "
-            f"top-1 {measured['top1']:.0%} the same, probabilities within {measured['max_probability_difference']:.4f}."
+        proven = (
+            f"train_head.py measured it against fp32 on the test split for exactly this setup: "
+            f"top-1 {measured['top1']:.0%} the same, probabilities within {measured['max_probability_difference']:.4f}"
         )
-    if record.get("setup"):
-        why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
     else:
-        why_no_record = "the checkpoint has no int8 measurement"
-    check = agreement(fast, examples, examples_features)
-    if check.passed:
-        return (
-            fast,
-            f"int8 serves: {why_no_record}, and a self-check on the bundled photos passed ({check.describe()}).",
-        )
-    return fp32(
-        f"fp32 serves, not int8: {why_no_record}, and int8 disagreed with fp32 on the bundled photos "
-        f"({check.describe()}); the int8 path promises probabilities within {MAX_PROBABILITY_DIFFERENCE} of fp32's."
-    )
+        if record.get("setup"):
+            why_no_record = "the checkpoint's int8 record is for another setup or did not pass"
+        else:
+            why_no_record = "the checkpoint has no int8 measurement"
+        check = agreement(fast, examples, examples_features)
+        if not check.passed:
+            return fp32(
+                f"fp32 serves, not int8: {why_no_record}, and int8 disagreed with fp32 on the bundled photos "
+                f"({check.describe()}); the int8 path promises probabilities within {MAX_PROBABILITY_DIFFERENCE} of "
+                "fp32's."
+            )
+        proven = f"{why_no_record}, and a self-check on the bundled photos passed ({check.describe()})"
+    if fast.engine == "qnnpack":  # kernels without figures in BENCHMARKS.md (int8_engine): their speed is measured
+        measured_speed_up = speed_up(Predictor(model, "fp32"), fast, examples[:1])
+        kernels = f"on {KERNEL_LIBRARIES[fast.engine]}'s kernels, which BENCHMARKS.md has no figures for"
+        if measured_speed_up < ENGINE_SPEED_UP:
+            return fp32(
+                f"fp32 serves, not int8: {proven}, but {kernels}, it ran the pass {measured_speed_up:.2f}x as fast "
+                f"as fp32 at start-up, under the {ENGINE_SPEED_UP}x that pays for its rounding."
+            )
+        proven += f"; {kernels}, it ran the pass {measured_speed_up:.2f}x as fast as fp32 at start-up"
+    return fast, f"int8 serves: {proven}."
 
 
 def fastest_fp32(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import inference
 import serving
 from marks import SMALL_HEAD
 from standins import (
@@ -53,6 +54,21 @@ def serve_bytes():
             return f"http://127.0.0.1:{server.server_port}/{name}"
 
         yield serve
+
+
+@pytest.fixture
+def torch_build(monkeypatch):
+    """torch_build(engines): this process as a build of torch with those quantized engines, for the test (["qnnpack",
+    "none"], as torch for ARM reports them; ["none"]: no int8 kernels at all). What stays real: x86 builds have
+    QNNPACK too, so its kernels (x86's, not ARM's) really run."""
+
+    def simulate(engines: list[str]) -> None:
+        monkeypatch.setattr(inference, "quantized_engines", lambda: engines)
+        inference.int8_engine.cache_clear()
+
+    yield simulate
+    monkeypatch.undo()
+    inference.int8_engine.cache_clear()
 
 
 @pytest.fixture(scope="session")

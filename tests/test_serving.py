@@ -92,13 +92,17 @@ def test_a_record_made_with_other_int8_sums_does_not_vouch_for_this_cpu(checkpoi
     assert "record is for another setup or did not pass" in foodvision.precision_reason
 
 
-def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(trained_head_checkpoint, torch_home, monkeypatch):
-    """An ARM build of torch (no fbgemm, no AMX), simulated: the app starts and serves fp32, and says why."""
-    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")
+def test_without_an_int8_engine_fp32_serves_and_the_page_says_why(
+    trained_head_checkpoint, torch_home, monkeypatch, torch_build
+):
+    """A build of torch without int8 kernels (no fbgemm, oneDNN or QNNPACK, no AMX), simulated: the app starts and
+    serves fp32, and says why."""
+    torch_build(["none"])
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     foodvision = serving.load(str(trained_head_checkpoint), "cpu")
     assert foodvision.predictor.precision == "fp32"
-    assert "fp32: torch has no int8 kernels for this CPU" in foodvision.precision_reason
+    expected = f"fp32: {inference.NO_INT8_ENGINE} (its quantized engines: none), so the int8 path cannot be tried."
+    assert foodvision.precision_reason.startswith(expected)
     assert foodvision.classify(str(example_photos()[0])).probabilities
 
 
