@@ -102,8 +102,8 @@ def sums_of(engine: str) -> str:
 
 
 def quantized_engines() -> list[str]:
-    """The quantized engines this build of torch has: x86 builds have fbgemm (as "x86" and "fbgemm"), oneDNN and
-    QNNPACK; ARM builds QNNPACK alone."""
+    """The quantized engines this build of torch has here: fbgemm (as "x86" and "fbgemm") on x86 CPUs with AVX2 or
+    more, with oneDNN and QNNPACK; QNNPACK on ARM (with oneDNN on some builds)."""
     return torch.backends.quantized.supported_engines
 
 
@@ -113,13 +113,14 @@ def int8_engine() -> str | None:
     the products in int32 (AVX-512 VNNI, AMX tiles), where it served the pass faster than fbgemm's (BENCHMARKS.md,
     engines.py); fbgemm (torch's "x86" engine) elsewhere (AVX2, where oneDNN's kernels too add pairs in int16). On
     ARM builds QNNPACK, which BENCHMARKS.md has no figures for (no ARM machine here): int8 serves on it only where it
-    also pays at start-up (choose_predictor). None where torch has none of them."""
+    also runs faster than the fp32 that would serve (choose_predictor). None where torch has none of them."""
     engines = quantized_engines()
-    if "fbgemm" in engines:  # an x86 build: fbgemm has no other kernels
+    if "fbgemm" in engines:  # x86 with AVX2 or more, the CPUs BENCHMARKS.md measures
         if "onednn" in engines and sums_of("onednn") == "int32":
             return "onednn"
         return "x86" if "x86" in engines else "fbgemm"
-    # ARM builds may leave torch's engine at "none" until it is set (pytorch/pytorch#123507): Predictor sets it
+    # ARM builds may leave torch's engine at "none" (pytorch/pytorch#123507), so the list is read, not the engine: the
+    # weights are packed for QNNPACK by name (packing_for), and packed weights run on their engine's kernels
     return "qnnpack" if "qnnpack" in engines else None
 
 
@@ -461,10 +462,12 @@ def choose_predictor(
             "the GPUs measured (BENCHMARKS.md); the int8 path is a CPU path."
         )
 
+    @functools.cache  # measured once, where fp32 serves or int8 is timed against it
+    def fastest() -> tuple[Predictor | OnnxRuntimePredictor, str]:
+        return fastest_fp32(model, examples, examples_features, examples_maps, cache_folder, weights_sha256)
+
     def fp32(why: str) -> tuple[Predictor | OnnxRuntimePredictor, str]:
-        predictor, engine = fastest_fp32(
-            model, examples, examples_features, examples_maps, cache_folder, weights_sha256
-        )
+        predictor, engine = fastest()
         return predictor, f"{why} {engine}"
 
     if precision != "auto":
@@ -499,14 +502,17 @@ def choose_predictor(
             )
         proven = f"{why_no_record}, and a self-check on the bundled photos passed ({check.describe()})"
     if fast.engine == "qnnpack":  # kernels without figures in BENCHMARKS.md (int8_engine): their speed is measured
-        measured_speed_up = speed_up(Predictor(model, "fp32"), fast, examples[:1])
+        fp32_pass = fastest()[0]
+        measured_speed_up = speed_up(fp32_pass, fast, examples[:1])
         kernels = f"on {KERNEL_LIBRARIES[fast.engine]}'s kernels, which BENCHMARKS.md has no figures for"
+        against = "ONNX Runtime" if isinstance(fp32_pass, OnnxRuntimePredictor) else "torch"
+        ran = f"it ran the pass {measured_speed_up:.2f}x as fast as fp32 on {against} at start-up"
         if measured_speed_up < ENGINE_SPEED_UP:
             return fp32(
-                f"fp32 serves, not int8: {proven}, but {kernels}, it ran the pass {measured_speed_up:.2f}x as fast "
-                f"as fp32 at start-up, under the {ENGINE_SPEED_UP}x that pays for its rounding."
+                f"fp32 serves, not int8: {proven}, but {kernels}, {ran}, under the {ENGINE_SPEED_UP}x that pays for "
+                "its rounding."
             )
-        proven += f"; {kernels}, it ran the pass {measured_speed_up:.2f}x as fast as fp32 at start-up"
+        proven += f"; {kernels}, {ran}"
     return fast, f"int8 serves: {proven}."
 
 

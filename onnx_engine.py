@@ -83,7 +83,8 @@ def export(vit: ViT, file: Path) -> None:
     same_weights = file.name.rsplit("-", 1)[0]  # exported_file's name less its code's hash
     for stale in file.parent.glob(f"{same_weights}-*.onnx"):
         if stale != file:
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another user's file in a shared folder stays: this export is whole
+                stale.unlink(missing_ok=True)
 
 
 class OnnxRuntimePredictor:

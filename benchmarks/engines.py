@@ -155,9 +155,9 @@ def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
         "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
         f"served int8 ({served.engine} kernels)": path(served),
     }
-    # The engine inference.int8_engine did not pick, beside the one it did, so its rule is measured on every CPU:
+    # The engine inference.int8_engine did not pick, beside the one it did, so its rule is measured on every x86 CPU:
     # fbgemm's kernels where oneDNN serves (VNNI, AMX), oneDNN's where fbgemm serves (AVX2)
-    other = "x86" if served.engine == "onednn" else "onednn"
+    other = {"onednn": "x86", "x86": "onednn", "fbgemm": "onednn"}.get(served.engine)
     if other in torch.backends.quantized.supported_engines:
         paths[f"int8 on {KERNEL_LIBRARIES[other]}'s kernels ({other} engine)"] = path(
             Predictor(model, "int8", calibration, engine=other)

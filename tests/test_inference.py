@@ -18,7 +18,7 @@ import inference
 from classifier import load_classifier
 from images import load_rgb
 from inference import Predictor
-from marks import NO_INT8_ENGINE, SMALL_HEAD, needs_int8_engine
+from marks import SMALL_HEAD, needs_int8_engine, needs_x86_int8
 from model import build_vit, convert_torchvision_state_dict
 from standins import EXAMPLE_PHOTOS as EXAMPLES
 from standins import GENERATED_CLASSES as GENERATED
@@ -88,7 +88,7 @@ def test_fbgemm_keeps_the_promise_too_where_onednn_serves(agreement_set, outlier
     assert measured.passed and measured.top1 >= 0.98, measured.describe()
 
 
-@needs_int8_engine
+@needs_x86_int8
 def test_the_int8_engine_is_onednn_wherever_its_kernels_add_in_int32(monkeypatch, torch_build):
     """oneDNN where its kernels add the products in int32 (AVX-512 VNNI, AMX), fbgemm where they add pairs in int16
     (AVX2: test_int8_sums_are_measured_from_the_kernels_the_libraries_take), QNNPACK on ARM builds of torch, none
@@ -165,7 +165,7 @@ def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
     if precision == "bf16" and not inference.cpu_supports_bf16():
         pytest.skip("no native bf16 on this CPU")
     if precision == "int8" and inference.int8_sums() is None:
-        pytest.skip(NO_INT8_ENGINE)
+        pytest.skip(inference.NO_INT8_ENGINE)
     model = tiny_extractor()
     images = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
@@ -269,13 +269,13 @@ def test_on_arm_int8_serves_on_qnnpack_only_after_the_self_check_and_where_it_pa
     kernels = "on QNNPACK's kernels, which BENCHMARKS.md has no figures for, it ran the pass"
     if served == "int8":
         assert predictor.engine == "qnnpack" and predictor.bits == (8, 8)
-        assert why.endswith(f"; {kernels} 2.00x as fast as fp32 at start-up.")
+        assert why.endswith(f"; {kernels} 2.00x as fast as fp32 on torch at start-up.")
         torch.testing.assert_close(predictor(TINY_CALIBRATION), model(TINY_CALIBRATION), atol=0.05, rtol=0)
     else:
-        assert f"but {kernels} 1.20x as fast as fp32 at start-up, under the 1.25x that pays for its rounding" in why
+        assert f"but {kernels} 1.20x as fast as fp32 on torch at start-up, under the 1.25x that pays for its" in why
 
 
-@needs_int8_engine
+@needs_x86_int8
 def test_int8_sums_are_measured_from_the_kernels_the_libraries_take():
     """The probe reads the kernels, not the CPU flags: fbgemm and oneDNN told to use their AVX2 kernels add in int16
     on any x86 CPU, VNNI ones included, and then fbgemm serves. Left to choose, fbgemm adds in int32 exactly where
@@ -309,9 +309,9 @@ def test_the_bits_taken_are_the_closest_to_fp32_on_this_cpus_kernels(agreement_s
     assert errors[chosen] == min(errors.values()), errors
 
 
+@needs_x86_int8
 @pytest.mark.skipif(
-    inference.int8_sums() != "int32",
-    reason="no int8 kernels here, or they add in int16 already: the tests above run what this CPU has",
+    inference.int8_sums() != "int32", reason="the int8 kernels here add in int16 already: the tests above run them"
 )
 def test_the_int8_tests_pass_on_the_kernels_that_add_in_int16_as_well():
     """Both kernel paths on a VNNI machine: the int8 tests again, in a process where fbgemm, ATen, oneDNN and MKL

@@ -22,7 +22,7 @@ import serving
 from classifier import CONFIG_FILE, WEIGHTS_FILE, check_weights_file, load_classifier
 from figures import mean_attention_distance
 from images import example_photos, load_rgb
-from marks import needs_int8_engine
+from marks import needs_int8_engine, needs_x86_int8
 from standins import GENERATED_CLASSES, NON_FOOD_KINDS, draw_food_image, draw_non_food_image
 
 
@@ -37,7 +37,7 @@ def edit_record(checkpoint, **setup_changes) -> None:
     (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
 
 
-@needs_int8_engine
+@needs_x86_int8
 def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, head_dataset, foodvision):
     record = json.loads((trained_head_checkpoint / CONFIG_FILE).read_text())["int8"]
     assert record["measured"] and record["agreement"]["passed"]
@@ -47,7 +47,7 @@ def test_a_passing_record_for_this_setup_serves_int8(trained_head_checkpoint, he
     assert "train_head.py measured it against fp32 on the test split for exactly this setup" in reason
 
 
-@needs_int8_engine
+@needs_x86_int8
 def test_the_served_int8_model_is_the_one_calibrated_on_the_example_photos(trained_head_checkpoint, foodvision):
     """serving.load takes SmoothQuant's ranges from the pass over the example photos it runs anyway: the int8 model
     it serves is, to the last bit, the one train_head.py measured, which calibrates on the photos themselves."""
@@ -60,7 +60,7 @@ def test_the_served_int8_model_is_the_one_calibrated_on_the_example_photos(train
     assert all(map(torch.equal, served_maps, measured_maps))
 
 
-@needs_int8_engine
+@needs_x86_int8
 def test_a_record_for_other_weights_falls_back_to_the_self_check(checkpoint_copy, torch_home):
     edit_record(checkpoint_copy, weights_sha256="0" * 64)
     foodvision = serving.load(str(checkpoint_copy), "cpu")
