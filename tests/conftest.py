@@ -5,15 +5,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import inference
 import serving
 from marks import SMALL_HEAD
 from standins import (
     REPO,
+    TINY_CALIBRATION,
     BytesHandler,
     app_server,
     http_server,
+    tiny_extractor,
     train_head_checkpoint,
     write_food_dataset,
     write_non_food_folder,
@@ -54,6 +57,17 @@ def serve_bytes():
             return f"http://127.0.0.1:{server.server_port}/{name}"
 
         yield serve
+
+
+@pytest.fixture
+def tiny_examples():
+    """(a tiny ViT, "photos" for it, their fp32 y and maps from one pass), as serving.load hands the bundled photos'
+    to choose_predictor and fastest_fp32."""
+    model = tiny_extractor()
+    maps = []
+    with torch.inference_mode():
+        features = inference.vit_from_torchvision(model).forward_features(TINY_CALIBRATION, maps)
+    return model, TINY_CALIBRATION, features, maps
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ def test_auto_picks_int8_wherever_the_int8_engine_is_and_bf16_only_with_amx_with
 
 @pytest.mark.parametrize(("measured", "served"), [(2.0, "int8"), (1.2, "fp32")])
 def test_on_arm_int8_serves_on_qnnpack_only_after_the_self_check_and_where_it_pays(
-    torch_build, monkeypatch, measured, served
+    tiny_examples, torch_build, monkeypatch, measured, served
 ):
     """An ARM build of torch, simulated, QNNPACK's kernels really running (x86's here): no record from another engine
     vouches for them and BENCHMARKS.md has no figures for their speed, so int8 serves only where the self-check
@@ -252,16 +252,11 @@ def test_on_arm_int8_serves_on_qnnpack_only_after_the_self_check_and_where_it_pa
         return measured
 
     monkeypatch.setattr(inference, "speed_up", speed_up)
-    model = tiny_extractor()
-    vit, maps = inference.vit_from_torchvision(model), []
-    with torch.inference_mode():
-        features = vit.forward_features(TINY_CALIBRATION, maps)
-    ranges = inference.input_ranges(vit, TINY_CALIBRATION)
+    model, images, features, maps = tiny_examples
+    ranges = inference.input_ranges(inference.vit_from_torchvision(model), images)
     sha = "ab" * 32
     x86_record = {"setup": inference.int8_setup(sha) | {"quantized_engine": "x86"}, "agreement": {"passed": True}}
-    predictor, why = inference.choose_predictor(
-        model, TINY_CALIBRATION, features, maps, ranges, "auto", x86_record, sha
-    )
+    predictor, why = inference.choose_predictor(model, images, features, maps, ranges, "auto", x86_record, sha)
     assert timed == [("fp32", "qnnpack", 1)]
     assert predictor.precision == served
     assert why.startswith(f"{served} serves") and "record is for another setup" in why
@@ -270,7 +265,7 @@ def test_on_arm_int8_serves_on_qnnpack_only_after_the_self_check_and_where_it_pa
     if served == "int8":
         assert predictor.engine == "qnnpack" and predictor.bits == (8, 8)
         assert why.endswith(f"; {kernels} 2.00x as fast as fp32 on torch at start-up.")
-        torch.testing.assert_close(predictor(TINY_CALIBRATION), model(TINY_CALIBRATION), atol=0.05, rtol=0)
+        torch.testing.assert_close(predictor(images), model(images), atol=0.05, rtol=0)
     else:
         assert f"but {kernels} 1.20x as fast as fp32 on torch at start-up, under the 1.25x that pays for its" in why
 

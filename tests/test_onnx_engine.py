@@ -73,16 +73,6 @@ def test_without_onnx_runtime_or_the_exporter_it_says_what_to_install(tmp_path, 
         OnnxRuntimePredictor(vit_from_torchvision(tiny_extractor()), tmp_path, SHA, threads=1)
 
 
-@pytest.fixture
-def examples():
-    """(model, photos, their fp32 y and maps from one pass), as serving.load hands them to fastest_fp32."""
-    model = tiny_extractor()
-    maps = []
-    with torch.inference_mode():
-        features = vit_from_torchvision(model).forward_features(TINY_CALIBRATION, maps)
-    return model, TINY_CALIBRATION, features, maps
-
-
 @pytest.mark.parametrize(
     ("measured", "serves", "reason"),
     [
@@ -90,17 +80,19 @@ def examples():
         (1.2, "Predictor", "On torch: ONNX Runtime ran the pass 1.20x as fast at start-up, under the 1.25x"),
     ],
 )
-def test_onnx_runtime_serves_fp32_only_where_it_pays(examples, tmp_path, monkeypatch, measured, serves, reason):
-    model, images, reference, maps = examples
+def test_onnx_runtime_serves_fp32_only_where_it_pays(tiny_examples, tmp_path, monkeypatch, measured, serves, reason):
+    model, images, reference, maps = tiny_examples
     monkeypatch.setattr(inference, "speed_up", lambda *args: measured)  # the rule, whatever this CPU measures
     predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert type(predictor).__name__ == serves and predictor.precision == "fp32"
     assert why.startswith(reason)
 
 
-def test_onnx_runtime_that_differs_from_torch_by_more_than_rounding_does_not_serve(examples, tmp_path, monkeypatch):
+def test_onnx_runtime_that_differs_from_torch_by_more_than_rounding_does_not_serve(
+    tiny_examples, tmp_path, monkeypatch
+):
     """0.001 would pass int8's bound; an fp32 engine must match torch to rounding."""
-    model, images, reference, maps = examples
+    model, images, reference, maps = tiny_examples
     monkeypatch.setattr(inference, "speed_up", lambda *args: 9.0)
     monkeypatch.setattr(inference, "agreement", lambda *args: inference.Agreement(4, 1.0, 0.0, 0.001, 0.0005, 1.0))
     predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
@@ -109,8 +101,8 @@ def test_onnx_runtime_that_differs_from_torch_by_more_than_rounding_does_not_ser
     assert "an fp32 engine must match within 1e-04" in why
 
 
-def test_onnx_runtime_failing_while_running_leaves_torch_serving(examples, tmp_path, monkeypatch):
-    model, images, reference, maps = examples
+def test_onnx_runtime_failing_while_running_leaves_torch_serving(tiny_examples, tmp_path, monkeypatch):
+    model, images, reference, maps = tiny_examples
 
     def failing(self, *args):
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
@@ -124,8 +116,8 @@ def test_onnx_runtime_failing_while_running_leaves_torch_serving(examples, tmp_p
     )
 
 
-def test_without_onnx_runtime_torch_serves_fp32_and_says_why(examples, tmp_path, monkeypatch):
-    model, images, reference, maps = examples
+def test_without_onnx_runtime_torch_serves_fp32_and_says_why(tiny_examples, tmp_path, monkeypatch):
+    model, images, reference, maps = tiny_examples
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     predictor, why = fastest_fp32(model, images, reference, maps, tmp_path, SHA)
     assert isinstance(predictor, Predictor) and predictor.precision == "fp32"
