@@ -51,14 +51,27 @@ def exported_file(folder: Path, weights_sha256: str) -> Path:
     """The cached export's path: named by the weights' SHA-256 and by what else shapes the graph (torch, whose
     exporter writes it, and model.py, which defines it), so a file from other code is never read as this one's."""
     code = hashlib.sha256(f"{torch.__version__}\n".encode() + Path(model.__file__).read_bytes()).hexdigest()
-    return folder / f"vit-fp32-{weights_sha256[:16]}-{code[:8]}.onnx"
+    return folder / f"{export_prefix(weights_sha256)}-{code[:8]}.onnx"
+
+
+def export_prefix(weights_sha256: str) -> str:
+    """The start of the name of every export of these weights, whatever code made it."""
+    return f"vit-fp32-{weights_sha256[:16]}"
+
+
+def remove_older_exports(file: Path, weights_sha256: str) -> None:
+    """The same weights' exports by other code (an older torch or model.py) beside `file`, each a copy of the weights
+    no longer read."""
+    for stale in file.parent.glob(f"{export_prefix(weights_sha256)}-*.onnx"):
+        if stale != file:
+            with contextlib.suppress(OSError):  # another user's file in a shared folder stays: this export is whole
+                stale.unlink(missing_ok=True)
 
 
 def export(vit: ViT, file: Path) -> None:
     """The ViT as ONNX at `file`, written to a hidden partial file first and renamed, so a half-written export is
-    never read as a whole one (nor two processes' exports mixed); then the same weights' exports by other code (an
-    older torch or model.py) go, each a copy of the weights no longer read. torch's exporter (torch.export) needs the
-    onnx and onnxscript packages."""
+    never read as a whole one (nor two processes' exports mixed). torch's exporter (torch.export) needs the onnx and
+    onnxscript packages."""
     for package in ("onnx", "onnxscript"):
         if importlib.util.find_spec(package) is None:
             raise OnnxRuntimeUnavailable(f"{package} is not installed (pip install -r requirements.txt)")
@@ -80,11 +93,6 @@ def export(vit: ViT, file: Path) -> None:
         os.replace(partial, file)
     finally:
         Path(partial).unlink(missing_ok=True)
-    same_weights = file.name.rsplit("-", 1)[0]  # exported_file's name less its code's hash
-    for stale in file.parent.glob(f"{same_weights}-*.onnx"):
-        if stale != file:
-            with contextlib.suppress(OSError):  # another user's file in a shared folder stays: this export is whole
-                stale.unlink(missing_ok=True)
 
 
 class OnnxRuntimePredictor:
@@ -119,6 +127,8 @@ class OnnxRuntimePredictor:
                     self.cached = False
                     export(vit, self.file)
                     self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
+                if not self.cached:
+                    remove_older_exports(self.file, weights_sha256)
         except OnnxRuntimeUnavailable:
             raise
         except Exception as error:  # whatever fails here, torch serves instead and the page says why
