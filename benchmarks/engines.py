@@ -2,9 +2,12 @@
 timed in turns in one process, and each one's agreement with fp32 on a backbone carrying pretrained ViTs' LayerNorm
 outlier channels (standins.inject_outliers). ONNX Runtime's rows are the app's own fp32 engine (onnx_engine.py, which
 serves wherever fp32 serves and it pays), ONNX Runtime's int8 dynamic quantization of that same export, and ONNX
-Runtime's int8 with the served method (inference.INT8_METHOD), the one fair match for the served int8.
+Runtime's int8 with the served method (inference.INT8_METHOD), the one fair match for the served int8. Where OpenVINO
+is installed (`pip install openvino`; no requirement: it serves nowhere), it runs the same fp32 export, and int8 with
+the served method as static quantization (QDQ nodes, the form OpenVINO runs int8 from), the activations' scales
+calibrated on the bundled photos.
 
-    python benchmarks/engines.py                                # about 6 minutes on 2 cores
+    python benchmarks/engines.py                                # about 6 minutes on 2 cores, 9 with OpenVINO
     python benchmarks/engines.py --repeats 20 --inputs 100 --outliers 30
 
 "bare fp32 forward" is torchvision's vit_b_16 as published, logits only: the baseline the app's targets are ratios
@@ -40,7 +43,16 @@ from inference import (
     smooth_activations,
     vit_from_torchvision,
 )
-from onnx_engine import PROVIDERS, OnnxRuntimePredictor, OnnxRuntimeUnavailable, export, session_options
+from onnx_engine import (
+    FEATURES,
+    INPUT,
+    PROVIDERS,
+    OnnxRuntimePredictor,
+    OnnxRuntimeUnavailable,
+    as_input,
+    export,
+    session_options,
+)
 from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
 
@@ -71,15 +83,13 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
     smooth_activations(smoothed, input_ranges(smoothed, calibration), SMOOTHING_ALPHA[weight_bits])
     smoothed_file, served_method_file = folder / "vit-fp32-smoothed.onnx", folder / "vit-int8-served-method.onnx"
     export(smoothed, smoothed_file)
+    served_method = {
+        "per_channel": True,
+        "reduce_range": weight_bits == 7,  # ONNX Runtime's reduce_range keeps the weights to 7 bits
+        "nodes_to_quantize": quantized_linears(smoothed_file, smoothed.config.num_layers),
+    }
     with without_root_warnings():
-        quantize_dynamic(
-            str(smoothed_file),
-            str(served_method_file),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=weight_bits == 7,  # ONNX Runtime's reduce_range keeps the weights to 7 bits
-            nodes_to_quantize=quantized_linears(smoothed_file, smoothed.config.num_layers),
-        )
+        quantize_dynamic(str(smoothed_file), str(served_method_file), weight_type=QuantType.QInt8, **served_method)
     return {
         "ONNX Runtime fp32 (onnx_engine.py)": path(fp32),
         "ONNX Runtime int8 dynamic": path(on_graph(onnxruntime, fp32, int8_file, threads)),
@@ -87,7 +97,65 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
         f"ONNX Runtime int8, served method ({weight_bits}-bit weights)": path(
             on_graph(onnxruntime, fp32, served_method_file, threads)
         ),
+        **openvino_paths(fp32, smoothed_file, served_method, calibration, threads),
     }
+
+
+def openvino_paths(
+    fp32: OnnxRuntimePredictor, smoothed_file: Path, served_method: dict, calibration: torch.Tensor, threads: int
+) -> dict:
+    """name -> (images -> (logits, maps)) on OpenVINO where it is installed: the app's fp32 export, and the smoothed
+    export with the served method's Linears and bits quantized statically by ONNX Runtime's quantizer."""
+    try:
+        import openvino
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError as error:
+        print(f"OpenVINO left out: {error} (pip install openvino)\n")
+        return {}
+
+    class BundledPhotos(CalibrationDataReader):
+        def __init__(self):
+            self.inputs = iter({INPUT: image[None].numpy()} for image in calibration)
+
+        def get_next(self):
+            return next(self.inputs, None)
+
+    static_file = smoothed_file.with_name("vit-int8-static-qdq.onnx")
+    with without_root_warnings():
+        quantize_static(
+            str(smoothed_file),
+            str(static_file),
+            BundledPhotos(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            **served_method,
+        )
+    core = openvino.Core()
+    version = openvino.__version__.split("-")[0]
+    return {
+        f"OpenVINO {version} fp32": path(OpenVinoPredictor(core, fp32, fp32.file, threads)),
+        f"OpenVINO {version} int8, served method, static activation scales": path(
+            OpenVinoPredictor(core, fp32, static_file, threads)
+        ),
+    }
+
+
+class OpenVinoPredictor:
+    """`predictor`'s head and outputs (y and every layer's attention maps), the graph in `file` run by OpenVINO."""
+
+    def __init__(self, core, predictor: OnnxRuntimePredictor, file: Path, threads: int):
+        self.vit = predictor.vit
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self.request = core.compile_model(str(file), "CPU", config).create_infer_request()
+        self.maps = predictor.maps
+
+    def __call__(self, images: torch.Tensor, attention_maps: list | None = None) -> torch.Tensor:
+        outputs = self.request.infer({INPUT: as_input(images)})
+        named = {name: torch.from_numpy(outputs[name].copy()) for name in [FEATURES, *self.maps]}
+        if attention_maps is not None:
+            attention_maps.extend(named[name] for name in self.maps)
+        return self.vit.forward_head(named[FEATURES])
 
 
 def on_graph(onnxruntime, predictor: OnnxRuntimePredictor, file: Path, threads: int) -> OnnxRuntimePredictor:
