@@ -291,8 +291,7 @@ def test_int8_sums_are_measured_from_the_kernels_the_libraries_take():
 def test_the_bits_taken_are_the_closest_to_fp32_on_this_cpus_kernels(agreement_set):
     """int8_bits against the other splits of (activation, weight) bits, each image alone as the app runs it: full
     8 bits where products add in int32; where pairs add in int16, 8-bit weights overflow with 8-bit activations, and
-    7-bit weights are closer to fp32 than PyTorch's 7-bit activations: an activation has one scale for the whole
-    tensor, set by its largest value, a weight one per output channel."""
+    7-bit weights are closer to fp32 than PyTorch's 7-bit activations (the reason: inference.int8_bits)."""
     model, calibration, images, reference = agreement_set
     ranges = inference.input_ranges(inference.vit_from_torchvision(model), calibration)  # the same for every split
     errors = {}
