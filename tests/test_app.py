@@ -5,6 +5,8 @@ import inspect
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +28,10 @@ from devices import default_device, torch_thread
 from figures import attention_rollout, mean_attention_distance
 from images import attention_overlay, load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
+from marks import needs_int8_engine
 from standins import (
     EXAMPLE_PHOTOS,
+    REPO,
     app_server,
     encoded,
     free_port,
@@ -423,3 +427,40 @@ def test_every_handler_computes_on_the_one_torch_thread_and_a_request_left_midwa
     torch_thread.run(lambda: None)  # the close is queued, not awaited: once this has run, so has the close
     assert closed == [torch_ident, torch_ident]
     assert on_the_torch_thread(lambda upload: threading.get_ident())(None) == torch_ident
+
+
+# app.main as `python app.py` runs it, up to the server's start; prints the process's native threads (those Python
+# did not start: libraries' workers) before it and after it, and torch's thread count
+STARTUP_THREADS = """
+import os, sys, threading
+import gradio as gr
+import torch
+import app
+
+def native_threads():
+    return len(os.listdir("/proc/self/task")) - len(threading.enumerate())
+
+torch.set_num_threads(app.available_cpus())
+before = native_threads()
+gr.Blocks.launch = lambda self, *args, **kwargs: None
+app.main(sys.argv[1:])
+print(before, native_threads(), torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process's threads in /proc")
+@needs_int8_engine  # int8 serves without ONNX Runtime, whose own thread pool would add to the count
+def test_the_app_starts_with_one_openmp_team_the_torch_threads(trained_head_checkpoint, torch_home):
+    """Every torch computation of `python app.py`, the precision check in its argument parsing included, runs on
+    devices.torch_thread, so libgomp starts one team of workers: with a second one (the main thread's), it stops
+    their spinning between parallel regions, and the server's pass ran slower than the same pass in a process with
+    one team (BENCHMARKS.md, "app_latency.py")."""
+    argv = ["--checkpoint", str(trained_head_checkpoint), "--device", "cpu", "--precision", "int8"]
+    result = subprocess.run(
+        [sys.executable, "-c", STARTUP_THREADS, *argv], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    before, after, threads = map(int, result.stdout.split()[-3:])
+    if threads < 2:
+        pytest.skip("one torch thread: libgomp starts no workers to count")
+    assert after - before == threads - 1, f"{after - before} native threads started, one team has {threads - 1}"
