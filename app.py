@@ -536,8 +536,7 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
             "FOODVISION_CHECKPOINT to a trained head's Hub repo to skip this (README, Deploy)."
         )
 
-    # the backbone's passes on the torch thread, whose libgomp team then serves (devices.TorchThread)
-    thread = threading.Thread(target=torch_thread.run, args=(train,), name="first-start training", daemon=True)
+    thread = threading.Thread(target=train, name="first-start training", daemon=True)
     with gr.Blocks(title="FoodVision Mini: starting") as page:
         text = gr.Markdown(notice(), elem_id="status")
         gr.Timer(2).tick(notice, outputs=text).then(None, inputs=text, js=RELOAD_WHEN_TRAINED)
@@ -562,8 +561,8 @@ def queued(demo: gr.Blocks) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(available_cpus())
-    # parse_args tries the int8 kernels (inference.int8_sums): on the torch thread too, or the main thread would keep
-    # a libgomp team of its own beside the torch thread's, and the model's pass slow down (devices.TorchThread)
+    # parse_args tries the int8 kernels (inference.int8_engine): on the torch thread too, or the main thread would
+    # keep a libgomp team of its own beside the torch thread's, and the model's pass slow down (devices.TorchThread)
     args = torch_thread.run(parse_args, argv)
     problem = train_behind_a_notice(args) if needs_first_training(args.checkpoint) else None
     if problem is None:

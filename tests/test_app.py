@@ -440,7 +440,8 @@ import app
 def native_threads():
     return len(os.listdir("/proc/self/task")) - len(threading.enumerate())
 
-torch.set_num_threads(app.available_cpus())
+torch.set_num_threads(app.available_cpus())  # as app.main does first: threads it starts count in `before`
+torch.cuda.is_available()  # asked by --device's default: on a GPU machine, CUDA's threads count in `before` too
 before = native_threads()
 gr.Blocks.launch = lambda self, *args, **kwargs: None
 app.main(sys.argv[1:])
@@ -454,7 +455,7 @@ def test_the_app_starts_with_one_openmp_team_the_torch_threads(trained_head_chec
     """Every torch computation of `python app.py`, the precision check in its argument parsing included, runs on
     devices.torch_thread, so libgomp starts one team of workers: with a second one (the main thread's), it stops
     their spinning between parallel regions, and the server's pass ran slower than the same pass in a process with
-    one team (BENCHMARKS.md, "app_latency.py")."""
+    one team (BENCHMARKS.md, "One libgomp team")."""
     argv = ["--checkpoint", str(trained_head_checkpoint), "--device", "cpu", "--precision", "int8"]
     result = subprocess.run(
         [sys.executable, "-c", STARTUP_THREADS, *argv], cwd=REPO, capture_output=True, text=True, timeout=600
