@@ -44,12 +44,10 @@ from inference import (
     vit_from_torchvision,
 )
 from onnx_engine import (
-    FEATURES,
     INPUT,
     PROVIDERS,
     OnnxRuntimePredictor,
     OnnxRuntimeUnavailable,
-    as_input,
     export,
     session_options,
 )
@@ -92,12 +90,16 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
         quantize_dynamic(
             str(smoothed_file), str(served_method_file), weight_type=QuantType.QInt8, **served_method_options
         )
+
+    def on_onnx_runtime(file: Path):
+        return onnxruntime.InferenceSession(str(file), session_options(onnxruntime, threads), providers=PROVIDERS)
+
     return {
         "ONNX Runtime fp32 (onnx_engine.py)": path(fp32),
-        "ONNX Runtime int8 dynamic": path(on_graph(onnxruntime, fp32, int8_file, threads)),
+        "ONNX Runtime int8 dynamic": path(on_graph(fp32, int8_file, on_onnx_runtime)),
         # SmoothQuant changes the blocks alone: fp32's head and map outputs are the smoothed graph's too
         f"ONNX Runtime int8, served method ({weight_bits}-bit weights)": path(
-            on_graph(onnxruntime, fp32, served_method_file, threads)
+            on_graph(fp32, served_method_file, on_onnx_runtime)
         ),
         **openvino_paths(fp32, smoothed_file, served_method_options, calibration, threads),
     }
@@ -144,10 +146,14 @@ def openvino_paths(
                 **served_method_options,
             )
         core = openvino.Core()
+
+        def on_openvino(file: Path) -> OpenVinoSession:
+            return OpenVinoSession(core, file, threads)
+
         return {
-            f"OpenVINO {version} fp32": path(OpenVinoPredictor(core, fp32, fp32.file, threads)),
+            f"OpenVINO {version} fp32": path(on_graph(fp32, fp32.file, on_openvino)),
             f"OpenVINO {version} int8, served method, static activation scales": path(
-                OpenVinoPredictor(core, fp32, static_file, threads)
+                on_graph(fp32, static_file, on_openvino)
             ),
         }
     except Exception as error:  # the quantizer's or OpenVINO's own error types
@@ -155,32 +161,25 @@ def openvino_paths(
         return {}
 
 
-class OpenVinoPredictor:
-    """`predictor`'s head and outputs (y and every layer's attention maps), the graph in `file` run by OpenVINO in
-    fp32 wherever fp32 is asked (its CPU plugin would otherwise take bf16 where the CPU has it natively)."""
+class OpenVinoSession:
+    """The graph in `file` compiled by OpenVINO for the CPU, answering ONNX Runtime's session.run, in fp32 wherever
+    fp32 is asked (its CPU plugin would otherwise take bf16 where the CPU has it natively)."""
 
-    def __init__(self, core, predictor: OnnxRuntimePredictor, file: Path, threads: int):
-        self.vit = predictor.vit
+    def __init__(self, core, file: Path, threads: int):
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         self.request = core.compile_model(str(file), "CPU", config).create_infer_request()
-        self.maps = predictor.maps
 
-    def __call__(self, images: torch.Tensor, attention_maps: list | None = None) -> torch.Tensor:
-        outputs = self.request.infer({INPUT: as_input(images)})  # copies of the outputs, the request's own stay
-        named = {name: torch.from_numpy(outputs[name]) for name in [FEATURES, *self.maps]}
-        if attention_maps is not None:
-            attention_maps.extend(named[name] for name in self.maps)
-        return self.vit.forward_head(named[FEATURES])
+    def run(self, names: list[str], inputs: dict) -> list:
+        outputs = self.request.infer(inputs)  # copies of the outputs, the request's own stay
+        return [outputs[name] for name in names]
 
 
-def on_graph(onnxruntime, predictor: OnnxRuntimePredictor, file: Path, threads: int) -> OnnxRuntimePredictor:
-    """The same head and outputs as `predictor`, running the graph in `file` (a quantized copy of its own)."""
-    quantized = copy.copy(predictor)
-    quantized.file = file
-    quantized.session = onnxruntime.InferenceSession(
-        str(file), session_options(onnxruntime, threads), providers=PROVIDERS
-    )
-    return quantized
+def on_graph(predictor: OnnxRuntimePredictor, file: Path, open_session: Callable) -> OnnxRuntimePredictor:
+    """The same head and outputs as `predictor`, running the graph in `file` (the same graph, or a quantized copy of
+    its own) in the session `open_session(file)` makes."""
+    other = copy.copy(predictor)
+    other.file, other.session = file, open_session(file)
+    return other
 
 
 def quantized_linears(file: Path, num_layers: int) -> list[str]:
