@@ -9,9 +9,9 @@ int8 runs model.py's ViT, holding the extractor's own tensors, with the encoder'
 int8 products (int8_sums, int8_bits), and SmoothQuant (smooth_activations) against pretrained ViTs' LayerNorm
 outlier channels. fp32 runs the torchvision extractor untouched, and model.py's ViT when attention maps are asked
 (or, where it pays, that ViT on ONNX Runtime: onnx_engine.py, fastest_fp32). choose_predictor is the one place that
-decides which path serves: int8 only where it has proven itself against fp32 on the weights being served
-(`agreement`). README.md, "Which precision serves", explains why; BENCHMARKS.md has
-the figures.
+decides which path serves: with precision "auto", int8 only where it has proven itself against fp32 on the weights
+being served (`agreement`), and on QNNPACK's kernels only where it also runs ENGINE_SPEED_UP times as fast. README.md,
+"Which precision serves", explains why; BENCHMARKS.md has the figures.
 """
 
 import contextlib
@@ -42,7 +42,7 @@ SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
 FP32_LINEARS = ("blocks.0.attention.projection",)
-MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise, with the same top-1 class as fp32
+MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise: with it, the same top-1 class as fp32 but near ties
 # torch's quantized engine names, by the library whose kernels they run ("fbgemm" is the older name of "x86")
 KERNEL_LIBRARIES = {"onednn": "oneDNN", "x86": "fbgemm", "fbgemm": "fbgemm", "qnnpack": "QNNPACK"}
 NO_INT8_ENGINE = "torch has no int8 kernels here: neither its x86 engines (fbgemm, oneDNN) nor ARM's (QNNPACK)"
@@ -112,8 +112,9 @@ def int8_engine() -> str | None:
     """The quantized engine the int8 Linears are packed for. On torch's x86 builds: oneDNN wherever its kernels add
     the products in int32 (AVX-512 VNNI, AMX tiles), where it served the pass faster than fbgemm's (BENCHMARKS.md,
     engines.py); fbgemm (torch's "x86" engine) elsewhere (AVX2, where oneDNN's kernels too add pairs in int16). On
-    ARM builds QNNPACK, which BENCHMARKS.md has no figures for (no ARM machine here): int8 serves on it only where it
-    also runs faster than the fp32 that would serve (choose_predictor). None where torch has none of them."""
+    ARM builds, and x86 CPUs without AVX2 (where fbgemm does not run), QNNPACK, which BENCHMARKS.md has no figures for:
+    int8 serves on it only where it also runs at least ENGINE_SPEED_UP times as fast as the fp32 that would serve
+    (choose_predictor). None where torch has none of them."""
     engines = quantized_engines()
     if "fbgemm" in engines:  # x86 with AVX2 or more, the CPUs BENCHMARKS.md measures
         if "onednn" in engines and sums_of("onednn") == "int32":
@@ -144,8 +145,9 @@ def bits_for(sums: str) -> tuple[int, int]:
 
 def auto_precision() -> str:
     """int8 wherever the int8 engine is, with the bits its kernels add without overflow (int8_bits); whether it serves
-    is then decided by measurement on the weights (choose_predictor). Without it, bf16 with AMX tiles
-    (AVX512-BF16 alone ran slower than fp32, benchmarks/matmul.py), else fp32."""
+    is then decided by measurement on the weights (choose_predictor). Without it, bf16 with AMX tiles (with
+    AVX512-BF16 alone, bf16 autocast ran slower than fp32 on the Xeon without AMX and faster on the AMD EPYC's Zen 4:
+    BENCHMARKS.md, latency.py), else fp32."""
     if int8_engine_available():
         return "int8"
     return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
@@ -448,7 +450,8 @@ def choose_predictor(
     """(predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
-    passes; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
+    passes, and, on QNNPACK's kernels (int8_engine), it runs at least ENGINE_SPEED_UP times as fast as fp32 at
+    start-up; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
     (calibration_images); `examples_features` their fp32 y (Eq. 4), `examples_maps` their fp32 attention maps
     (model.py's contract) and `examples_ranges` int8's calibration (recording_input_ranges), all from the same pass.
     Where fp32 serves on the CPU, the engine that runs it is measured too (fastest_fp32), its export cached in

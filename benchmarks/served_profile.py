@@ -1,6 +1,7 @@
 """Where the served pass's time goes on this CPU: torch's profiler over the pass the app serves (batch 1, every
-layer's attention maps, in the precision `--precision auto` picks: int8 wherever torch has int8 kernels), summed by
-kind of work, beside that pass and a bare fp32 forward timed in turns without the profiler.
+layer's attention maps, in inference.auto_precision's precision: int8 wherever torch has int8 kernels, which the app
+serves where it also passes its check against fp32), summed by kind of work, beside that pass and a bare fp32
+forward timed in turns without the profiler.
 
     python benchmarks/served_profile.py                # about 1 minute on 2 cores
     python benchmarks/served_profile.py --passes 40
