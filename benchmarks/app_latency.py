@@ -6,6 +6,7 @@ photos. All in turns, so that every figure sees the same machine load.
     python benchmarks/app_latency.py                                       # about 3 minutes
     python benchmarks/app_latency.py --app-dir ../old-checkout --app-dir .  # two versions, in turns
     python benchmarks/app_latency.py --requests 20 --precision fp32
+    python benchmarks/app_latency.py --client http                         # the requests from a bare HTTP client
 
 The ratios it prints are the app's speed targets (BENCHMARKS.md): the model time the app reports against the bare
 fp32 forward; a request, less the bare page's, against the work the app reports doing (prediction and pictures); the
@@ -15,19 +16,27 @@ time and wake-ups a second are read from /proc: what a server takes from the mod
 The requests come from a child process at the lowest priority (nice 19): gradio_client does work of its own for each
 request (it builds an SSL context per connection and polls the job's status; the CPU time it takes a request is
 printed), which on a 2-core machine would otherwise take a core from the server's pass, as a visitor's browser on
-another machine does not. Its time still counts in every request's latency, the bare page's included.
+another machine does not. Its time still counts in every request's latency, the bare page's included. Even at nice 19
+its work as the job starts can slow the first blocks of the server's pass; `--client http` sends the same requests
+through Gradio's HTTP API with the standard library instead (upload, call, read the event stream), which takes a few
+ms of CPU a request, to time the server alone.
 """
 
 import argparse
+import http.client
+import json
 import multiprocessing
 import os
 import re
 import resource
 import statistics
 import time
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
 
@@ -43,17 +52,64 @@ BARE_PAGE = "bare Gradio page"
 TIMING = re.compile(r"Model:\*\* (\d+) ms · \*\*prediction:\*\* (\d+) ms.* \*\*pictures:\*\* (\d+) ms more")
 LOWEST_PRIORITY = 19
 
-_clients: dict[str, Client] = {}  # in the client process: one per server, as a visitor's page keeps its connection
+
+class HttpClient:
+    """/predict through Gradio's HTTP API with the standard library, on one kept-alive connection: the photo uploaded,
+    the call made, its event stream read to the end; the outputs of its last update."""
+
+    def __init__(self, url: str):
+        address = urlsplit(url)
+        self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+
+    def send(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> str:
+        self.connection.request(method, path, body, {"Content-Type": content_type} if content_type else {})
+        response = self.connection.getresponse()
+        text = response.read().decode()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {text[:200]}")
+        return text
+
+    def predict(self, photo: Path) -> list:
+        boundary = uuid.uuid4().hex
+        form = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{photo.name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + photo.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        uploaded = json.loads(
+            self.send("POST", "/gradio_api/upload", form, f"multipart/form-data; boundary={boundary}")
+        )
+        call = {"data": [{"path": uploaded[0], "meta": {"_type": "gradio.FileData"}}]}
+        event = json.loads(self.send("POST", "/gradio_api/call/predict", json.dumps(call).encode(), "application/json"))
+        stream = self.send("GET", f"/gradio_api/call/predict/{event['event_id']}").splitlines()
+        if "event: complete" not in stream:
+            raise RuntimeError(f"/predict did not complete: {' '.join(stream)[:300]}")
+        return json.loads(stream[stream.index("event: complete") + 1].removeprefix("data:"))
 
 
-def timed_request(url: str, photo: Path) -> tuple[float, str, float]:
+def sender(url: str, client: str) -> Callable[[Path], list]:
+    """photo -> the outputs of /predict's last update, sent by `client`: "gradio_client" or "http" (HttpClient). The
+    pictures' URLs come back, not their bytes: browser_latency.py counts their loading."""
+    if client == "http":
+        return HttpClient(url).predict
+    gradio = Client(url, verbose=False, download_files=False)
+    return lambda photo: gradio.predict(handle_file(photo), api_name="/predict")
+
+
+_senders: dict[str, Callable[[Path], list]] = {}  # in the client process: one per server, as a visitor's page keeps one
+
+
+def timed_request(url: str, photo: Path, client: str) -> tuple[float, str, float]:
     """In the client process: (ms from sending `photo` to /predict to its last update, the timing line, the CPU ms
-    this process spent on it)."""
-    if url not in _clients:  # the pictures' URLs come back, not their bytes: browser_latency.py counts their loading
-        _clients[url] = Client(url, verbose=False, download_files=False)
+    this process spent on it), the request sent by `client` (sender)."""
+    if url not in _senders:
+        _senders[url] = sender(url, client)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    timing = _clients[url].predict(handle_file(photo), api_name="/predict")[1]  # the label, the timing, ...
+    timing = _senders[url](photo)[1]  # the label, the timing, ...
     elapsed = (time.perf_counter() - started) * 1000
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_ms = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime")) * 1000
@@ -65,6 +121,12 @@ def main() -> None:
     parser.add_argument("--requests", type=at_least(2), default=8, help="timed requests per photo and server")
     parser.add_argument("--app-dir", type=Path, action="append", help="the folder whose app.py is served (repeatable)")
     parser.add_argument("--precision", default="auto", help="app.py's --precision, for every app served")
+    parser.add_argument(
+        "--client",
+        choices=("gradio_client", "http"),
+        default="gradio_client",
+        help="what sends the requests: gradio_client (the targets' client) or the standard library (HttpClient)",
+    )
     args = parser.parse_args()
     app_dirs = args.app_dir or [ROOT]
     if len(set(app_dirs)) < len(app_dirs):
@@ -102,7 +164,7 @@ def main() -> None:
         for round_ in range(args.requests + 1):  # round 0 warms up (first request loads lazily initialised parts)
             for photo in photos:
                 for name, url in urls.items():
-                    elapsed, timing, cpu_ms = client.submit(timed_request, url, photo).result()
+                    elapsed, timing, cpu_ms = client.submit(timed_request, url, photo, args.client).result()
                     if round_ and name != BARE_PAGE:
                         model_ms, prediction_ms, pictures_ms = map(float, TIMING.search(timing).groups())
                         for figure, ms in zip(reported[name], (model_ms, prediction_ms, pictures_ms)):
@@ -129,7 +191,8 @@ def main() -> None:
     )
     print_table(["in this process", "p50 ms"], [[name, median(times)] for name, times in in_process.items()])
     client_cpu = median(client_cpu_ms)
-    print(f"gradio_client's own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
+    sender = "HttpClient" if args.client == "http" else "gradio_client"
+    print(f"{sender}'s own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
     print_table(["server", "requests", "p50 ms", "p95 ms", "idle: CPU ms a second", "idle: wake-ups a second"], [
         [name, len(t), median(t), statistics.quantiles(t, n=20)[-1], *(idle[name] or ("n/a", "n/a"))]
         for name, t in requests.items()
