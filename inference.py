@@ -10,8 +10,8 @@ int8 products (int8_sums, int8_bits), and SmoothQuant (smooth_activations) again
 outlier channels. fp32 runs the torchvision extractor untouched, and model.py's ViT when attention maps are asked
 (or, where it pays, that ViT on ONNX Runtime: onnx_engine.py, fastest_fp32). choose_predictor is the one place that
 decides which path serves: with precision "auto", int8 only where it has proven itself against fp32 on the weights
-being served (`agreement`), and on QNNPACK's kernels only where it also runs ENGINE_SPEED_UP times as fast. README.md,
-"Which precision serves", explains why; BENCHMARKS.md has the figures.
+being served (`agreement`), and on QNNPACK's kernels only where it also runs at least ENGINE_SPEED_UP times as fast
+as the fp32 that would serve. README.md, "Which precision serves", explains why; BENCHMARKS.md has the figures.
 """
 
 import contextlib
@@ -42,7 +42,7 @@ SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
 # (benchmarks/latency.py --outliers); it is under 1% of the work.
 FP32_LINEARS = ("blocks.0.attention.projection",)
-MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise: with it, the same top-1 class as fp32 but near ties
+MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise: with it, fp32's top-1 class except at near ties
 # torch's quantized engine names, by the library whose kernels they run ("fbgemm" is the older name of "x86")
 KERNEL_LIBRARIES = {"onednn": "oneDNN", "x86": "fbgemm", "fbgemm": "fbgemm", "qnnpack": "QNNPACK"}
 NO_INT8_ENGINE = "torch has no int8 kernels here: neither its x86 engines (fbgemm, oneDNN) nor ARM's (QNNPACK)"
@@ -450,10 +450,11 @@ def choose_predictor(
     """(predictor, why), the served precision's one decision. With precision "auto", the int8 path serves only where
     it has proven itself on these weights: `record` (the checkpoint's int8 measurement on its test split) passed for
     exactly this setup (int8_setup), or, failing that, a self-check against fp32 on the bundled example photos
-    passes, and, on QNNPACK's kernels (int8_engine), it runs at least ENGINE_SPEED_UP times as fast as fp32 at
-    start-up; otherwise fp32 serves, and the reason says why. `examples` are those photos as model inputs
-    (calibration_images); `examples_features` their fp32 y (Eq. 4), `examples_maps` their fp32 attention maps
-    (model.py's contract) and `examples_ranges` int8's calibration (recording_input_ranges), all from the same pass.
+    passes, and, on QNNPACK's kernels (int8_engine), it runs at least ENGINE_SPEED_UP times as fast as the fp32
+    that would serve, timed at start-up; otherwise fp32 serves, and the reason says why. `examples` are those photos
+    as model inputs (calibration_images); `examples_features` their fp32 y (Eq. 4), `examples_maps` their fp32
+    attention maps (model.py's contract) and `examples_ranges` int8's calibration (recording_input_ranges), all from
+    the same pass.
     Where fp32 serves on the CPU, the engine that runs it is measured too (fastest_fp32), its export cached in
     `cache_folder` (None: torch serves)."""
     device = next(model.parameters()).device

@@ -1,7 +1,7 @@
 """End-to-end request latency through the running app against what it is made of: `python app.py` on 127.0.0.1 and
-a bare Gradio page (page_floor.py: photo in, label out, no work), real photos sent with gradio_client to /predict,
-and in this process, between the requests, a bare fp32 torchvision forward and the served model's pass on the same
-photos. All in turns, so that every figure sees the same machine load.
+a bare Gradio page (page_floor.py: photo in, label out, no work), real photos sent to /predict with gradio_client
+(or the standard library: `--client http`), and in this process, between the requests, a bare fp32 torchvision forward
+and the served model's pass on the same photos. All in turns, so that every figure sees the same machine load.
 
     python benchmarks/app_latency.py                                       # about 3 minutes
     python benchmarks/app_latency.py --app-dir ../old-checkout --app-dir .  # two versions, in turns
@@ -62,8 +62,15 @@ class HttpClient:
         self.connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
 
     def send(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> str:
-        self.connection.request(method, path, body, {"Content-Type": content_type} if content_type else {})
-        response = self.connection.getresponse()
+        headers = {"Content-Type": content_type} if content_type else {}
+        try:
+            self.connection.request(method, path, body, headers)
+            response = self.connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # uvicorn closes a connection idle for 5 s (its keep-alive default), as between a slow round's requests
+            self.connection.close()
+            self.connection.request(method, path, body, headers)
+            response = self.connection.getresponse()
         text = response.read().decode()
         if response.status != 200:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {text[:200]}")
@@ -99,7 +106,7 @@ def sender(url: str, client: str) -> Callable[[Path], list]:
     return lambda photo: gradio.predict(handle_file(photo), api_name="/predict")
 
 
-_senders: dict[str, Callable[[Path], list]] = {}  # in the client process: one per server, as a visitor's page keeps one
+_senders: dict[str, Callable[[Path], list]] = {}  # in the client process: one per server, a page's connection
 
 
 def timed_request(url: str, photo: Path, client: str) -> tuple[float, str, float]:
@@ -191,8 +198,8 @@ def main() -> None:
     )
     print_table(["in this process", "p50 ms"], [[name, median(times)] for name, times in in_process.items()])
     client_cpu = median(client_cpu_ms)
-    sender = "HttpClient" if args.client == "http" else "gradio_client"
-    print(f"{sender}'s own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
+    client_name = "HttpClient" if args.client == "http" else "gradio_client"
+    print(f"{client_name}'s own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
     print_table(["server", "requests", "p50 ms", "p95 ms", "idle: CPU ms a second", "idle: wake-ups a second"], [
         [name, len(t), median(t), statistics.quantiles(t, n=20)[-1], *(idle[name] or ("n/a", "n/a"))]
         for name, t in requests.items()
@@ -222,6 +229,8 @@ def main() -> None:
             "requests_ms": requests,
             "reported_ms": reported,
             "in_process_ms": in_process,
+            "client": args.client,
+            "precision": args.precision,
             "client_cpu_ms": client_cpu_ms,
             "idle_cpu_ms_and_wakeups_a_second": idle,
         },

@@ -452,11 +452,10 @@ print(before, native_threads(), torch.get_num_threads())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process's threads in /proc")
 @needs_int8_engine  # int8 serves without ONNX Runtime, whose own thread pool would add to the count
 def test_the_app_starts_with_one_openmp_team_the_torch_threads(trained_head_checkpoint, torch_home):
-    """Every torch computation of `python app.py`'s serving, the precision check in its argument parsing included,
-    runs on devices.torch_thread (a first start's training has a daemon thread of its own, whose team ends with it),
-    so libgomp starts one team of workers: with a second one (the main thread's), it stops their spinning between
-    parallel regions, and the server's pass ran slower than the same pass in a process with one team (BENCHMARKS.md,
-    "One libgomp team")."""
+    """Every torch computation of a serving `python app.py` (a first start's training has a daemon thread of its
+    own), the precision check in its argument parsing included, runs on devices.torch_thread, so libgomp starts one
+    team of workers: with a second one (the main thread's), it stops their spinning between parallel regions, and
+    the server's pass ran slower than the same pass in a process with one team (BENCHMARKS.md, "One libgomp team")."""
     argv = ["--checkpoint", str(trained_head_checkpoint), "--device", "cpu", "--precision", "int8"]
     result = subprocess.run(
         [sys.executable, "-c", STARTUP_THREADS, *argv], cwd=REPO, capture_output=True, text=True, timeout=600
