@@ -110,7 +110,6 @@ class OnnxRuntimePredictor:
             reason = "onnxruntime is not installed" if isinstance(error, ImportError) else f"onnxruntime: {error}"
             raise OnnxRuntimeUnavailable(f"{reason} (pip install -r requirements.txt)") from None
         self.vit = vit
-        options = session_options(onnxruntime, threads)
         try:
             with contextlib.ExitStack() as cleanup:
                 if not os.access(cache_folder, os.W_OK):
@@ -120,13 +119,13 @@ class OnnxRuntimePredictor:
                 if not self.cached:
                     export(vit, self.file)
                 try:
-                    self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
+                    self.session = open_session(onnxruntime, self.file, threads)
                 except Exception:  # onnxruntime's own error types: a corrupt or truncated cached file, made again
                     if not self.cached:
                         raise
                     self.cached = False
                     export(vit, self.file)
-                    self.session = onnxruntime.InferenceSession(str(self.file), options, providers=PROVIDERS)
+                    self.session = open_session(onnxruntime, self.file, threads)
                 if not self.cached:
                     remove_older_exports(self.file, weights_sha256)
         except OnnxRuntimeUnavailable:
@@ -152,6 +151,11 @@ class OnnxRuntimePredictor:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """y = LN(z_L^0) (Eq. 4) in float32, the head's input."""
         return torch.from_numpy(self.session.run([FEATURES], {INPUT: as_input(images)})[0])
+
+
+def open_session(onnxruntime, file: Path, threads: int):
+    """An ONNX Runtime session for the graph in `file` on the CPU, as the app runs it (session_options)."""
+    return onnxruntime.InferenceSession(str(file), session_options(onnxruntime, threads), providers=PROVIDERS)
 
 
 def session_options(onnxruntime, threads: int):

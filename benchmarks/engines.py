@@ -45,11 +45,10 @@ from inference import (
 )
 from onnx_engine import (
     INPUT,
-    PROVIDERS,
     OnnxRuntimePredictor,
     OnnxRuntimeUnavailable,
     export,
-    session_options,
+    open_session,
 )
 from tests.standins import EXAMPLE_PHOTOS, inject_outliers
 from train_vit import at_least
@@ -92,7 +91,7 @@ def onnx_paths(model: nn.Module, calibration: torch.Tensor, folder: Path, thread
         )
 
     def on_onnx_runtime(file: Path):
-        return onnxruntime.InferenceSession(str(file), session_options(onnxruntime, threads), providers=PROVIDERS)
+        return open_session(onnxruntime, file, threads)
 
     return {
         "ONNX Runtime fp32 (onnx_engine.py)": path(fp32),
