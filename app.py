@@ -508,8 +508,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return check_model_arguments(parser, parser.parse_args(argv))
 
 
-# Reloads the notice page once training has ended, when the app itself is about to answer at the same address.
-RELOAD_WHEN_TRAINED = "(notice) => { if (notice.startsWith('### Ready')) setTimeout(() => location.reload(), 4000); }"
+NOTICE_TITLE = "FoodVision Mini: starting"
+# Once training has ended, the notice page asks its address for a page every second and reloads when the app itself
+# answers there: not the notice page (still closing), and not nothing (the model loading in between, seconds with the
+# real weights), which a reload would turn into the browser's "This site can't be reached".
+RELOAD_WHEN_TRAINED = f"""(notice) => {{
+    if (!notice.startsWith('### Ready') || window.awaitingTheApp) return;
+    window.awaitingTheApp = true;
+    const askAgain = () => setTimeout(ask, 1000);
+    const ask = () => fetch(location.href, {{cache: 'no-store'}})
+        .then(response => response.ok ? response.text() : '{NOTICE_TITLE}')
+        .then(page => page.includes('{NOTICE_TITLE}') ? askAgain() : location.reload(), askAgain);
+    ask();
+}}"""
 
 
 def train_behind_a_notice(args: argparse.Namespace) -> str | None:
@@ -527,7 +538,7 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
 
     def notice() -> str:
         if outcome.get("done"):
-            return "### Ready\nThe head is trained; this page reloads into the app in a few seconds."
+            return "### Ready\nThe head is trained; this page turns into the app as soon as the model is loaded."
         return (
             f"### Starting: training the head ({time.monotonic() - started:.0f} s so far)\nThis is the first start "
             f"and there is no trained head at {DEFAULT_CHECKPOINT_DIR}: the app is training one with train_head.py's "
@@ -537,7 +548,7 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
         )
 
     thread = threading.Thread(target=train, name="first-start training", daemon=True)
-    with gr.Blocks(title="FoodVision Mini: starting") as page:
+    with gr.Blocks(title=NOTICE_TITLE) as page:
         text = gr.Markdown(notice(), elem_id="status")
         gr.Timer(2).tick(notice, outputs=text).then(None, inputs=text, js=RELOAD_WHEN_TRAINED)
     queued(page).launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)

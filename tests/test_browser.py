@@ -10,7 +10,16 @@ import torch
 from gradio_client import Client, handle_file
 
 from figures import draw_attention_distance
-from standins import CHROMIUM, CHROMIUM_FLAGS, REPO, probabilities_of, twelve_megapixel_jpeg
+from standins import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    REPO,
+    app_server,
+    fresh_clone,
+    probabilities_of,
+    twelve_megapixel_jpeg,
+    write_food_dataset,
+)
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -121,5 +130,44 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(served):
             page.set_viewport_size({"width": 390, "height": 844})  # a phone
             page.screenshot(path=ARTIFACTS / "browser-phone.png", full_page=True)
             axes_top_below_the_label(page)
+        finally:
+            browser.close()
+
+
+# app.py with serving's load 10 s slower
+SLOW_LOAD_APP = """import sys, time
+import app
+served_by = app.load
+def slow_load(*args, **kwargs):
+    time.sleep(10)
+    return served_by(*args, **kwargs)
+app.load = slow_load
+app.main(sys.argv[1:])
+"""
+
+
+def test_the_first_start_notice_turns_into_the_app_by_itself(tmp_path, torch_home):
+    """A visitor who opens the address during the first start's training sees the notice, then the app, with no
+    reload of their own: the notice page waits for the app to answer in its place. The model's load is slowed by 10 s
+    here, as the real weights on a slow Space may take (BENCHMARKS.md, cold start), so the page is closed for a while
+    before the app answers."""
+    from playwright.sync_api import expect, sync_playwright
+
+    clone = fresh_clone(tmp_path / "clone")
+    write_food_dataset(clone / "data" / "pizza_steak_sushi", 4, 2)
+    (clone / "slow_load_app.py").write_text(SLOW_LOAD_APP)
+    environment = {"TORCH_HOME": str(torch_home), "FOODVISION_CHECKPOINT": "", "HF_HUB_OFFLINE": "1"}
+    server = app_server(clone, env=environment, script="slow_load_app.py")
+    with server as (url, _), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            shown = []
+            page.on("framenavigated", lambda frame: shown.append(frame.url))
+            page.goto(url)
+            expect(page.locator("#status")).to_contain_text("Starting: training the head")
+            expect(page.locator("#status")).to_contain_text("Running on CPU", timeout=240_000)
+            expect(page.get_by_text("Real photos")).to_be_visible()
+            assert shown == [url, url]  # the notice, then the app: never chromium's "This site can't be reached"
         finally:
             browser.close()
