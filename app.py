@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -534,7 +535,14 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
             train_default_head()
         except TrainingUnavailable as error:
             outcome["problem"] = str(error)
-        outcome["done"] = True
+        except Exception as error:  # a fault, not a missing part: the page says so, where "no head" would mislead
+            traceback.print_exc()
+            outcome["problem"] = (
+                f"Training the first head failed: {type(error).__name__}: {error}. The console has the traceback; "
+                "`python train_head.py` runs the same training on its own."
+            )
+        finally:
+            outcome["done"] = True
 
     def notice() -> str:
         if outcome.get("done"):

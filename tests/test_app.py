@@ -1,6 +1,7 @@
 """The app as users meet it: a real `python app.py` server on 127.0.0.1 driven by gradio_client,
 checked against the same prediction computed in this process; plus predict.py."""
 
+import argparse
 import inspect
 import os
 import re
@@ -21,6 +22,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+import app
 import serving
 from app import EXAMPLES, MAX_UPLOAD, QUEUE_POLLS_SECONDS, Inside, Page, Pictures, on_the_torch_thread, queued
 from classifier import load_classifier
@@ -284,6 +286,20 @@ def test_first_start_trains_a_head_while_the_page_says_so(tmp_path, torch_home):
         result = Client(url, verbose=False).predict(handle_file(EXAMPLES[0]), api_name="/predict")
         assert set(probabilities_of(result[0])) == {"pizza", "steak", "sushi"}
     assert (clone / "checkpoints" / "foodvision-mini" / "config.json").is_file()
+
+
+def test_a_first_training_that_fails_says_why_instead_of_no_head(monkeypatch, capsys):
+    """A fault in the first start's training (here a RuntimeError, as torch raises when memory runs out) ends the
+    notice and comes back as the reason no model serves, with its traceback on the console."""
+
+    def fails():
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(app, "train_default_head", fails)
+    problem = app.train_behind_a_notice(argparse.Namespace(host="127.0.0.1", port=free_port()))
+    assert problem.startswith("Training the first head failed: RuntimeError: DefaultCPUAllocator: not enough memory")
+    assert "python train_head.py" in problem
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(served, reference):
