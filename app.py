@@ -4,7 +4,7 @@ the paper's own analyses of the served model on this photo (Figures 6 and 7, the
 
     python app.py                                # http://127.0.0.1:7860
     python app.py --checkpoint user/foodvision-mini --host 0.0.0.0
-    python predict.py examples/* --figures out/  # the same, without a browser
+    python predict.py examples/ --figures out/   # the same, without a browser
 
 Loading lives in serving.py, the precision's choice in inference.py, the views of a photo in views.py; this file
 holds the page's text, its layout (lay_out), its events (wire), the translation of serving errors into messages on

@@ -2,7 +2,7 @@
 the top 3 classes with probabilities and the time it took; optionally saved as the course-style
 figure (the photo titled with its predicted class and probability).
 
-    python predict.py examples/*
+    python predict.py examples/
     python predict.py dinner.jpg --checkpoint user/foodvision-mini --figures predictions/
 """
 
@@ -18,18 +18,38 @@ import matplotlib.pyplot as plt
 import torch
 
 from devices import available_cpus
-from images import load_rgb
+from images import IMAGE_EXTENSIONS, load_rgb
 from options import add_model_arguments, check_model_arguments
 from serving import NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
 
 
-def save_figure(image_path: str, label: str, probability: float, directory: Path) -> Path:
+def images_in(folder: Path) -> list[str]:
+    """The image files in a folder, by the extensions torchvision's ImageFolder reads (as training reads a folder),
+    so that `predict.py examples/` passes over its SOURCE.md."""
+    return sorted(str(path) for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def figure_paths(image_paths: list[str], directory: Path) -> dict[str, Path]:
+    """Where each image's figure goes: <image name>.png in `directory`. ValueError where a figure would overwrite
+    one of the images, or two images' figures each other, before anything is computed."""
+    figures = {image: directory / f"{Path(image).stem}.png" for image in image_paths}
+    images = {Path(image).resolve(): image for image in image_paths}
+    named = {}
+    for image, figure in figures.items():
+        if figure.resolve() in images:
+            raise ValueError(f"the figure for {image} would overwrite {images[figure.resolve()]}")
+        if figure.resolve() in named:
+            raise ValueError(f"the figures for {named[figure.resolve()]} and {image} would both be {figure}")
+        named[figure.resolve()] = image
+    return figures
+
+
+def save_figure(image_path: str, label: str, probability: float, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 6))
     axes.imshow(load_rgb(image_path))
     axes.set_title(f"Pred: {label} | Prob: {probability:.3f}")
     axes.axis("off")
-    path = directory / f"{Path(image_path).stem}.png"
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
@@ -37,10 +57,23 @@ def save_figure(image_path: str, label: str, probability: float, directory: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", help="image files to classify")
+    parser.add_argument("images", nargs="+", help="image files to classify, or folders of them")
     add_model_arguments(parser)
     parser.add_argument("--figures", type=Path, help="also save <image name>.png figures in this folder")
     args = check_model_arguments(parser, parser.parse_args(argv))
+    image_paths, failures = [], 0
+    for argument in args.images:
+        if not Path(argument).is_dir():
+            image_paths.append(argument)
+        elif found := images_in(Path(argument)):
+            image_paths += found
+        else:
+            print(f"{argument}: error: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
+            failures += 1
+    try:
+        figures = figure_paths(image_paths, args.figures) if args.figures else {}
+    except ValueError as clash:
+        parser.error(f"{clash}; save the figures in another folder (--figures)")
 
     torch.set_num_threads(available_cpus())
     try:
@@ -49,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    foodvision = load(args.checkpoint, args.device, args.precision)
+    foodvision = load(args.checkpoint, args.device, args.precision, measure_engines=False)
     if isinstance(foodvision, NoModel):
         print(f"error: {foodvision.problem}", file=sys.stderr)
         return 1
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for image_path in args.images:
+    for image_path in image_paths:
         started = time.perf_counter()
         try:
             prediction = foodvision.classify(image_path)
@@ -74,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if warning := prediction.warning():
             print(f"  warning: {warning}")
         if args.figures:
-            print(f"  figure: {save_figure(image_path, *top[0], args.figures)}")
+            print(f"  figure: {save_figure(image_path, *top[0], figures[image_path])}")
     return 1 if failures else 0
 
 

@@ -1,8 +1,10 @@
 """predict.py: the served prediction on the command line, one line per photo, a clear error per unusable file."""
 
 import re
+import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import predict
@@ -28,7 +30,7 @@ def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkp
     out, err = capsys.readouterr()
     assert status == 1  # two inputs failed
     assert "notes.txt: error: This file is not an image" in err
-    assert f"{folder}: error: Cannot read {folder}: Is a directory" in err
+    assert f"{folder}: error: no image files in this folder (.jpg, .jpeg, .png" in err
     lines = [line for line in out.splitlines() if not line.startswith(("  figure:", "  warning:"))]
     assert len(lines) == len(EXAMPLES)
     for line, photo in zip(lines, EXAMPLES):
@@ -37,3 +39,29 @@ def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkp
         )
         figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
         assert figure.width > 100 and figure.height > 100
+
+
+def test_a_folder_stands_for_the_images_in_it(trained_head_checkpoint, torch_home, capsys):
+    """`python predict.py examples/` (README): the bundled photos, in order, and not the folder's SOURCE.md."""
+    assert predict.main([str(Path(EXAMPLES[0]).parent), "--checkpoint", str(trained_head_checkpoint)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith("  ")] == EXAMPLES
+    assert "error" not in err
+
+
+def test_figures_never_overwrite_the_photos_or_each_other(tmp_path, capsys):
+    """Refused before the model loads, with the photos as they were."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(EXAMPLES[0], tmp_path / folder / "dinner.png")
+    photo, namesake = str(tmp_path / "a" / "dinner.png"), str(tmp_path / "b" / "dinner.png")
+    for images, figures, message in (
+        ([photo], tmp_path / "a", f"the figure for {photo} would overwrite {photo}"),
+        ([photo, namesake], tmp_path / "out", f"the figures for {photo} and {namesake} would both be"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            predict.main([*images, "--figures", str(figures)])
+        assert exit.value.code == 2
+        assert message in capsys.readouterr().err
+    assert Path(photo).read_bytes() == Path(EXAMPLES[0]).read_bytes()
+    assert not (tmp_path / "out").exists()
