@@ -524,23 +524,37 @@ RELOAD_WHEN_TRAINED = f"""(notice) => {{
 }}"""
 
 
+def first_start(args: argparse.Namespace) -> str | None:
+    """The first start with no head: train one (train_head.train_default_head, minutes), behind a notice page at the
+    app's address (train_behind_a_notice), except on ZeroGPU. There `spaces` readies the GPU at the process's first
+    Blocks.launch (its startup: the model's CUDA tensors packed, the @spaces.GPU functions reported), which must be
+    the app's; the Space's own page says it is starting meanwhile. Returns why training failed, or None."""
+    return train_first_head() if os.environ.get("SPACES_ZERO_GPU") else train_behind_a_notice(args)
+
+
+def train_first_head() -> str | None:
+    """train_head.train_default_head; why it failed, or None."""
+    try:
+        train_default_head()
+    except TrainingUnavailable as error:
+        return str(error)
+    except Exception as error:  # a fault, not a missing part: the page says so, where "no head" would mislead
+        traceback.print_exc()
+        return (
+            f"Training the first head failed: {type(error).__name__}: {error}. The console has the traceback; "
+            "`python train_head.py` runs the same training on its own."
+        )
+    return None
+
+
 def train_behind_a_notice(args: argparse.Namespace) -> str | None:
-    """The first start with no head: train one (train_head.train_default_head, minutes) while a small page at the
-    app's address says so, instead of a page that does not answer; then close that page. Returns why training
-    failed, or None."""
+    """train_first_head while a small page at the app's address says so, instead of a page that does not answer;
+    then close that page."""
     started, outcome = time.monotonic(), {}
 
     def train() -> None:
         try:
-            train_default_head()
-        except TrainingUnavailable as error:
-            outcome["problem"] = str(error)
-        except Exception as error:  # a fault, not a missing part: the page says so, where "no head" would mislead
-            traceback.print_exc()
-            outcome["problem"] = (
-                f"Training the first head failed: {type(error).__name__}: {error}. The console has the traceback; "
-                "`python train_head.py` runs the same training on its own."
-            )
+            outcome["problem"] = train_first_head()
         finally:
             outcome["done"] = True
 
@@ -583,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     # parse_args tries the int8 kernels (inference.int8_engine): on the torch thread too, or the main thread would
     # keep a libgomp team of its own beside the torch thread's, and the model's pass slow down (devices.TorchThread)
     args = torch_thread.run(parse_args, argv)
-    problem = train_behind_a_notice(args) if needs_first_training(args.checkpoint) else None
+    problem = first_start(args) if needs_first_training(args.checkpoint) else None
     if problem is None:
         served = torch_thread.run(load, args.checkpoint, args.device, args.precision)
     else:

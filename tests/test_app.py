@@ -302,6 +302,17 @@ def test_a_first_training_that_fails_says_why_instead_of_no_head(monkeypatch, ca
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_on_zerogpu_the_first_start_trains_before_any_page_launches(monkeypatch):
+    """ZeroGPU's `spaces` readies the GPU at the process's first Blocks.launch, so that launch must be the app's: the
+    first start trains without a notice page there."""
+    trained, launched = [], []
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(app, "train_default_head", lambda: trained.append(len(launched)))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda *args, **kwargs: launched.append(args))
+    assert app.first_start(argparse.Namespace(host="127.0.0.1", port=free_port())) is None
+    assert trained == [0] and launched == []
+
+
 def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(served, reference):
     """Each visitor on its own connection, all asking for the same example at the same moment, in two rounds (the
     second writes each picture over the first's files while its own visitors read them): every picture arrives whole
