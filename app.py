@@ -261,19 +261,24 @@ class Page:
     def predict(self, image_path: str | None):
         """The prediction (top 3) and its timing as soon as the model has spoken, then with them the photo's views:
         two updates of one request, so the label does not wait for the drawing."""
-        cleared = {view.name: None for view in PHOTO_VIEWS}  # the previous photo's pictures go
+        cleared = {"label": None, "verdict": "", "timing": "", "kept": None}
+        cleared |= {view.name: None for view in PHOTO_VIEWS}  # the previous photo's answer and pictures go
         if not image_path:  # the photo was removed from the page
-            yield {"label": None, "verdict": "", "timing": "", "kept": None, **cleared}
+            yield cleared
             return
         started = time.perf_counter()
-        prediction = self.served.classify(image_path)
+        try:
+            prediction = self.served.classify(image_path)
+        except ServingError:
+            yield cleared  # beside the error, not the previous photo's answer as if it were this upload's
+            raise
         answered_ms = (time.perf_counter() - started) * 1000
         timing = (
             f"**Model:** {prediction.model_ms:.0f} ms · **prediction:** {answered_ms:.0f} ms "
             f"(decode, preprocess, model; {self.served.device.type})"
         )
         answer = {"label": prediction.probabilities, "verdict": prediction.warning()}
-        yield answer | {"timing": timing, "kept": None, **cleared}  # the deeper views wait for this photo's
+        yield cleared | answer | {"timing": timing}  # the deeper views wait for this photo's
         analysis = PhotoAnalysis.of(prediction, self.served)
         drawn = draw_views(PHOTO_VIEWS, analysis, Weights.of(self.served))
         pictures = {name: self.pictures.save(picture, name, photo=True) for name, picture in drawn.items()}

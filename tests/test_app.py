@@ -173,6 +173,24 @@ def test_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, good
     assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
 
 
+def test_an_unreadable_upload_clears_the_previous_photos_answer(foodvision, tmp_path):
+    """The error comes beside an empty label and no pictures, and Inside the ViT (drawn from "kept") has no photo:
+    not the previous photo's answer, as if it were this upload's."""
+    page = Page(foodvision, Pictures())
+    try:
+        assert list(page.predict(EXAMPLES[0]))[-1]["kept"] is not None
+        unreadable = tmp_path / "dinner.jpg"
+        unreadable.write_text("not a photo")
+        updates = page.predict(str(unreadable))
+        cleared = next(updates)
+        assert cleared["label"] is None and cleared["timing"] == "" and cleared["kept"] is None
+        assert all(cleared[view.name] is None for view in app.PHOTO_VIEWS)
+        with pytest.raises(serving.ServingError, match="This file is not an image"):
+            next(updates)
+    finally:
+        shutil.rmtree(page.pictures.folder)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts wake-ups from Linux's /proc")
 def test_an_idle_server_leaves_the_cores_to_the_model(served):
     """Gradio's queue looks for events every millisecond, waking an idle server hundreds of times a second
