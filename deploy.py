@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hub import HEAD_FILES, is_repo_id
+from hub import HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
 
 try:
     from huggingface_hub import SpaceHardware
@@ -105,17 +105,11 @@ def hardware_flavor(name: str) -> str:
     return name
 
 
-def repo_id(value: str) -> str:
-    if not is_repo_id(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id of the form USER/NAME (or ORG/NAME)")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("space", type=repo_id, help="the Space to create or update, USER/NAME")
+    parser.add_argument("space", type=repo_id_argument, help="the Space to create or update, USER/NAME")
     parser.add_argument(
         "--hardware",
         type=hardware_flavor,
@@ -130,7 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"repo id; the Space variable {CHECKPOINT_VARIABLE} is set to it. Without it, an existing Space keeps "
         "its variable and a new one trains a head at start-up",
     )
-    parser.add_argument("--head-repo", type=repo_id, help="model repo for a local --checkpoint (default: SPACE-head)")
+    parser.add_argument(
+        "--head-repo", type=repo_id_argument, help="model repo for a local --checkpoint (default: SPACE-head)"
+    )
     parser.add_argument("--private", action="store_true", help="create the Space (and the head repo) private")
     parser.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, else the `hf auth login` one)")
     parser.add_argument("--dry-run", action="store_true", help="print the files and settings, contact nothing")
@@ -273,7 +269,10 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
             for path in folder.rglob("*")
             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
         )
-        return args.head_repo or f"{args.space}-head", folder, files
+        head_repo = args.head_repo or f"{args.space}-head"
+        if problem := repo_id_problem(head_repo):
+            raise DeployError(f"The head's model repo {head_repo}: {problem} Name one with --head-repo USER/NAME.")
+        return head_repo, folder, files
     # "checkpoints/foodvision-mini" also looks like a repo id: when its first part is a local folder the
     # user meant a path that does not exist, not a repo.
     if is_repo_id(args.checkpoint) and not Path(args.checkpoint.split("/")[0]).is_dir():

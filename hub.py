@@ -1,13 +1,34 @@
-"""What a Hugging Face Hub repo id looks like and which files make a head checkpoint: the facts classifier.py
-(which reads and pushes checkpoints) and deploy.py (which plans a Space without importing torch) share."""
+"""What a Hugging Face Hub repo id looks like and which files make a head checkpoint: the facts classifier.py (which
+reads and pushes checkpoints), train_head.py and deploy.py (which plans a Space without importing torch) share."""
 
-import re
+import argparse
 
-REPO_ID_PATTERN = re.compile(r"[\w.-]+/[\w.-]+")  # USER/NAME or ORG/NAME
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 WEIGHTS_FILE = "model.safetensors"  # the head's tensors
 CONFIG_FILE = "config.json"  # the config and class names that rebuild the model, and its training records
 HEAD_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 
 
+def repo_id_problem(value: str) -> str | None:
+    """Why `value` is not a repo id USER/NAME (or ORG/NAME) that the Hub accepts, or None. The Hub's own rules
+    (huggingface_hub's validate_repo_id: letters, digits, "-", "_" and ".", no "--" or "..", at most 96 characters)
+    also take a bare NAME, which this project never means: a checkpoint or a Space is always someone's."""
+    if value.count("/") != 1:
+        return f"{value!r} is not of the form USER/NAME (or ORG/NAME)."
+    try:
+        validate_repo_id(value)
+    except HFValidationError as error:
+        return str(error)
+    return None
+
+
 def is_repo_id(value: str) -> bool:
-    return REPO_ID_PATTERN.fullmatch(value) is not None
+    return repo_id_problem(value) is None
+
+
+def repo_id_argument(value: str) -> str:
+    """An argparse type: `value` when it is a Hub repo id, else the Hub's reason, before any work is done."""
+    if problem := repo_id_problem(value):
+        raise argparse.ArgumentTypeError(f"not a Hub repo id: {problem}")
+    return value

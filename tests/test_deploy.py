@@ -279,6 +279,13 @@ def test_unknown_hardware_is_refused_before_anything_runs(hub, app_dir, capsys):
     assert "zero" in capsys.readouterr().err and hub.requests == []
 
 
+def test_a_space_name_the_hub_refuses_is_refused_before_anything_runs(hub, app_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        deploy.main([f"{USER}/foodvision.git", "--app-dir", str(app_dir)])
+    assert exit_info.value.code == 2
+    assert "cannot end by '.git'" in capsys.readouterr().err and hub.requests == []
+
+
 def test_the_command_line_exits_1_with_one_message_and_no_traceback(hub, app_dir):
     """The `python deploy.py` path, environment included: HF_ENDPOINT and HF_TOKEN are read from it."""
     hub.failures["whoami"] = 401
