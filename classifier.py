@@ -148,6 +148,16 @@ def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"heads.{name}": tensor.detach().contiguous() for name, tensor in model.heads.state_dict().items()}
 
 
+def check_replaceable(directory: Path) -> None:
+    """CheckpointError unless save_head may write `directory`: missing, empty, or an earlier checkpoint. Training
+    checks it first too, so that a mistyped --output fails before minutes of work, not after."""
+    if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
+        raise CheckpointError(
+            f"{directory} already exists and is not a checkpoint folder (it has no {CONFIG_FILE}); "
+            "refusing to replace it. Choose another output folder."
+        )
+
+
 def save_head(
     model: nn.Module,
     directory: str | Path,
@@ -160,11 +170,7 @@ def save_head(
     half-written checkpoint. Only an earlier checkpoint folder (or an empty one) is replaced, so a mistyped
     --output cannot delete unrelated files. Returns the folder."""
     directory = Path(directory)
-    if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
-        raise CheckpointError(
-            f"{directory} already exists and is not a checkpoint folder (it has no {CONFIG_FILE}); "
-            "refusing to replace it. Choose another output folder."
-        )
+    check_replaceable(directory)
     files = {
         WEIGHTS_FILE: save(
             head_state_dict(model) | (outlier_score.to_tensors() if outlier_score else {}), metadata={"format": "pt"}

@@ -39,6 +39,7 @@ from classifier import (
     CheckpointError,
     WeightsUnavailableError,
     build_feature_extractor,
+    check_replaceable,
     check_weights_file,
     describe_weights,
     model_card,
@@ -49,6 +50,7 @@ from classifier import (
 from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, PhotoFolder, prepare_dataset
 from devices import resolve_device
 from fewshot import fewshot_accuracy
+from hub import repo_id_argument
 from inference import (
     Predictor,
     agreement,
@@ -252,6 +254,9 @@ def train_head(
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if not lr > 0:  # NaN too
+        raise ValueError(f"lr must be a positive number, got {lr}")
+    check_replaceable(Path(output_dir))
     device = str(resolve_device(device))
     dataset_dir = prepare_dataset(data_dir, split, dataset_url, download_dir)
     train_set = ImageDataset(dataset_dir, "train")
@@ -407,7 +412,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", default=DEFAULTS["output_dir"], type=Path, help="checkpoint folder (default: %(default)s)"
     )
     output.add_argument(
-        "--push-to-hub", metavar="REPO_ID", help="also publish the checkpoint as this Hugging Face Hub repo"
+        "--push-to-hub",
+        metavar="REPO_ID",
+        type=repo_id_argument,
+        help="also publish the checkpoint as this Hugging Face Hub repo",
     )
     return parser.parse_args(argv)
 

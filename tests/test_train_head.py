@@ -17,6 +17,7 @@ from PIL import Image
 import train_head
 from classifier import CONFIG_FILE, build_feature_extractor, load_classifier, load_outlier_score
 from data import load_image
+from standins import free_port
 
 # Chance is 1/3; standins' seeded data and random backbone give a head far above this bar. The margin
 # allows for other torch builds' rounding, not for a head that fails.
@@ -140,6 +141,27 @@ def test_main_downloads_trains_saves_and_reports_a_failed_push(
     assert config["training"] | dict(epochs=2, batch_size=4, lr=0.01, seed=1) == config["training"]
     assert len(read_json(output / "metrics.json")["history"]) == 2
     assert f"Test accuracy {config['metrics']['test_acc']:.4f} on 3 images" in (output / "README.md").read_text()
+
+
+def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys):
+    """A bad --push-to-hub, --lr or --output is refused before the dataset or the weights are fetched (the dataset
+    URL here answers nothing), not after minutes of work."""
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "todo.txt").write_text("keep me")
+    nowhere = f"http://127.0.0.1:{free_port()}/pizza_steak_sushi.zip"
+    common = ["--dataset-url", nowhere, "--download-dir", str(tmp_path / "data")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_head.main([*common, "--push-to-hub", "someone/foodvision--mini"])
+    assert exit_info.value.code == 2 and "Cannot have -- or .." in capsys.readouterr().err
+    for mistake, message in (
+        (["--lr", "-0.001", "--output", str(tmp_path / "new")], "lr must be a positive number, got -0.001"),
+        (["--lr", "nan", "--output", str(tmp_path / "new")], "lr must be a positive number, got nan"),
+        (["--output", str(unrelated)], f"{unrelated} already exists and is not a checkpoint folder"),
+    ):
+        assert train_head.main([*common, *mistake]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and (unrelated / "todo.txt").read_text() == "keep me"
 
 
 def test_the_backbone_pass_takes_the_cpus_batch_on_the_cpu_and_the_heads_on_a_gpu():
