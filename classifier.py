@@ -203,8 +203,10 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
     if not is_repo_id(str(path_or_repo_id)):
         raise CheckpointError(f"There is no checkpoint folder {path}. {how_to_fix}")
     try:
-        hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, revision=revision)
-        return Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, revision=revision)).parent
+        weights = Path(hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, revision=revision))
+        # The config of the weights' commit (the cache keeps each in snapshots/<commit hash>/), even where the repo
+        # is pushed to between the two downloads
+        return Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, revision=weights.parent.name)).parent
     except (OSError, EntryNotFoundError, ValueError) as error:
         reason = " ".join(str(error).split())  # huggingface_hub's messages span several lines
         raise CheckpointError(

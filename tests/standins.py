@@ -340,7 +340,10 @@ class BytesHandler(QuietHandler):
 
 class HubFilesHandler(QuietHandler):
     """Answers huggingface_hub's file requests (HEAD and GET /<repo>/resolve/<revision>/<file>) from the server's
-    `repos` {repo_id: folder}, with the headers the real Hub sends."""
+    `repos` {repo_id: folder}, with the headers the real Hub sends; each request's path is added to the server's
+    `requested` list."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"  # every repo's one commit
 
     def do_HEAD(self):
         self.answer(send_body=False)
@@ -349,6 +352,7 @@ class HubFilesHandler(QuietHandler):
         self.answer(send_body=True)
 
     def answer(self, send_body: bool):
+        self.server.requested.append(self.path)
         repo_id, _, rest = self.path.lstrip("/").partition("/resolve/")
         folder = self.server.repos.get(repo_id)
         path = folder / rest.split("/", 1)[-1] if folder else None
@@ -360,7 +364,7 @@ class HubFilesHandler(QuietHandler):
             return
         body = path.read_bytes()
         self.send_response(200)
-        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.send_header("X-Repo-Commit", self.COMMIT)
         self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

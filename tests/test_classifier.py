@@ -77,10 +77,14 @@ def test_hub_repo_id_downloads_then_loads_offline(trained_head_checkpoint, torch
     and fills a fresh cache; with HF_HUB_OFFLINE=1 the same repo id then loads from that cache.
     Publishing (--push-to-hub) needs the real Hub and a token: not tested here."""
     env = dict(HF_HUB_CACHE=str(tmp_path / "hub"), TORCH_HOME=str(torch_home), HF_HUB_DISABLE_TELEMETRY="1")
-    with http_server(HubFilesHandler, repos={"someone/foodvision-mini": trained_head_checkpoint}) as server:
+    repos = {"someone/foodvision-mini": trained_head_checkpoint}
+    with http_server(HubFilesHandler, repos=repos, requested=[]) as server:
         online = dict(env, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
         result = load_in_subprocess(online, trained_head_checkpoint, "someone/foodvision-mini", "someone/not-there")
     assert result.returncode == 0 and result.stdout.splitlines() == ["someone/foodvision-mini: the local head"], result
+    # the config comes from the commit the weights came from, not from whatever "main" is by then
+    assert "/someone/foodvision-mini/resolve/main/model.safetensors" in server.requested
+    assert f"/someone/foodvision-mini/resolve/{HubFilesHandler.COMMIT}/config.json" in server.requested
     assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in result.stderr
     assert list((tmp_path / "hub").glob("models--someone--foodvision-mini/snapshots/*/config.json"))
     offline = dict(env, HF_HUB_OFFLINE="1")
