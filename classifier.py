@@ -35,6 +35,14 @@ DEFAULT_CLASS_NAMES = ("pizza", "steak", "sushi")
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "foodvision-mini"
 # config.json keys that loading needs; everything else (metrics, data) is a record for people.
 REQUIRED_KEYS = ("backbone", "weights", "image_size", "class_names")
+# The optional records that loading, the page and the model card read, with the keys they read. A head from before a
+# record has none; an int8 record without "setup" says why nothing was measured.
+RECORD_KEYS = {
+    "int8": (),
+    "outliers": ("method", "shrinkage", "threshold", "accepts", "size_bytes"),
+    "fewshot": ("accuracy", "seeds"),
+}
+INT8_MEASUREMENT_KEYS = ("passed", "top1", "max_probability_difference")  # its "agreement", beside "setup"
 RETRAIN = "Train the head again with `python train_head.py`."
 
 
@@ -233,6 +241,16 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{path}: class_names must be a non-empty list of distinct strings, got {names!r}.")
     if config["backbone"] != BACKBONE:
         raise CheckpointError(f"{path}: backbone {config['backbone']!r} is not supported; only {BACKBONE} heads load.")
+    for name, keys in RECORD_KEYS.items():
+        record = config.get(name)
+        if record is not None and not (isinstance(record, dict) and all(key in record for key in keys)):
+            raise CheckpointError(f"{path}: its {name} record is not the one train_head.py writes. {RETRAIN}")
+    int8 = config.get("int8") or {}
+    measured = int8.get("agreement")
+    if "setup" in int8 and not (isinstance(measured, dict) and all(key in measured for key in INT8_MEASUREMENT_KEYS)):
+        raise CheckpointError(f"{path}: its int8 record has a setup but no agreement measured for it. {RETRAIN}")
+    if config.get("fewshot") and not isinstance(config["fewshot"]["accuracy"], dict):
+        raise CheckpointError(f"{path}: its fewshot record's accuracy is not by shots. {RETRAIN}")
     return config
 
 

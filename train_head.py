@@ -35,6 +35,7 @@ from classifier import (
     CONFIG_FILE,
     DEFAULT_CHECKPOINT_DIR,
     DEFAULT_WEIGHTS,
+    RECORD_KEYS,
     WEIGHTS_NAMES,
     CheckpointError,
     WeightsUnavailableError,
@@ -315,9 +316,7 @@ def train_head(
         versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
         int8=measure_int8(model, test_set, test[0], weights, outlier_score),
         # the tensors themselves travel in model.safetensors, under "outliers."
-        outliers={
-            key: evaluation["outliers"][key] for key in ("method", "shrinkage", "threshold", "accepts", "size_bytes")
-        },
+        outliers={key: evaluation["outliers"][key] for key in RECORD_KEYS["outliers"]},
         fewshot={
             "seeds": evaluation["fewshot"]["seeds"],
             "accuracy": {shots: result["mean"] for shots, result in few_shot.items()},

@@ -133,6 +133,10 @@ def test_corrupt_checkpoint_files(broken_copy):
         (dict(image_size=384), r"says image_size 384, but the weights IMAGENET1K_V1 take 224 px images"),
         (dict(weights="IMAGENET1K_V2"), r"unknown vit_b_16 weights 'IMAGENET1K_V2'"),
         (dict(class_names=["pizza", "pizza", "sushi"]), r"class_names must be a non-empty list of distinct strings"),
+        (dict(outliers=True), r"its outliers record is not the one train_head\.py writes"),
+        (dict(fewshot={"seeds": 5}), r"its fewshot record is not the one train_head\.py writes"),
+        (dict(fewshot={"accuracy": [0.5], "seeds": 5}), r"its fewshot record's accuracy is not by shots"),
+        (dict(int8={"setup": {"torch": "2.14.1"}}), r"its int8 record has a setup but no agreement measured for it"),
     ],
 )
 def test_mismatched_config(broken_copy, torch_home, changes, message):
