@@ -46,6 +46,7 @@ from figures import (
     position_embedding_similarity,
     similarity_picture,
 )
+from hub import CHECKPOINT_VARIABLE, on_zero_gpu
 from images import example_photos, to_display
 from inference import KERNEL_LIBRARIES, sums_of
 from onnx_engine import OnnxRuntimePredictor
@@ -189,7 +190,7 @@ def where(served: FoodVision) -> str:
             "bf16": "model.py's ViT in bf16 (autocast)",
             "fp32": "fp32, model.py's ViT holding torchvision's vit_b_16 weights (for the attention maps)",
         }[served.predictor.precision]
-    if os.environ.get("SPACES_ZERO_GPU"):
+    if on_zero_gpu():
         place = "ZeroGPU on Hugging Face Spaces (a GPU lent for each prediction)"
     elif served.device.type == "cuda":
         place = f"GPU ({torch.cuda.get_device_name(served.device)})"
@@ -534,7 +535,7 @@ def first_start(args: argparse.Namespace) -> str | None:
     app's address (train_behind_a_notice), except on ZeroGPU. There `spaces` readies the GPU at the process's first
     Blocks.launch (its startup: the model's CUDA tensors packed, the @spaces.GPU functions reported), which must be
     the app's; the Space's own page says it is starting meanwhile. Returns why training failed, or None."""
-    return train_first_head() if os.environ.get("SPACES_ZERO_GPU") else train_behind_a_notice(args)
+    return train_first_head() if on_zero_gpu() else train_behind_a_notice(args)
 
 
 def train_first_head() -> str | None:
@@ -570,8 +571,8 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
             f"### Starting: training the head ({time.monotonic() - started:.0f} s so far)\nThis is the first start "
             f"and there is no trained head at {DEFAULT_CHECKPOINT_DIR}: the app is training one with train_head.py's "
             "defaults (downloading the dataset and the pretrained weights, one backbone pass over the images, then "
-            "the head). It takes a few minutes on a CPU; this page reloads into the app when it is done. Set "
-            "FOODVISION_CHECKPOINT to a trained head's Hub repo to skip this (README, Deploy)."
+            "the head). It takes a few minutes on a CPU; this page turns into the app when it is done. Set "
+            f"{CHECKPOINT_VARIABLE} to a trained head's Hub repo to skip this (README, Deploy)."
         )
 
     thread = threading.Thread(target=train, name="first-start training", daemon=True)

@@ -32,6 +32,7 @@ DATASET_URLS = {
     "10_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
     "20_percent": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi_20_percent.zip",
 }
+DEFAULT_SPLIT = "10_percent"  # the course's chapters 08-09 train on it
 DEFAULT_ROOT = Path(__file__).resolve().parent / "data"  # git-ignored; beside the code, not the working directory
 SUBSETS = ("train", "test")
 # Written into a downloaded dataset folder: the URL it came from (see check_source).
@@ -46,7 +47,7 @@ class DatasetError(Exception):
 
 def prepare_dataset(
     data_dir: str | Path | None = None,
-    split: str = "10_percent",
+    split: str = DEFAULT_SPLIT,
     url: str | None = None,
     root: str | Path = DEFAULT_ROOT,
 ) -> Path:

@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hub import HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
+from hub import CHECKPOINT_VARIABLE, HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
 
 try:
     from huggingface_hub import SpaceHardware
@@ -44,7 +44,6 @@ except ImportError:  # an older or newer huggingface_hub without the enum: flavo
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_ENDPOINT = "https://huggingface.co"
-CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the app's --checkpoint default comes from this variable
 
 ENTRY_POINT = "app.py"  # what the Space runs; every uploaded module is one it reaches by imports
 # Folders never uploaded: only top-level modules and examples/ are collected. The list is used to delete them from
@@ -538,7 +537,7 @@ def print_first_start(plan: Plan) -> None:
         else plan.hardware
     )
     head = (
-        f"the head from {plan.head_repo}" if plan.head_repo else "then trains a head (no FOODVISION_CHECKPOINT given)"
+        f"the head from {plan.head_repo}" if plan.head_repo else f"then trains a head (no {CHECKPOINT_VARIABLE} given)"
     )
     print(
         f"First start, on {where}: the Space installs requirements.txt, runs app.py, which downloads torchvision's "

@@ -1,13 +1,22 @@
-"""What a Hugging Face Hub repo id looks like and which files make a head checkpoint: the facts classifier.py (which
-reads and pushes checkpoints), train_head.py and deploy.py (which plans a Space without importing torch) share."""
+"""What a Hugging Face Hub repo id looks like, which files make a head checkpoint, and what a Space tells the app: the
+facts classifier.py (which reads and pushes checkpoints), train_head.py, options.py, app.py and deploy.py (which plans
+a Space without importing torch) share."""
 
 import argparse
+import os
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 WEIGHTS_FILE = "model.safetensors"  # the head's tensors
 CONFIG_FILE = "config.json"  # the config and class names that rebuild the model, and its training records
 HEAD_FILES = (WEIGHTS_FILE, CONFIG_FILE)
+CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the head the app serves by default: a Space variable, or the shell's
+
+
+def on_zero_gpu() -> bool:
+    """Whether this process is a ZeroGPU Space, whose GPU is lent only inside @spaces.GPU functions (Spaces set
+    SPACES_ZERO_GPU there)."""
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
 
 
 def repo_id_problem(value: str) -> str | None:

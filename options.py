@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from devices import default_device, resolve_device
+from hub import CHECKPOINT_VARIABLE
 from inference import PRECISIONS, resolve_precision
 
 
@@ -23,8 +24,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --device and --precision; check the parsed values with check_model_arguments."""
     parser.add_argument(
         "--checkpoint",
-        default=os.environ.get("FOODVISION_CHECKPOINT"),
-        help="head checkpoint folder or Hugging Face Hub repo id (env FOODVISION_CHECKPOINT; "
+        default=os.environ.get(CHECKPOINT_VARIABLE),
+        help=f"head checkpoint folder or Hugging Face Hub repo id (env {CHECKPOINT_VARIABLE}; "
         "default checkpoints/foodvision-mini, trained first if missing)",
     )
     parser.add_argument(

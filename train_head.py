@@ -19,7 +19,6 @@ few-shot linear evaluation (fewshot.py).
 import argparse
 import inspect
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,10 +47,10 @@ from classifier import (
     save_head,
     trainable_parameters,
 )
-from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, PhotoFolder, prepare_dataset
+from data import DATASET_URLS, DEFAULT_ROOT, DEFAULT_SPLIT, DatasetError, ImageDataset, PhotoFolder, prepare_dataset
 from devices import resolve_device
 from fewshot import fewshot_accuracy
-from hub import repo_id_argument
+from hub import CHECKPOINT_VARIABLE, on_zero_gpu, repo_id_argument
 from inference import (
     Predictor,
     agreement,
@@ -233,7 +232,7 @@ def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: 
 def train_head(
     data_dir: str | Path | None = None,
     dataset_url: str | None = None,
-    split: str = "10_percent",
+    split: str = DEFAULT_SPLIT,
     output_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
     weights: str = DEFAULT_WEIGHTS,
     epochs: int = 10,
@@ -361,13 +360,13 @@ def train_default_head() -> None:
     the CPU on ZeroGPU, whose GPU is lent only inside @spaces.GPU functions."""
     print(f"No trained head at {DEFAULT_CHECKPOINT_DIR}: training one with train_head.py's defaults.", flush=True)
     try:
-        train_head(output_dir=DEFAULT_CHECKPOINT_DIR, device="cpu" if os.environ.get("SPACES_ZERO_GPU") else None)
+        train_head(output_dir=DEFAULT_CHECKPOINT_DIR, device="cpu" if on_zero_gpu() else None)
     except (DatasetError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         raise TrainingUnavailable(
             f"There is no trained head at {DEFAULT_CHECKPOINT_DIR}, and training one here failed: {error}\n\n"
             "To fix it, either run python train_head.py where the dataset and the pretrained weights "
             "can be downloaded (or are cached), then restart the app; or start it with "
-            "--checkpoint FOLDER_OR_HUB_REPO (or FOODVISION_CHECKPOINT) naming a trained head."
+            f"--checkpoint FOLDER_OR_HUB_REPO (or {CHECKPOINT_VARIABLE}) naming a trained head."
         ) from None
 
 

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from data import DATASET_URLS, DEFAULT_ROOT, DatasetError, ImageDataset, prepare_dataset
+from data import DATASET_URLS, DEFAULT_ROOT, DEFAULT_SPLIT, DatasetError, ImageDataset, prepare_dataset
 from devices import default_device, resolve_device
 from model import VIT_CONFIGS, ViT, ViTConfig
 from outputs import epoch_line, plot_curves, write_atomically
@@ -128,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", help="a local folder with train/<class> and test/<class>; default: download")
     data.add_argument(
-        "--split", default="10_percent", choices=DATASET_URLS, help="the course zip to download (%(default)s)"
+        "--split", default=DEFAULT_SPLIT, choices=DATASET_URLS, help="the course zip to download (%(default)s)"
     )
     data.add_argument("--dataset-url", help="download this zip instead of --split's")
     data.add_argument("--download-dir", default=DEFAULT_ROOT, type=Path, help="kept here (%(default)s)")
