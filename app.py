@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import functools
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -516,16 +517,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 NOTICE_TITLE = "FoodVision Mini: starting"
+TRAINING_HEADING = "### Starting: training the head"
 # Once training has ended, the notice page asks its address for a page every second and reloads when the app itself
 # answers there: not the notice page (still closing), and not nothing (the model loading in between, seconds with the
 # real weights), which a reload would turn into the browser's "This site can't be reached".
 RELOAD_WHEN_TRAINED = f"""(notice) => {{
-    if (!notice.startsWith('### Ready') || window.awaitingTheApp) return;
+    if (notice.startsWith({json.dumps(TRAINING_HEADING)}) || window.awaitingTheApp) return;
     window.awaitingTheApp = true;
     const askAgain = () => setTimeout(ask, 1000);
-    const ask = () => fetch(location.href, {{cache: 'no-store'}})
-        .then(response => response.ok ? response.text() : '{NOTICE_TITLE}')
-        .then(page => page.includes('{NOTICE_TITLE}') ? askAgain() : location.reload(), askAgain);
+    const ask = () => fetch(location.href, {{cache: 'no-store', signal: AbortSignal.timeout(5000)}})
+        .then(response => response.ok ? response.text() : {json.dumps(NOTICE_TITLE)})
+        .then(page => page.includes({json.dumps(NOTICE_TITLE)}) ? askAgain() : location.reload(), askAgain);
     ask();
 }}"""
 
@@ -535,7 +537,7 @@ def first_start(args: argparse.Namespace) -> str | None:
     app's address (train_behind_a_notice), except on ZeroGPU. There `spaces` readies the GPU at the process's first
     Blocks.launch (its startup: the model's CUDA tensors packed, the @spaces.GPU functions reported), which must be
     the app's; the Space's own page says it is starting meanwhile. Returns why training failed, or None."""
-    return train_first_head() if on_zero_gpu() else train_behind_a_notice(args)
+    return torch_thread.run(train_first_head) if on_zero_gpu() else train_behind_a_notice(args)
 
 
 def train_first_head() -> str | None:
@@ -565,10 +567,12 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
             outcome["done"] = True
 
     def notice() -> str:
+        if outcome.get("done") and outcome.get("problem"):
+            return "### Training failed\nThis page turns into the app in a few seconds; it says why."
         if outcome.get("done"):
             return "### Ready\nThe head is trained; this page turns into the app as soon as the model is loaded."
         return (
-            f"### Starting: training the head ({time.monotonic() - started:.0f} s so far)\nThis is the first start "
+            f"{TRAINING_HEADING} ({time.monotonic() - started:.0f} s so far)\nThis is the first start "
             f"and there is no trained head at {DEFAULT_CHECKPOINT_DIR}: the app is training one with train_head.py's "
             "defaults (downloading the dataset and the pretrained weights, one backbone pass over the images, then "
             "the head). It takes a few minutes on a CPU; this page turns into the app when it is done. Set "
@@ -578,7 +582,11 @@ def train_behind_a_notice(args: argparse.Namespace) -> str | None:
     thread = threading.Thread(target=train, name="first-start training", daemon=True)
     with gr.Blocks(title=NOTICE_TITLE) as page:
         text = gr.Markdown(notice(), elem_id="status")
-        gr.Timer(2).tick(notice, outputs=text).then(None, inputs=text, js=RELOAD_WHEN_TRAINED)
+        timer = gr.Timer(2)
+        # the last tick stops the timer: the page's own loop (RELOAD_WHEN_TRAINED) waits for the app from there
+        timer.tick(lambda: (notice(), gr.Timer(active=not outcome.get("done"))), outputs=[text, timer]).then(
+            None, inputs=text, js=RELOAD_WHEN_TRAINED
+        )
     queued(page).launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     thread.start()
     thread.join()
