@@ -35,9 +35,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def images_in(folder: Path) -> list[Path]:
+    """The image files in a folder, sorted, by their extensions (IMAGE_EXTENSIONS)."""
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def example_photos() -> list[Path]:
-    """The bundled example photos, sorted: the page's examples, the int8 path's calibration and self-check."""
-    return sorted(path for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    """The bundled example photos: the page's examples, the int8 path's calibration and self-check."""
+    return images_in(EXAMPLES_DIR)
 
 
 class ImageError(ValueError):

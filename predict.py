@@ -18,30 +18,24 @@ import matplotlib.pyplot as plt
 import torch
 
 from devices import available_cpus
-from images import IMAGE_EXTENSIONS, load_rgb
+from images import IMAGE_EXTENSIONS, images_in, load_rgb
 from options import add_model_arguments, check_model_arguments
 from serving import NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
 
 
-def images_in(folder: Path) -> list[str]:
-    """The image files in a folder, by the extensions torchvision's ImageFolder reads (as training reads a folder),
-    so that `predict.py examples/` passes over its SOURCE.md."""
-    return sorted(str(path) for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def figure_paths(image_paths: list[str], directory: Path) -> dict[str, Path]:
     """Where each image's figure goes: <image name>.png in `directory`. ValueError where a figure would overwrite
-    one of the images, or two images' figures each other, before anything is computed."""
+    one of the images, or two different images' figures each other, before anything is computed."""
     figures = {image: directory / f"{Path(image).stem}.png" for image in image_paths}
     images = {Path(image).resolve(): image for image in image_paths}
     named = {}
     for image, figure in figures.items():
         if figure.resolve() in images:
             raise ValueError(f"the figure for {image} would overwrite {images[figure.resolve()]}")
-        if figure.resolve() in named:
-            raise ValueError(f"the figures for {named[figure.resolve()]} and {image} would both be {figure}")
-        named[figure.resolve()] = image
+        other = named.setdefault(figure.resolve(), image)
+        if Path(other).resolve() != Path(image).resolve():  # the same photo named twice writes the same figure
+            raise ValueError(f"the figures for {other} and {image} would both be {figure}")
     return figures
 
 
@@ -65,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     for argument in args.images:
         if not Path(argument).is_dir():
             image_paths.append(argument)
-        elif found := images_in(Path(argument)):
-            image_paths += found
+        elif found := images_in(Path(argument)):  # ImageFolder's extensions: examples/ without its SOURCE.md
+            image_paths += map(str, found)
         else:
             print(f"{argument}: error: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
             failures += 1
+    if not image_paths:
+        return 1
     try:
         figures = figure_paths(image_paths, args.figures) if args.figures else {}
     except ValueError as clash:

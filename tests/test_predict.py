@@ -59,9 +59,24 @@ def test_figures_never_overwrite_the_photos_or_each_other(tmp_path, capsys):
         ([photo], tmp_path / "a", f"the figure for {photo} would overwrite {photo}"),
         ([photo, namesake], tmp_path / "out", f"the figures for {photo} and {namesake} would both be"),
     ):
-        with pytest.raises(SystemExit) as exit:
+        with pytest.raises(SystemExit) as exit_info:
             predict.main([*images, "--figures", str(figures)])
-        assert exit.value.code == 2
+        assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert Path(photo).read_bytes() == Path(EXAMPLES[0]).read_bytes()
     assert not (tmp_path / "out").exists()
+
+
+def test_the_same_photo_named_twice_writes_its_one_figure(tmp_path):
+    folder = Path(EXAMPLES[0]).parent
+    figures = predict.figure_paths([EXAMPLES[0], str(folder / ".." / folder.name / Path(EXAMPLES[0]).name)], tmp_path)
+    assert set(figures.values()) == {tmp_path / f"{Path(EXAMPLES[0]).stem}.png"}
+
+
+def test_nothing_to_classify_exits_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """Folders without images: their errors, exit 1, and no model loaded (nor a first head trained for it)."""
+    monkeypatch.setattr(predict, "load", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(predict, "train_default_head", lambda: pytest.fail("a head was trained"))
+    (tmp_path / "empty").mkdir()
+    assert predict.main([str(tmp_path / "empty")]) == 1
+    assert "empty: error: no image files in this folder" in capsys.readouterr().err
