@@ -159,6 +159,8 @@ def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def check_replaceable(directory: Path) -> None:
     """CheckpointError unless save_head may write `directory`: missing, empty, or an earlier checkpoint. Training
     checks it first too, so that a mistyped --output fails before minutes of work, not after."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file; the checkpoint is written as a folder. Choose another one.")
     if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
         raise CheckpointError(
             f"{directory} already exists and is not a checkpoint folder (it has no {CONFIG_FILE}); "
@@ -242,8 +244,8 @@ def read_config(path: Path) -> dict:
     if config["backbone"] != BACKBONE:
         raise CheckpointError(f"{path}: backbone {config['backbone']!r} is not supported; only {BACKBONE} heads load.")
     for name, keys in RECORD_KEYS.items():
-        record = config.get(name)
-        if record is not None and not (isinstance(record, dict) and all(key in record for key in keys)):
+        record = config.get(name)  # an empty one is none, as the readers take it
+        if record and not (isinstance(record, dict) and all(key in record for key in keys)):
             raise CheckpointError(f"{path}: its {name} record is not the one train_head.py writes. {RETRAIN}")
     int8 = config.get("int8") or {}
     measured = int8.get("agreement")

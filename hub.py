@@ -20,9 +20,9 @@ def on_zero_gpu() -> bool:
 
 
 def repo_id_problem(value: str) -> str | None:
-    """Why `value` is not a repo id USER/NAME (or ORG/NAME) that the Hub accepts, or None. The Hub's own rules
-    (huggingface_hub's validate_repo_id: letters, digits, "-", "_" and ".", no "--" or "..", at most 96 characters)
-    also take a bare NAME, which this project never means: a checkpoint or a Space is always someone's."""
+    """Why `value` is not a repo id USER/NAME (or ORG/NAME) that the Hub accepts, or None: the Hub's own rules
+    (huggingface_hub's validate_repo_id), which also take a bare NAME, which this project never means: a checkpoint
+    or a Space is always someone's."""
     if value.count("/") != 1:
         return f"{value!r} is not of the form USER/NAME (or ORG/NAME)."
     try:

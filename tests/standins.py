@@ -341,7 +341,7 @@ class BytesHandler(QuietHandler):
 class HubFilesHandler(QuietHandler):
     """Answers huggingface_hub's file requests (HEAD and GET /<repo>/resolve/<revision>/<file>) from the server's
     `repos` {repo_id: folder}, with the headers the real Hub sends; each request's path is added to the server's
-    `requested` list."""
+    `requested` list where it has one."""
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"  # every repo's one commit
 
@@ -352,7 +352,7 @@ class HubFilesHandler(QuietHandler):
         self.answer(send_body=True)
 
     def answer(self, send_body: bool):
-        self.server.requested.append(self.path)
+        getattr(self.server, "requested", []).append(self.path)
         repo_id, _, rest = self.path.lstrip("/").partition("/resolve/")
         folder = self.server.repos.get(repo_id)
         path = folder / rest.split("/", 1)[-1] if folder else None

@@ -286,6 +286,15 @@ def test_a_space_name_the_hub_refuses_is_refused_before_anything_runs(hub, app_d
     assert "cannot end by '.git'" in capsys.readouterr().err and hub.requests == []
 
 
+def test_a_head_repo_name_too_long_for_the_hub_asks_for_head_repo(hub, app_dir, capsys):
+    """The head's repo defaults to SPACE-head: for a Space name near the Hub's 96 characters, that is too long."""
+    space = f"{USER}/" + "x" * 93
+    checkpoint = app_dir / "checkpoints" / "foodvision-mini"
+    code = deploy.main([space, "--app-dir", str(app_dir), "--checkpoint", str(checkpoint)])
+    assert_failed_cleanly(capsys, code, f"The head's model repo {space}-head", "--head-repo USER/NAME")
+    assert hub.requests == []
+
+
 def test_the_command_line_exits_1_with_one_message_and_no_traceback(hub, app_dir):
     """The `python deploy.py` path, environment included: HF_ENDPOINT and HF_TOKEN are read from it."""
     hub.failures["whoami"] = 401

@@ -158,6 +158,7 @@ def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys)
         (["--lr", "-0.001", "--output", str(tmp_path / "new")], "lr must be a positive number, got -0.001"),
         (["--lr", "nan", "--output", str(tmp_path / "new")], "lr must be a positive number, got nan"),
         (["--output", str(unrelated)], f"{unrelated} already exists and is not a checkpoint folder"),
+        (["--output", str(unrelated / "todo.txt")], f"{unrelated / 'todo.txt'} is a file"),
     ):
         assert train_head.main([*common, *mistake]) == 1
         assert message in capsys.readouterr().err
