@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from tqdm.auto import tqdm
 
-from images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from images import IMAGE_EXTENSIONS, ImageError, images_in, is_hidden, load_rgb
 
 # The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
 # 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
@@ -195,11 +195,6 @@ def dataset_root_in(extracted: Path, url: str) -> Path:
     )
 
 
-def is_hidden(path: Path) -> bool:
-    """Dot folders and files (.ipynb_checkpoints, .DS_Store) are tool debris, not data."""
-    return path.name.startswith(".") or path.name == "__MACOSX"
-
-
 def class_names_of(dataset_dir: str | Path) -> list[str]:
     """The sorted class folder names, which must be the same in train/ and test/: a class
     missing from one of them would silently shift every label index after it."""
@@ -230,11 +225,7 @@ def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) ->
     samples = []
     for label, name in enumerate(class_names):
         folder = Path(dataset_dir) / subset / name
-        paths = sorted(
-            path
-            for path in folder.iterdir()
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
-        )
+        paths = images_in(folder)
         if not paths:
             raise DatasetError(
                 f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). Every class needs "

@@ -35,9 +35,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def is_hidden(path: Path) -> bool:
+    """Dot folders and files (.ipynb_checkpoints, .DS_Store, macOS's ._ copies) are tool debris, not data."""
+    return path.name.startswith(".") or path.name == "__MACOSX"
+
+
 def images_in(folder: Path) -> list[Path]:
-    """The image files in a folder, sorted, by their extensions (IMAGE_EXTENSIONS)."""
-    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    """The image files in a folder (not its subfolders), sorted: by their extensions (IMAGE_EXTENSIONS), debris left
+    out (is_hidden). Training's class folders, the bundled examples and predict.py's folders all read this way."""
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
+    )
 
 
 def example_photos() -> list[Path]:

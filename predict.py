@@ -28,13 +28,15 @@ def figure_paths(image_paths: list[str], directory: Path) -> dict[str, Path]:
     """Where each image's figure goes: <image name>.png in `directory`. ValueError where a figure would overwrite
     one of the images, or two different images' figures each other, before anything is computed."""
     figures = {image: directory / f"{Path(image).stem}.png" for image in image_paths}
-    images = {Path(image).resolve(): image for image in image_paths}
+    resolved = {image: Path(image).resolve() for image in image_paths}
+    images = {path: image for image, path in resolved.items()}
     named = {}
     for image, figure in figures.items():
-        if figure.resolve() in images:
-            raise ValueError(f"the figure for {image} would overwrite {images[figure.resolve()]}")
-        other = named.setdefault(figure.resolve(), image)
-        if Path(other).resolve() != Path(image).resolve():  # the same photo named twice writes the same figure
+        target = figure.resolve()
+        if target in images:
+            raise ValueError(f"the figure for {image} would overwrite {images[target]}")
+        other = named.setdefault(target, image)
+        if resolved[other] != resolved[image]:  # the same photo named twice writes the same figure
             raise ValueError(f"the figures for {other} and {image} would both be {figure}")
     return figures
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for argument in args.images:
         if not Path(argument).is_dir():
             image_paths.append(argument)
-        elif found := images_in(Path(argument)):  # ImageFolder's extensions: examples/ without its SOURCE.md
+        elif found := images_in(Path(argument)):  # examples/ without its SOURCE.md
             image_paths += map(str, found)
         else:
             print(f"{argument}: error: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
