@@ -171,3 +171,37 @@ def test_the_first_start_notice_turns_into_the_app_by_itself(tmp_path, torch_hom
             assert shown == [url, url]  # the notice, then the app: never chromium's "This site can't be reached"
         finally:
             browser.close()
+
+
+# app.py whose first start's training fails a few seconds in, as torch does when memory runs out
+FAILING_TRAINING_APP = """import sys, time
+import app
+def fails():
+    time.sleep(4)
+    raise RuntimeError("DefaultCPUAllocator: not enough memory")
+app.train_default_head = fails
+app.main(sys.argv[1:])
+"""
+
+
+def test_a_first_start_whose_training_fails_says_so_then_shows_why(tmp_path, torch_home):
+    """The notice says the training failed instead of "Ready", then turns into the app, whose status gives the
+    fault and how to run the training on its own."""
+    from playwright.sync_api import expect, sync_playwright
+
+    clone = fresh_clone(tmp_path / "clone")
+    (clone / "failing_training_app.py").write_text(FAILING_TRAINING_APP)
+    environment = {"TORCH_HOME": str(torch_home), "FOODVISION_CHECKPOINT": "", "HF_HUB_OFFLINE": "1"}
+    with app_server(clone, env=environment, script="failing_training_app.py") as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.locator("#status")).to_contain_text("Starting: training the head")
+            expect(page.locator("#status")).to_contain_text("Training failed", timeout=30_000)
+            expect(page.locator("#status")).to_contain_text(
+                "Training the first head failed: RuntimeError: DefaultCPUAllocator: not enough memory", timeout=60_000
+            )
+            expect(page.locator("#status")).to_contain_text("python train_head.py")
+        finally:
+            browser.close()
