@@ -24,20 +24,34 @@ from serving import NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
 
 
+def file_key(path: Path) -> tuple[int, int] | str:
+    """One key per file: its device and inode where it exists, so that links, and names in another case on a file
+    system that ignores case (macOS, Windows), are the file they name; else its resolved path."""
+    try:
+        status = path.stat()
+    except OSError:
+        return str(path.resolve())
+    return status.st_dev, status.st_ino
+
+
 def figure_paths(image_paths: list[str], directory: Path) -> dict[str, Path]:
     """Where each image's figure goes: <image name>.png in `directory`. ValueError where a figure would overwrite
-    one of the images, or two different images' figures each other, before anything is computed."""
+    one of the images, or two different images' figures each other, before anything is computed. Figure names that
+    differ only in case clash too: they are one file on macOS and Windows."""
     figures = {image: directory / f"{Path(image).stem}.png" for image in image_paths}
-    resolved = {image: Path(image).resolve() for image in image_paths}
-    images = {path: image for image, path in resolved.items()}
+    images = {file_key(Path(image)): image for image in image_paths}
     named = {}
     for image, figure in figures.items():
-        target = figure.resolve()
-        if target in images:
-            raise ValueError(f"the figure for {image} would overwrite {images[target]}")
-        other = named.setdefault(target, image)
-        if resolved[other] != resolved[image]:  # the same photo named twice writes the same figure
-            raise ValueError(f"the figures for {other} and {image} would both be {figure}")
+        if (photo := images.get(file_key(figure))) is not None:
+            raise ValueError(f"the figure for {image} would overwrite {photo}")
+        other = named.setdefault(str(figure.resolve()).casefold(), image)
+        if file_key(Path(other)) != file_key(Path(image)):  # the same photo named twice writes the same figure
+            if figures[other] == figure:
+                raise ValueError(f"the figures for {other} and {image} would both be {figure}")
+            raise ValueError(
+                f"the figures for {other} and {image}, {figures[other].name} and {figure.name}, would be one file "
+                "where case is ignored (macOS, Windows)"
+            )
     return figures
 
 

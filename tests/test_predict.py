@@ -1,5 +1,6 @@
 """predict.py: the served prediction on the command line, one line per photo, a clear error per unusable file."""
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -55,9 +56,15 @@ def test_figures_never_overwrite_the_photos_or_each_other(tmp_path, capsys):
         (tmp_path / folder).mkdir()
         shutil.copy(EXAMPLES[0], tmp_path / folder / "dinner.png")
     photo, namesake = str(tmp_path / "a" / "dinner.png"), str(tmp_path / "b" / "dinner.png")
+    shutil.copy(EXAMPLES[0], tmp_path / "b" / "Dinner.jpg")
+    (tmp_path / "linked").mkdir()
+    os.link(photo, tmp_path / "linked" / "dinner.png")  # the photo under a second name, as a case-blind system has it
+    other_case = str(tmp_path / "b" / "Dinner.jpg")
     for images, figures, message in (
         ([photo], tmp_path / "a", f"the figure for {photo} would overwrite {photo}"),
+        ([photo], tmp_path / "linked", f"the figure for {photo} would overwrite {photo}"),
         ([photo, namesake], tmp_path / "out", f"the figures for {photo} and {namesake} would both be"),
+        ([photo, other_case], tmp_path / "out", "dinner.png and Dinner.png, would be one file where case is ignored"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             predict.main([*images, "--figures", str(figures)])
