@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hub import CHECKPOINT_VARIABLE, HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
+from hub import CHECKPOINT_VARIABLE, EXAMPLES_FOLDER, HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
 
 try:
     from huggingface_hub import SpaceHardware
@@ -49,7 +49,6 @@ ENTRY_POINT = "app.py"  # what the Space runs; every uploaded module is one it r
 # Folders never uploaded: only top-level modules and examples/ are collected. The list is used to delete them from
 # Spaces made by an earlier `hf upload . .`.
 LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts")
-EXAMPLES_DIR = "examples"  # the photos under the upload box (and SOURCE.md, their credits)
 # The Space installs the first; the second's front matter configures it (SDK, Python version, app file).
 SPACE_CONFIG_FILES = ("requirements.txt", "README.md")
 REQUIRED_FILES = (ENTRY_POINT, *SPACE_CONFIG_FILES)
@@ -149,8 +148,8 @@ def space_files(app_dir: Path) -> list[str]:
             "Run deploy.py from the project, or point --app-dir at it."
         )
     examples = [
-        f"{EXAMPLES_DIR}/{path.name}"
-        for path in (app_dir / EXAMPLES_DIR).glob("*")
+        f"{EXAMPLES_FOLDER}/{path.name}"
+        for path in (app_dir / EXAMPLES_FOLDER).glob("*")
         if path.is_file() and not path.name.startswith(".")
     ]
     config = [name for name in SPACE_CONFIG_FILES if (app_dir / name).is_file()]
@@ -196,7 +195,7 @@ def is_stale(remote_path: str, files: list[str]) -> bool:
         return False
     top = remote_path.split("/", 1)[0]
     is_top_level_module = "/" not in remote_path and remote_path.endswith(".py")
-    return is_top_level_module or top == EXAMPLES_DIR or top in LOCAL_ONLY_FOLDERS
+    return is_top_level_module or top == EXAMPLES_FOLDER or top in LOCAL_ONLY_FOLDERS
 
 
 def space_requirements(app_dir: Path) -> bytes:

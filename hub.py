@@ -1,6 +1,6 @@
-"""What a Hugging Face Hub repo id looks like, which files make a head checkpoint, and what a Space tells the app: the
-facts classifier.py (which reads and pushes checkpoints), train_head.py, options.py, app.py and deploy.py (which plans
-a Space without importing torch) share."""
+"""What a Hugging Face Hub repo id looks like, which files make a head checkpoint and a Space, and what a Space tells
+the app: the facts classifier.py (which reads and pushes checkpoints), train_head.py, options.py, app.py, images.py
+and deploy.py (which plans a Space without importing torch) share."""
 
 import argparse
 import os
@@ -11,6 +11,7 @@ WEIGHTS_FILE = "model.safetensors"  # the head's tensors
 CONFIG_FILE = "config.json"  # the config and class names that rebuild the model, and its training records
 HEAD_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the head the app serves by default: a Space variable, or the shell's
+EXAMPLES_FOLDER = "examples"  # the real photos under the upload box (SOURCE.md credits them): in a clone and a Space
 
 
 def on_zero_gpu() -> bool:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hub import EXAMPLES_FOLDER
+
 # About 67 megapixels: above any phone or consumer camera. Checked on the header, before any
 # pixel is decoded, so a small file declaring a huge canvas (a decompression bomb) costs nothing.
 # Pillow's own guard (Image.MAX_IMAGE_PIXELS, 89 MP warning, 179 MP error) stays in place behind it.
@@ -27,7 +29,7 @@ MAX_PIXELS = 8192 * 8192
 # phone panoramas (about 4:1 to 10:1) and bounds the resized long side at 20 x 256 pixels.
 MAX_ASPECT_RATIO = 20
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # real photos bundled with the app (SOURCE.md)
+EXAMPLES_DIR = Path(__file__).resolve().parent / EXAMPLES_FOLDER
 # torchvision's ImageFolder list, so a folder reads the same here and there.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
