@@ -8,6 +8,7 @@ Face Hub model repo (`user/foodvision-mini`). No pickle is involved: safetensors
 
 import hashlib
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -157,15 +158,30 @@ def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_replaceable(directory: Path) -> None:
-    """CheckpointError unless save_head may write `directory`: missing, empty, or an earlier checkpoint. Training
-    checks it first too, so that a mistyped --output fails before minutes of work, not after."""
+    """CheckpointError unless save_head may write `directory`: missing, empty, or an earlier head checkpoint (its
+    config names the backbone, so a train_vit.py run or another model's folder is never taken for one), in a folder
+    this process can write in. Training checks it first too, so that a mistyped --output fails before minutes of
+    work, not after."""
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file; the checkpoint is written as a folder. Choose another one.")
-    if directory.exists() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
+    if directory.is_dir() and any(directory.iterdir()) and not is_head_checkpoint(directory):
         raise CheckpointError(
-            f"{directory} already exists and is not a checkpoint folder (it has no {CONFIG_FILE}); "
-            "refusing to replace it. Choose another output folder."
+            f"{directory} already exists and is not a checkpoint folder of train_head.py's (it has no {CONFIG_FILE} "
+            f"naming the {BACKBONE} backbone); refusing to replace it. Choose another output folder."
         )
+    nearest = next(folder for folder in directory.parents if folder.exists())  # where replace_folder writes first
+    if not nearest.is_dir():
+        raise CheckpointError(f"{nearest} is a file, so no folder {directory} can be made. Choose another one.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{nearest} is not writable by this user, so {directory} cannot be written there.")
+
+
+def is_head_checkpoint(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("backbone") == BACKBONE
 
 
 def save_head(

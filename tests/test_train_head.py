@@ -149,6 +149,9 @@ def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys)
     unrelated = tmp_path / "notes"
     unrelated.mkdir()
     (unrelated / "todo.txt").write_text("keep me")
+    vit_run = tmp_path / "vit-from-scratch"  # train_vit.py's output: a config.json, but no head's
+    vit_run.mkdir()
+    (vit_run / CONFIG_FILE).write_text(json.dumps({"vit_config": {}, "class_names": ["pizza"], "epoch": 3}))
     nowhere = f"http://127.0.0.1:{free_port()}/pizza_steak_sushi.zip"
     common = ["--dataset-url", nowhere, "--download-dir", str(tmp_path / "data")]
     with pytest.raises(SystemExit) as exit_info:
@@ -159,10 +162,13 @@ def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys)
         (["--lr", "nan", "--output", str(tmp_path / "new")], "lr must be a positive number, got nan"),
         (["--output", str(unrelated)], f"{unrelated} already exists and is not a checkpoint folder"),
         (["--output", str(unrelated / "todo.txt")], f"{unrelated / 'todo.txt'} is a file"),
+        (["--output", str(unrelated / "todo.txt" / "head")], f"{unrelated / 'todo.txt'} is a file, so no folder"),
+        (["--output", str(vit_run)], f"{vit_run} already exists and is not a checkpoint folder of train_head.py's"),
     ):
         assert train_head.main([*common, *mistake]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and (unrelated / "todo.txt").read_text() == "keep me"
+    assert json.loads((vit_run / CONFIG_FILE).read_text())["epoch"] == 3
 
 
 def test_the_backbone_pass_takes_the_cpus_batch_on_the_cpu_and_the_heads_on_a_gpu():
