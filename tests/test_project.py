@@ -6,9 +6,11 @@ import deploy
 from standins import REPO
 
 # Lowest first. A module imports only modules of lower layers, so the code reads from the bottom up without cycles:
-# the paper and the building blocks, then the served classifier and its training, then the page and the tools.
+# the shared names, the paper and the building blocks, then the served classifier and its training, then the page
+# and the tools.
 LAYERS = (
-    {"model", "images", "devices", "outputs", "hub", "outliers", "fewshot"},
+    {"hub"},  # the names the app, its training and deploy.py share (deploy.py imports no torch)
+    {"model", "images", "devices", "outputs", "outliers", "fewshot"},
     {"onnx_engine"},
     {"figures", "classifier", "data"},
     {"inference"},
