@@ -8,7 +8,6 @@ Face Hub model repo (`user/foodvision-mini`). No pickle is involved: safetensors
 
 import hashlib
 import json
-import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from torch import nn
 from hub import CONFIG_FILE, WEIGHTS_FILE, is_repo_id
 from outliers import PREFIX as OUTLIERS
 from outliers import OutlierScore, OutlierScoreError
-from outputs import replace_folder, write_atomically
+from outputs import replace_folder, why_not_writable, write_atomically
 
 BACKBONE = "vit_b_16"  # the only backbone build_feature_extractor builds
 PRETRAINED = torchvision.models.ViT_B_16_Weights  # every published vit_b_16 weights file, with its metadata
@@ -162,18 +161,13 @@ def check_replaceable(directory: Path) -> None:
     config names the backbone, so a train_vit.py run or another model's folder is never taken for one), in a folder
     this process can write in. Training checks it first too, so that a mistyped --output fails before minutes of
     work, not after."""
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory} is a file; the checkpoint is written as a folder. Choose another one.")
+    if problem := why_not_writable(directory):
+        raise CheckpointError(f"{problem}. Choose another output folder.")
     if directory.is_dir() and any(directory.iterdir()) and not is_head_checkpoint(directory):
         raise CheckpointError(
             f"{directory} already exists and is not a checkpoint folder of train_head.py's (it has no {CONFIG_FILE} "
             f"naming the {BACKBONE} backbone); refusing to replace it. Choose another output folder."
         )
-    nearest = next(folder for folder in directory.parents if folder.exists())  # where replace_folder writes first
-    if not nearest.is_dir():
-        raise CheckpointError(f"{nearest} is a file, so no folder {directory} can be made. Choose another one.")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise CheckpointError(f"{nearest} is not writable by this user, so {directory} cannot be written there.")
 
 
 def is_head_checkpoint(directory: Path) -> bool:

@@ -15,6 +15,19 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
+def why_not_writable(directory: Path) -> str | None:
+    """Why no folder `directory` can be written, or None: where it must be made, the nearest folder that exists has
+    to be a folder this user can write in. Checked before training, so a mistyped output fails before the work."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is a file; the output is written as a folder"
+    nearest = next(folder for folder in directory.parents if folder.exists())  # where the first write lands
+    if not nearest.is_dir():
+        return f"{nearest} is a file, so no folder {directory} can be made"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{nearest} is not writable by this user, so {directory} cannot be written there"
+    return None
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` written beside `path`, then renamed over it: a crash never leaves a half-written file."""
     temporary = path.with_name(f".{path.name}.tmp")

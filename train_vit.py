@@ -22,7 +22,8 @@ one image trained alone at full learning rate).
 
 Expect little from a ViT-B/16 trained on 225 photos: Section 4.2 shows ViTs overtake ResNets only with 14M-300M
 pre-training images. The output folder holds model.safetensors + config.json (ViTConfig and class names: enough to
-rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json and loss_curves.png.
+rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json and loss_curves.png. A
+new run needs a new or empty output folder, so it never writes over another run's or a trained head's files.
 """
 
 import argparse
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from data import DATASET_URLS, DEFAULT_ROOT, DEFAULT_SPLIT, DatasetError, ImageDataset, prepare_dataset
 from devices import default_device, resolve_device
 from model import VIT_CONFIGS, ViT, ViTConfig
-from outputs import epoch_line, plot_curves, write_atomically
+from outputs import epoch_line, plot_curves, why_not_writable, write_atomically
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "runs" / "vit-from-scratch"
 
@@ -82,7 +83,12 @@ RESUME_FLAGS = (
     "hflip",
     "augment",
     "seed",
+    "split",
 )
+# Flags that change how a run is computed, not what: --resume continues with other values, and says the run is then
+# not the uninterrupted one bit for bit (each loader process draws its own augmentations)
+DRIFT_FLAGS = ("workers",)
+STATE_FILE = "train_state.safetensors"  # what --resume reads: the model, the optimizer and the history, in one file
 # The optimisation flags each preset sets (module docstring); Table 3 gives ViT-B's ImageNet row.
 PRESETS = {
     "course": dict(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.1, warmup_steps=10, dropout=0.1),
@@ -299,7 +305,7 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
         return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
 
 
-def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args) -> None:
+def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args, setup: dict) -> None:
     """model.safetensors + config.json: the trained model, rebuilt by load_checkpoint alone.
     train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
     the previous epoch's state whole. No pickle: the optimizer's tensors are stored as
@@ -308,6 +314,7 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
     weights, optimizer_state = model.state_dict(), optimizer.state_dict()
     flags = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
     config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history), "args": flags}
+    config["setup"] = setup  # what the flags leave to the machine
     tensors = {f"model.{name}": value for name, value in weights.items()}
     for index, entry in optimizer_state["state"].items():
         tensors |= {f"optimizer.{index}.{name}": value for name, value in entry.items()}
@@ -316,7 +323,7 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "history": json.dumps(history),
     }
-    write_atomically(out_dir / "train_state.safetensors", save(tensors, metadata))
+    write_atomically(out_dir / STATE_FILE, save(tensors, metadata))
     write_atomically(out_dir / "model.safetensors", save(weights))
     write_atomically(out_dir / "config.json", json.dumps(config, indent=2).encode())
     write_atomically(out_dir / "metrics.json", json.dumps(history, indent=2).encode())
@@ -336,11 +343,12 @@ def load_checkpoint(directory) -> tuple[ViT, dict]:
     return model.eval(), config
 
 
-def resume(args, model: ViT, optimizer, class_names: list) -> list:
-    """Load train_state.safetensors of the run in --output into the freshly built model and
-    optimizer; returns the metrics history, whose length is the number of completed epochs."""
+def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple[list, list[str]]:
+    """Load train_state.safetensors of the run in --output into the freshly built model and optimizer; returns the
+    metrics history, whose length is the number of completed epochs, and what differs from the run's start in how it
+    is computed (DRIFT_FLAGS, and `setup`: the process count and bf16 autocast)."""
     out_dir = args.output
-    path = out_dir / "train_state.safetensors"
+    path = out_dir / STATE_FILE
     try:
         tensors, metadata = read_safetensors(path)
         config, history = json.loads(metadata["config"]), json.loads(metadata["history"])
@@ -374,7 +382,35 @@ def resume(args, model: ViT, optimizer, class_names: list) -> list:
     weights = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
     model.load_state_dict(weights)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
-    return history
+    drift = [
+        f"--{name} {started_with[name]} (now {getattr(args, name)})"
+        for name in DRIFT_FLAGS
+        if name in started_with and started_with[name] != getattr(args, name)
+    ]
+    drift += [
+        f"{name} {value} (now {setup[name]})"
+        for name, value in config.get("setup", {}).items()
+        if value != setup.get(name)
+    ]
+    return history, drift
+
+
+def check_output(output: Path, resuming: bool) -> None:
+    """TrainingError unless a run may write `output`, before any download: a run to resume (resume checks it), or a
+    new or empty folder, so that a new run never writes over another run's files, a trained head or anything else."""
+    if problem := why_not_writable(output):
+        raise TrainingError(f"--output: {problem}")
+    if resuming:
+        return
+    if (output / STATE_FILE).exists():
+        raise TrainingError(
+            f"{output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh"
+        )
+    if output.is_dir() and (names := sorted(path.name for path in output.iterdir())):
+        raise TrainingError(
+            f"{output} already holds files that are no run of train_vit.py's ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}); pick a new or empty --output"
+        )
 
 
 def train(args) -> list:
@@ -392,6 +428,7 @@ def train(args) -> list:
         config = replace(VIT_CONFIGS[args.model], **overrides)  # checked before any download
     except ValueError as error:
         raise TrainingError(f"bad model configuration: {error}") from error
+    check_output(args.output, args.resume)
     if rank != 0:
         dist.barrier()  # rank 0 downloads and extracts first; the others then find the folder in place
     dataset_dir = prepare_dataset(args.data_dir, split=args.split, url=args.dataset_url, root=args.download_dir)
@@ -423,17 +460,19 @@ def train(args) -> list:
         )
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     autocast = bf16_autocast(args.amp, device)
+    # what the flags leave to the machine: the data's sharding over processes, and the arithmetic
+    setup = {"processes": world_size, "bf16_autocast": bool(autocast)}
 
     history = []
     if args.resume:
-        history = resume(args, model, optimizer, class_names)
+        history, drift = resume(args, model, optimizer, class_names, setup)
         if rank == 0:
             print(f"resuming {args.output} after epoch {len(history)}")
-    elif (args.output / "train_state.safetensors").exists():
-        raise TrainingError(
-            f"{args.output} already holds a checkpoint; continue it with --resume, or pick another --output to "
-            "start afresh"
-        )
+        if rank == 0 and drift:
+            print(
+                f"note: the run started with {', '.join(drift)}: it continues with the same schedule, but not bit for "
+                "bit as it would have run uninterrupted"
+            )
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     if rank == 0:
         print(
@@ -478,7 +517,7 @@ def train(args) -> list:
         )
         if rank == 0:
             print(epoch_line(history[-1]))
-            save_checkpoint(args.output, model, optimizer, class_names, history, args)
+            save_checkpoint(args.output, model, optimizer, class_names, history, args, setup)
             write_atomically(args.output / "loss_curves.png", plot_curves(history))
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)

@@ -285,11 +285,26 @@ def test_missing_or_broken_data_is_one_clear_error(tmp_path, capsys):
     assert "has no test/ folder" in capsys.readouterr().err
 
 
+def test_a_new_run_never_writes_over_files_already_there(trained_run, tmp_path, capsys):
+    """Refused before the data is read (the data folder here does not exist)."""
+    head = tmp_path / "foodvision-mini"
+    head.mkdir()
+    (head / "model.safetensors").write_bytes(b"a trained head")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for output, message in (
+        (trained_run, "already holds a checkpoint; continue it with --resume"),
+        (head, f"{head} already holds files that are no run of train_vit.py's (model.safetensors)"),
+        (tmp_path / "notes.txt", "--output: " + f"{tmp_path / 'notes.txt'} is a file"),
+        (tmp_path / "notes.txt" / "run", f"{tmp_path / 'notes.txt'} is a file, so no folder"),
+    ):
+        assert train_vit.main(tiny_run(tmp_path / "nowhere", output)) == 1
+        assert message in capsys.readouterr().err
+    assert (head / "model.safetensors").read_bytes() == b"a trained head"
+
+
 def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_dataset, tmp_path, capsys):
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "empty"), "--resume"]) == 1
     assert "drop --resume to start afresh" in capsys.readouterr().err
-    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, trained_run)) == 1
-    assert "already holds a checkpoint; continue it with --resume" in capsys.readouterr().err
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, trained_run), "--hidden-dim", "64", "--resume"]) == 1
     assert "pass the flags of the original run" in capsys.readouterr().err
     changed = [
@@ -311,6 +326,10 @@ def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_d
     assert "started with --epochs 15 (now 20), --lr 0.003 (now 0.01), --schedule cosine (now linear);" in error
     assert "Pass the original flags to continue it, or drop --resume" in error
     assert len(json.loads((trained_run / "metrics.json").read_text())) == 15  # nothing was trained or saved
+    # how the run is computed may change, and the run says it is no longer the uninterrupted one bit for bit
+    resumed = [*tiny_run(pizza_steak_sushi_dataset, trained_run), "--epochs", "15", *changed[-4:], "--resume"]
+    assert train_vit.main(resumed) == 0
+    assert "started with --workers 0 (now 1), bf16_autocast False (now True): it continues" in capsys.readouterr().out
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "train_state.safetensors").write_bytes(b"not a safetensors file")
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "corrupt"), "--resume"]) == 1
