@@ -258,11 +258,17 @@ def train_head(
         raise ValueError(f"lr must be a positive number, got {lr}")
     check_replaceable(Path(output_dir))
     device = str(resolve_device(device))
+    ood_set = PhotoFolder(ood_dir) if ood_dir is not None else None  # before the download, so a typo costs nothing
     dataset_dir = prepare_dataset(data_dir, split, dataset_url, download_dir)
     train_set = ImageDataset(dataset_dir, "train")
     test_set = ImageDataset(dataset_dir, "test")
-    ood_set = PhotoFolder(ood_dir) if ood_dir is not None else None
     class_names = train_set.class_names
+    if len(train_set) <= len(class_names):  # before the backbone pass, which outliers.fit comes after
+        raise DatasetError(
+            f"{dataset_dir / 'train'} holds {len(train_set)} photos for {len(class_names)} classes. The outlier score "
+            "is fitted to how each class's photos vary about their mean, so at least one class needs two or more; "
+            "add photos."
+        )
     torch.manual_seed(seed)  # the new head's initialisation
     model, transforms = build_feature_extractor(weights, class_names)
     train_set.transform = test_set.transform = transforms

@@ -17,7 +17,7 @@ from PIL import Image
 import train_head
 from classifier import CONFIG_FILE, build_feature_extractor, load_classifier, load_outlier_score
 from data import load_image
-from standins import free_port
+from standins import free_port, write_food_dataset
 
 # Chance is 1/3; standins' seeded data and random backbone give a head far above this bar. The margin
 # allows for other torch builds' rounding, not for a head that fails.
@@ -169,6 +169,19 @@ def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys)
         assert message in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and (unrelated / "todo.txt").read_text() == "keep me"
     assert json.loads((vit_run / CONFIG_FILE).read_text())["epoch"] == 3
+
+
+def test_a_photo_a_class_and_a_mistyped_ood_folder_fail_before_the_backbone_pass(tmp_path, capsys):
+    """Both are refused before the weights load: one photo a class leaves the outlier score nothing to fit, which
+    outliers.fit found only after the backbone pass and the head's training, and then saved nothing."""
+    dataset = write_food_dataset(tmp_path / "one-each", 1, 1)
+    assert train_head.main(["--data-dir", str(dataset), "--output", str(tmp_path / "head")]) == 1
+    assert "holds 3 photos for 3 classes. The outlier score is fitted to how" in capsys.readouterr().err
+    nowhere = f"http://127.0.0.1:{free_port()}/pizza_steak_sushi.zip"
+    flags = ["--dataset-url", nowhere, "--download-dir", str(tmp_path / "data"), "--ood-dir", str(tmp_path / "no")]
+    assert train_head.main(flags) == 1
+    assert f"{tmp_path / 'no'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "head").exists() and not (tmp_path / "data").exists()
 
 
 def test_the_backbone_pass_takes_the_cpus_batch_on_the_cpu_and_the_heads_on_a_gpu():
