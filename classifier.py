@@ -22,19 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from hub import CONFIG_FILE, WEIGHTS_FILE, is_repo_id
+from hub import BACKBONE, CONFIG_FILE, REQUIRED_KEYS, WEIGHTS_FILE, head_config_problem, is_repo_id
 from outliers import PREFIX as OUTLIERS
 from outliers import OutlierScore, OutlierScoreError
 from outputs import replace_folder, why_not_writable, write_atomically
 
-BACKBONE = "vit_b_16"  # the only backbone build_feature_extractor builds
 PRETRAINED = torchvision.models.ViT_B_16_Weights  # every published vit_b_16 weights file, with its metadata
 WEIGHTS_NAMES = tuple(weights.name for weights in PRETRAINED)  # iteration skips the DEFAULT alias
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"  # the course's
 DEFAULT_CLASS_NAMES = ("pizza", "steak", "sushi")
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "foodvision-mini"
-# config.json keys that loading needs; everything else (metrics, data) is a record for people.
-REQUIRED_KEYS = ("backbone", "weights", "image_size", "class_names")
 # The optional records that loading, the page and the model card read, with the keys they read. A head from before a
 # record has none; an int8 record without "setup" says why nothing was measured.
 RECORD_KEYS = {
@@ -163,19 +160,11 @@ def check_replaceable(directory: Path) -> None:
     work, not after."""
     if problem := why_not_writable(directory):
         raise CheckpointError(f"{problem}. Choose another output folder.")
-    if directory.is_dir() and any(directory.iterdir()) and not is_head_checkpoint(directory):
+    if directory.is_dir() and any(directory.iterdir()) and (problem := head_config_problem(directory)):
         raise CheckpointError(
-            f"{directory} already exists and is not a checkpoint folder of train_head.py's (it has no {CONFIG_FILE} "
-            f"naming the {BACKBONE} backbone); refusing to replace it. Choose another output folder."
+            f"{directory} already exists and is not a checkpoint folder of train_head.py's ({problem}); refusing to "
+            "replace it. Choose another output folder."
         )
-
-
-def is_head_checkpoint(directory: Path) -> bool:
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("backbone") == BACKBONE
 
 
 def save_head(

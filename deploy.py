@@ -35,7 +35,15 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hub import CHECKPOINT_VARIABLE, EXAMPLES_FOLDER, HEAD_FILES, is_repo_id, repo_id_argument, repo_id_problem
+from hub import (
+    CHECKPOINT_VARIABLE,
+    EXAMPLES_FOLDER,
+    HEAD_FILES,
+    head_config_problem,
+    is_repo_id,
+    repo_id_argument,
+    repo_id_problem,
+)
 
 try:
     from huggingface_hub import SpaceHardware
@@ -257,9 +265,9 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
     folder = Path(args.checkpoint).expanduser()
     if folder.is_dir():
         missing = [name for name in HEAD_FILES if not (folder / name).is_file()]
-        if missing:
+        if problem := (f"{', '.join(missing)} missing" if missing else head_config_problem(folder)):
             raise DeployError(
-                f"{folder} is not a head checkpoint: {', '.join(missing)} missing. "
+                f"{folder} is not a head checkpoint: {problem}. "
                 "Train one with `python train_head.py`, then pass its output folder to --checkpoint."
             )
         files = sorted(

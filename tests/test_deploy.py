@@ -3,6 +3,7 @@ the way huggingface.co does (as read from huggingface_hub 2.4.0's source) and re
 the tests see exactly what would be created, uploaded and set, and in which order. No real network."""
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -61,7 +62,14 @@ APP_FILES = {  # the fake project: what a deploy must upload, and what must stay
     "tests/test_x.py": "def test(): ...\n",
     "benchmarks/b.py": "# benchmark\n",
     "data/x.zip": "zip",
-    "checkpoints/foodvision-mini/config.json": '{"class_names": ["pizza", "steak", "sushi"]}',
+    "checkpoints/foodvision-mini/config.json": json.dumps(
+        {
+            "backbone": "vit_b_16",
+            "weights": "IMAGENET1K_V1",
+            "image_size": 224,
+            "class_names": ["pizza", "steak", "sushi"],
+        }
+    ),
     "checkpoints/foodvision-mini/model.safetensors": "weights",
     "runs/log.txt": "training log",
 }
@@ -292,6 +300,21 @@ def test_a_head_repo_name_too_long_for_the_hub_asks_for_head_repo(hub, app_dir, 
     checkpoint = app_dir / "checkpoints" / "foodvision-mini"
     code = deploy.main([space, "--app-dir", str(app_dir), "--checkpoint", str(checkpoint)])
     assert_failed_cleanly(capsys, code, f"The head's model repo {space}-head", "--head-repo USER/NAME")
+    assert hub.requests == []
+
+
+def test_a_folder_that_is_no_head_checkpoint_is_refused_before_anything_runs(hub, app_dir, capsys):
+    """train_vit.py's run has both file names, and a 1 GB optimizer state beside them: the Space would then fail to
+    start on it."""
+    run = app_dir / "runs" / "vit-from-scratch"
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_text("weights")
+    (run / "config.json").write_text(json.dumps({"vit_config": {}, "class_names": ["pizza", "steak", "sushi"]}))
+    code = deploy.main([SPACE, "--app-dir", str(app_dir), "--checkpoint", str(run)])
+    assert_failed_cleanly(capsys, code, f"{run} is not a head checkpoint: its config.json does not name the vit_b_16")
+    (run / "config.json").write_text('{"backbone": "vit_b_16", "class_names": ["pizza"')
+    code = deploy.main([SPACE, "--app-dir", str(app_dir), "--checkpoint", str(run)])
+    assert_failed_cleanly(capsys, code, f"{run} is not a head checkpoint: its config.json cannot be read")
     assert hub.requests == []
 
 
