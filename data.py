@@ -12,6 +12,7 @@ Unreadable images are not skipped: all of them are listed in one error, because 
 silently smaller dataset would make the recorded metrics and data description wrong.
 """
 
+import hashlib
 import tempfile
 import urllib.error
 import urllib.request
@@ -66,12 +67,19 @@ def prepare_dataset(
         if split not in DATASET_URLS:
             raise DatasetError(f"Unknown split {split!r}: choose one of {', '.join(DATASET_URLS)}.")
         url = DATASET_URLS[split]
-    dataset_dir = Path(root) / Path(urlparse(url).path).stem
+    dataset_dir = Path(root) / download_name(url)
     if not dataset_dir.is_dir():
         download_dataset(url, dataset_dir)
     check_source(dataset_dir, url)
     check_dataset(dataset_dir)
     return dataset_dir
+
+
+def download_name(url: str) -> str:
+    """The folder a download of `url` is kept in: the zip's file name without .zip, or, where the URL's path names no
+    file (https://host/?id=...), one from the URL's hash, so that it is never the download folder itself or above."""
+    name = Path(urlparse(url).path).stem
+    return name if name not in ("", ".", "..") else f"download-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
 def check_source(dataset_dir: Path, url: str) -> None:

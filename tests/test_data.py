@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import train_head
-from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, prepare_dataset
+from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, download_name, prepare_dataset
 from standins import free_port
 
 
@@ -57,6 +57,16 @@ def test_download_extracts_and_reuses_the_dataset(serve_bytes, dataset_zip, pizz
     assert sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*.jpg")) == originals
     serve_bytes("pizza_steak_sushi.zip", b"", claimed_length=0)  # a second download would now fail
     assert prepare_dataset(url=url, root=tmp_path) == dataset_dir
+
+
+def test_a_url_whose_path_names_no_file_gets_a_folder_of_its_own(serve_bytes, dataset_zip, tmp_path):
+    """Not the download folder itself, where "delete it to download again" would delete every other download."""
+    (tmp_path / "pizza_steak_sushi").mkdir()
+    url = serve_bytes("?file=pizza_steak_sushi.zip", dataset_zip)
+    dataset_dir = prepare_dataset(url=url, root=tmp_path)
+    assert dataset_dir.parent == tmp_path and dataset_dir.name.startswith("download-")
+    assert class_names_of(dataset_dir) == ["pizza", "steak", "sushi"]
+    assert download_name("https://example.com/a/..") != ".."
 
 
 def test_another_url_with_the_same_file_name_is_not_answered_with_the_earlier_download(
