@@ -13,6 +13,7 @@ silently smaller dataset would make the recorded metrics and data description wr
 """
 
 import hashlib
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -25,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 from tqdm.auto import tqdm
 
-from images import IMAGE_EXTENSIONS, ImageError, images_in, is_hidden, load_rgb
+from images import IMAGE_EXTENSIONS, ImageError, images_in, is_hidden, left_out_of, load_rgb
 
 # The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
 # 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
@@ -62,6 +63,7 @@ def prepare_dataset(
                 "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
             )
         check_dataset(dataset_dir)
+        note_left_out(dataset_dir)
         return dataset_dir
     if url is None:
         if split not in DATASET_URLS:
@@ -72,6 +74,7 @@ def prepare_dataset(
         download_dataset(url, dataset_dir)
     check_source(dataset_dir, url)
     check_dataset(dataset_dir)
+    note_left_out(dataset_dir)
     return dataset_dir
 
 
@@ -248,6 +251,21 @@ def check_dataset(dataset_dir: Path) -> None:
     once so they can be fixed in one go."""
     class_names = class_names_of(dataset_dir)
     check_images([path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)], dataset_dir)
+
+
+def note_left_out(dataset_dir: Path, shown: int = 10) -> None:
+    """Name on stderr the files in class folders that are not read for their extension, so that no photo is left out
+    of the training and its recorded metrics without a word."""
+    class_names = class_names_of(dataset_dir)
+    left_out = [path for subset in SUBSETS for name in class_names for path in left_out_of(dataset_dir / subset / name)]
+    if left_out:
+        names = ", ".join(str(path.relative_to(dataset_dir)) for path in left_out[:shown])
+        more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
+        print(
+            f"note: {len(left_out)} file(s) in the class folders are not read, as their extensions are not among "
+            f"{', '.join(IMAGE_EXTENSIONS)}: {names}{more}. Convert photos among them (to .jpg) to train on them.",
+            file=sys.stderr,
+        )
 
 
 def check_images(paths: list[Path], folder: Path) -> None:

@@ -69,6 +69,18 @@ def test_a_url_whose_path_names_no_file_gets_a_folder_of_its_own(serve_bytes, da
     assert download_name("https://example.com/a/..") != ".."
 
 
+def test_files_left_out_for_their_extension_are_named(pizza_steak_sushi_dataset, tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    shutil.copytree(pizza_steak_sushi_dataset, dataset)
+    photo = next((dataset / "train" / "pizza").glob("*.jpg"))
+    photo.rename(photo.with_suffix(".jfif"))  # what Chrome on Windows often saves a JPEG as
+    (dataset / "test" / "sushi" / ".DS_Store").write_bytes(b"debris")
+    assert prepare_dataset(dataset) == dataset
+    note = capsys.readouterr().err
+    assert "note: 1 file(s) in the class folders are not read, as their extensions are not among .jpg" in note
+    assert f"{Path('train', 'pizza', photo.with_suffix('.jfif').name)}. Convert photos" in note
+
+
 def test_another_url_with_the_same_file_name_is_not_answered_with_the_earlier_download(
     serve_bytes, dataset_zip, tmp_path, capsys
 ):
