@@ -201,6 +201,14 @@ def evaluate_features(
     return outlier_score, {"outliers": report, "fewshot": few_shot}
 
 
+def data_source(data_dir: str | Path | None, dataset_url: str | None, split: str) -> str:
+    """Where the photos came from, as the published config and model card say it: a local folder by its name only,
+    as its path names the user's home."""
+    if data_dir is not None:
+        return f"a local folder, {Path(data_dir).resolve().name}"
+    return dataset_url or DATASET_URLS[split]
+
+
 def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:
     """Per-class accuracy, confusion matrix (rows: true class, columns: predicted class), the
     test images predicted wrong with the highest probability, and every test prediction."""
@@ -313,7 +321,7 @@ def train_head(
             head_parameters=trainable_parameters(model),
         ),
         data=dict(
-            source=str(data_dir) if data_dir is not None else (dataset_url or DATASET_URLS[split]),
+            source=data_source(data_dir, dataset_url, split),
             split=None if data_dir is not None or dataset_url else split,
             train_images=len(train_set),
             test_images=len(test_set),

@@ -198,6 +198,17 @@ def test_command_line_defaults_are_train_heads():
     assert parameters["weights"].default == inspect.signature(build_feature_extractor).parameters["weights"].default
 
 
+def test_a_local_dataset_is_recorded_by_its_name_not_the_path_that_names_the_user(
+    trained_head_checkpoint, head_dataset
+):
+    config = read_json(trained_head_checkpoint / CONFIG_FILE)
+    assert config["data"]["source"] == f"a local folder, {head_dataset.name}"
+    published = (trained_head_checkpoint / CONFIG_FILE).read_text() + (
+        trained_head_checkpoint / "README.md"
+    ).read_text()
+    assert str(head_dataset.parent) not in published
+
+
 def test_training_fits_the_outlier_score_and_measures_it_against_the_ood_folder(trained_head_checkpoint):
     """train_head.py --ood-dir: the relative Mahalanobis score, fitted on the cached training features, sets the
     threshold on the test split and reports AUROC and FPR at 95% TPR against the drawn non-food photos; the
