@@ -8,6 +8,7 @@ written beside its place and renamed into it. The per-epoch line and the loss/ac
 import contextlib
 import io
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,10 +30,40 @@ def why_not_writable(directory: Path) -> str | None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """`data` written beside `path`, then renamed over it: a crash never leaves a half-written file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    """`data` written beside `path` and flushed to the disk, then renamed over it: neither a crash nor a power cut
+    leaves a half-written file, and a failed write leaves no temporary file. The temporary name is this process's, so
+    two writers cannot write into each other's."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write_durably(temporary, data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """A new file holding `data`, on the disk when this returns: a rename that makes it visible cannot then outlive
+    its contents in a power cut (file systems may commit the rename first)."""
+    with open(path, "xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """The renames in `folder` on the disk. Windows cannot open a folder for this; there NTFS's journal keeps them."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems (network shares) refuse to sync a folder; the rename itself still happened
+    finally:
+        os.close(descriptor)
 
 
 def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Exception] = OSError) -> None:
@@ -45,10 +76,12 @@ def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Ex
     temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-new-"))
     try:
         for name, content in files.items():
-            (temp / name).write_bytes(content)
+            write_durably(temp / name, content)
         temp.chmod(0o755)  # mkdtemp makes it owner-only
+        sync_folder(temp)
         if not directory.exists():
             temp.rename(directory)
+            sync_folder(directory.parent)
             return
         # the old folder goes one level down in a fresh unique folder: a rename onto an existing
         # name would fail (or, for an empty folder, replace it)
@@ -68,6 +101,7 @@ def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Ex
             with contextlib.suppress(OSError):
                 aside.rmdir()  # empty now; rmdir never deletes a checkpoint
             raise
+        sync_folder(directory.parent)
         shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)

@@ -1,7 +1,9 @@
 """outputs.py: what training writes, whole or not at all, and its curves."""
 
 import io
+import os
 
+import pytest
 from PIL import Image
 
 from outputs import epoch_line, plot_curves, plot_fewshot, replace_folder, write_atomically
@@ -12,6 +14,20 @@ def test_an_atomic_write_leaves_the_file_and_no_temporary(tmp_path):
     write_atomically(target, b"first")
     write_atomically(target, b"second")
     assert target.read_bytes() == b"second" and [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_write_that_fails_leaves_the_earlier_file_and_no_temporary(tmp_path, monkeypatch):
+    """As a full disk fails it: the flush to the disk raises."""
+    target = tmp_path / "train_state.safetensors"
+    write_atomically(target, b"epoch 1")
+
+    def disk_full(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(target, b"epoch 2")
+    assert target.read_bytes() == b"epoch 1" and [path.name for path in tmp_path.iterdir()] == [target.name]
 
 
 def test_a_replaced_folder_holds_exactly_the_new_files(tmp_path):
