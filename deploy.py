@@ -12,8 +12,8 @@ checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that ap
 upload the app in a single commit, which also deletes files of earlier deploys that no longer belong.
 
 What it uploads is an include list: app.py and the project modules it imports, followed through their imports
-(space_modules), plus SPACE_CONFIG_FILES and examples/. A module the app comes to import is deployed without
-editing this script; a new script nothing imports stays home.
+(space_modules), plus SPACE_CONFIG_FILES, examples/ and the pictures README.md shows. A module the app comes to
+import is deployed without editing this script; a new script nothing imports stays home.
 Only huggingface_hub is needed: no torch import, so planning and tests are fast.
 """
 
@@ -56,7 +56,10 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 ENTRY_POINT = "app.py"  # what the Space runs; every uploaded module is one it reaches by imports
 # Folders never uploaded: only top-level modules and examples/ are collected. The list is used to delete them from
 # Spaces made by an earlier `hf upload . .`.
-LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts")
+LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts", ".ci")
+# A Markdown picture with a relative address, ![text](path "title"): the Space's card (README.md) shows them from the
+# Space's own files, so they are uploaded beside it
+CARD_PICTURE = re.compile(r"!\[[^\]]*\]\((?!\w+:|/|#)([^)\s]+)")
 # The Space installs the first; the second's front matter configures it (SDK, Python version, app file).
 SPACE_CONFIG_FILES = ("requirements.txt", "README.md")
 REQUIRED_FILES = (ENTRY_POINT, *SPACE_CONFIG_FILES)
@@ -161,7 +164,16 @@ def space_files(app_dir: Path) -> list[str]:
         if path.is_file() and not path.name.startswith(".")
     ]
     config = [name for name in SPACE_CONFIG_FILES if (app_dir / name).is_file()]
-    return sorted({*space_modules(app_dir), *examples, *config})
+    return sorted({*space_modules(app_dir), *examples, *config, *card_pictures(app_dir)})
+
+
+def card_pictures(app_dir: Path) -> list[str]:
+    """The pictures README.md shows that are files of the project (docs/app.png): the Space's card shows them only
+    if they are uploaded too."""
+    card = (app_dir / "README.md").read_text(encoding="utf-8")
+    return sorted(
+        {path for path in CARD_PICTURE.findall(card) if ".." not in Path(path).parts and (app_dir / path).is_file()}
+    )
 
 
 def space_modules(app_dir: Path) -> list[str]:

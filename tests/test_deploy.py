@@ -44,6 +44,8 @@ app_file: app.py
 ---
 
 # FoodVision Mini
+
+![The app](docs/app.png) ![A picture not in the project](docs/gone.png) ![Elsewhere](https://example.com/a.png)
 """
 
 APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
@@ -55,6 +57,8 @@ APP_FILES = {  # the fake project: what a deploy must upload, and what must stay
     "README.md": README,
     "examples/a.jpg": "not really a jpeg",
     "examples/SOURCE.md": "photo credits\n",
+    "docs/app.png": "the app's screenshot",
+    "docs/notes.md": "not on the card",
     "standins.py": "# test stand-ins\n",
     "deploy.py": "# this script\n",
     "train_vit.py": "# from-scratch training\n",
@@ -81,6 +85,7 @@ SPACE_FILES = {
     "requirements.txt",
     "examples/a.jpg",
     "examples/SOURCE.md",
+    "docs/app.png",
 }
 
 
