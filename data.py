@@ -285,18 +285,23 @@ def check_images(paths: list[Path], folder: Path) -> None:
         )
 
 
-def load_image(path: Path):
-    """The image at `path` decoded as the app decodes uploads (images.load_rgb: upright, transparency on white,
-    16-bit grey rescaled), so a photo trains as it will be served; an unreadable file is a DatasetError."""
+def load_image(path: Path, min_size: int | None = None):
+    """The image at `path` decoded by the app's rules (images.load_rgb: upright, transparency on white, 16-bit grey
+    rescaled; with `min_size`, a big JPEG at a reduced scale, as the app decodes uploads); an unreadable file is a
+    DatasetError."""
     try:
-        return load_rgb(path)
+        return load_rgb(path, min_size=min_size)
     except ImageError as error:
         raise DatasetError(f"Cannot read the image {path} ({error}). Delete or replace it, then run again.") from None
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """The images of one subset ("train" or "test") with their class indices, read through
-    `class_names_of` so hidden folders never become classes (unlike ImageFolder)."""
+    `class_names_of` so hidden folders never become classes (unlike ImageFolder). `decode_size`: the shortest side
+    the transform resizes to, where it resizes first; big JPEGs then decode at a reduced scale, as the app decodes an
+    upload, so a photo's features are the ones it is served with."""
+
+    decode_size: int | None = None
 
     def __init__(self, dataset_dir: str | Path, subset: str, transform=None):
         self.dataset_dir = Path(dataset_dir)
@@ -309,7 +314,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = load_image(path)
+        image = load_image(path, self.decode_size)
         return (self.transform(image) if self.transform else image), label
 
 

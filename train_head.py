@@ -279,7 +279,8 @@ def train_head(
         )
     torch.manual_seed(seed)  # the new head's initialisation
     model, transforms = build_feature_extractor(weights, class_names)
-    train_set.transform = test_set.transform = transforms
+    for dataset in (train_set, test_set) if ood_set is None else (train_set, test_set, ood_set):
+        dataset.transform, dataset.decode_size = transforms, transforms.resize_size[0]  # the served photo's pixels
     started = time.perf_counter()
     model.to(device)
     feature_batch = feature_batch_size(device, batch_size)
@@ -287,7 +288,6 @@ def train_head(
     test = extract_features(model, test_set, feature_batch, "Backbone features (test)", device)
     ood_features = None
     if ood_set is not None:
-        ood_set.transform = transforms
         ood_features, _ = extract_features(model, ood_set, feature_batch, "Backbone features (--ood-dir)", device)
     model.cpu()
     features_seconds = time.perf_counter() - started

@@ -13,6 +13,7 @@ from PIL import Image
 
 import train_head
 from data import SOURCE_FILE, DatasetError, ImageDataset, class_names_of, download_name, prepare_dataset
+from images import load_rgb
 from standins import free_port
 
 
@@ -67,6 +68,21 @@ def test_a_url_whose_path_names_no_file_gets_a_folder_of_its_own(serve_bytes, da
     assert dataset_dir.parent == tmp_path and dataset_dir.name.startswith("download-")
     assert class_names_of(dataset_dir) == ["pizza", "steak", "sushi"]
     assert download_name("https://example.com/a/..") != ".."
+
+
+def test_with_a_decode_size_photos_decode_as_the_app_decodes_uploads(pizza_steak_sushi_dataset, tmp_path):
+    """A big JPEG at the reduced scale serving's load_rgb(min_size=256) takes: the pixels the app serves it with."""
+    dataset = tmp_path / "dataset"
+    shutil.copytree(pizza_steak_sushi_dataset, dataset)
+    photo = next((dataset / "train" / "pizza").glob("*.jpg"))
+    Image.new("RGB", (1024, 768), (200, 120, 40)).save(photo, quality=90)
+    images = ImageDataset(dataset, "train")
+    index = [path for path, _ in images.samples].index(photo)
+    assert images[index][0].size == (1024, 768)
+    images.decode_size = 256
+    served = load_rgb(photo, min_size=256)
+    assert images[index][0].size == served.size == (512, 384)
+    assert images[index][0].tobytes() == served.tobytes()
 
 
 def test_files_left_out_for_their_extension_are_named(pizza_steak_sushi_dataset, tmp_path, capsys):
