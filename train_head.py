@@ -19,6 +19,7 @@ few-shot linear evaluation (fewshot.py).
 import argparse
 import inspect
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -461,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"error: the checkpoint is saved in {output_dir}, but publishing it to the Hugging Face Hub "
                 f"repo {args.push_to_hub} failed ({type(error).__name__}: {error}). Log in with `hf auth login` "
-                f"(or set HF_TOKEN) and publish it with `hf upload {args.push_to_hub} {output_dir} .`",
+                f"(or set HF_TOKEN) and publish it with "
+                f"`hf upload {args.push_to_hub} {shlex.quote(str(output_dir))} .`",
                 file=sys.stderr,
             )
             return 1

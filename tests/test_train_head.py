@@ -103,7 +103,7 @@ def test_main_downloads_trains_saves_and_reports_a_failed_push(
                 shutil.copy(image, small / subset / folder.name)
     url = serve_bytes("pizza_steak_sushi.zip", Path(shutil.make_archive(tmp_path / "small", "zip", small)).read_bytes())
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
-    output = tmp_path / "checkpoint"
+    output = tmp_path / "my checkpoint"  # a space, as in a home folder "Jane Doe": the hint still runs as printed
     argv = [
         "--dataset-url",
         url,
@@ -131,6 +131,7 @@ def test_main_downloads_trains_saves_and_reports_a_failed_push(
         f"the checkpoint is saved in {output}, but publishing it to the Hugging Face Hub repo "
         "someone/foodvision-mini failed" in printed.err
     )
+    assert f"`hf upload someone/foodvision-mini '{output}' .`" in printed.err
     assert sorted(p.name for p in (tmp_path / "data" / "pizza_steak_sushi" / "test").iterdir()) == [
         "pizza",
         "steak",
