@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from hub import BACKBONE, CONFIG_FILE, REQUIRED_KEYS, WEIGHTS_FILE, head_config_problem, is_repo_id
+from hub import BACKBONE, CONFIG_FILE, REQUIRED_KEYS, RUN_STATE_FILE, WEIGHTS_FILE, head_config_problem, is_repo_id
 from outliers import PREFIX as OUTLIERS
 from outliers import OutlierScore, OutlierScoreError
 from outputs import replace_folder, why_not_writable, write_atomically
@@ -160,11 +160,24 @@ def check_replaceable(directory: Path) -> None:
     work, not after."""
     if problem := why_not_writable(directory):
         raise CheckpointError(f"{problem}. Choose another output folder.")
-    if directory.is_dir() and any(directory.iterdir()) and (problem := head_config_problem(directory)):
+    if directory.is_dir() and any(directory.iterdir()) and not is_earlier_head(directory):
         raise CheckpointError(
-            f"{directory} already exists and is not a checkpoint folder of train_head.py's ({problem}); refusing to "
-            "replace it. Choose another output folder."
+            f"{directory} already exists and is not a checkpoint folder of train_head.py's "
+            f"({head_config_problem(directory)}); refusing to replace it. Choose another output folder."
         )
+
+
+def is_earlier_head(directory: Path) -> bool:
+    """Whether `directory` holds a head of train_head.py's that a new one may replace: its config names the backbone,
+    or the config is damaged beside the head's weights (read_config then asks for a new head: training one must
+    not be refused) in a folder that is no train_vit.py run."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        return (directory / WEIGHTS_FILE).is_file() and not (directory / RUN_STATE_FILE).exists()
+    except OSError:
+        return False
+    return isinstance(config, dict) and config.get("backbone") == BACKBONE
 
 
 def save_head(

@@ -16,6 +16,7 @@ BACKBONE = "vit_b_16"  # the only backbone the classifier builds, named in every
 # config.json keys that loading needs; everything else (metrics, data) is a record for people.
 REQUIRED_KEYS = ("backbone", "weights", "image_size", "class_names")
 CHECKPOINT_VARIABLE = "FOODVISION_CHECKPOINT"  # the head the app serves by default: a Space variable, or the shell's
+RUN_STATE_FILE = "train_state.safetensors"  # train_vit.py's --resume state: a folder holding it is a run, not a head
 EXAMPLES_FOLDER = "examples"  # the real photos under the upload box (SOURCE.md credits them): in a clone and a Space
 
 

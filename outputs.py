@@ -8,7 +8,6 @@ written beside its place and renamed into it. The per-epoch line and the loss/ac
 import contextlib
 import io
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,23 +16,26 @@ from matplotlib.figure import Figure
 
 
 def why_not_writable(directory: Path) -> str | None:
-    """Why no folder `directory` can be written, or None: where it must be made, the nearest folder that exists has
-    to be a folder this user can write in. Checked before training, so a mistyped output fails before the work."""
+    """Why no folder `directory` can be written, or None: the folder it is made in (or replaced in) has to be one
+    this user can write in, and so does `directory` where it exists. Checked before training, so that a mistyped
+    output fails before the work."""
     if directory.exists() and not directory.is_dir():
         return f"{directory} is a file; the output is written as a folder"
-    nearest = next(folder for folder in directory.parents if folder.exists())  # where the first write lands
+    absolute = directory.absolute()
+    nearest = next((folder for folder in absolute.parents if folder.exists()), absolute)
     if not nearest.is_dir():
         return f"{nearest} is a file, so no folder {directory} can be made"
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        return f"{nearest} is not writable by this user, so {directory} cannot be written there"
+    for folder in (nearest, directory) if directory.exists() else (nearest,):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} is not writable by this user, so {directory} cannot be written"
     return None
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` written beside `path` and flushed to the disk, then renamed over it: neither a crash nor a power cut
-    leaves a half-written file, and a failed write leaves no temporary file. The temporary name is this process's, so
-    two writers cannot write into each other's."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    leaves a half-written file. A failed write removes its temporary file; one a killed process left is overwritten
+    by the next write (one name per file: a ViT-B's train_state.safetensors is about a GB)."""
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         write_durably(temporary, data)
         os.replace(temporary, path)
@@ -44,9 +46,9 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """A new file holding `data`, on the disk when this returns: a rename that makes it visible cannot then outlive
-    its contents in a power cut (file systems may commit the rename first)."""
-    with open(path, "xb") as file:
+    """A file holding `data`, on the disk when this returns: a rename that makes it visible cannot then outlive its
+    contents in a power cut (file systems may commit the rename first)."""
+    with open(path, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from data import DATASET_URLS, DEFAULT_ROOT, DEFAULT_SPLIT, DatasetError, ImageDataset, prepare_dataset
 from devices import default_device, resolve_device
+from hub import RUN_STATE_FILE
 from model import VIT_CONFIGS, ViT, ViTConfig
 from outputs import epoch_line, plot_curves, why_not_writable, write_atomically
 
@@ -88,7 +89,6 @@ RESUME_FLAGS = (
 # Flags that change how a run is computed, not what: --resume continues with other values, and says the run is then
 # not the uninterrupted one bit for bit (each loader process draws its own augmentations)
 DRIFT_FLAGS = ("workers",)
-STATE_FILE = "train_state.safetensors"  # what --resume reads: the model, the optimizer and the history, in one file
 # The optimisation flags each preset sets (module docstring); Table 3 gives ViT-B's ImageNet row.
 PRESETS = {
     "course": dict(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.1, warmup_steps=10, dropout=0.1),
@@ -323,7 +323,7 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "history": json.dumps(history),
     }
-    write_atomically(out_dir / STATE_FILE, save(tensors, metadata))
+    write_atomically(out_dir / RUN_STATE_FILE, save(tensors, metadata))
     write_atomically(out_dir / "model.safetensors", save(weights))
     write_atomically(out_dir / "config.json", json.dumps(config, indent=2).encode())
     write_atomically(out_dir / "metrics.json", json.dumps(history, indent=2).encode())
@@ -348,7 +348,7 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
     metrics history, whose length is the number of completed epochs, and what differs from the run's start in how it
     is computed (DRIFT_FLAGS, and `setup`: the process count and bf16 autocast)."""
     out_dir = args.output
-    path = out_dir / STATE_FILE
+    path = out_dir / RUN_STATE_FILE
     try:
         tensors, metadata = read_safetensors(path)
         config, history = json.loads(metadata["config"]), json.loads(metadata["history"])
@@ -402,11 +402,11 @@ def check_output(output: Path, resuming: bool) -> None:
         raise TrainingError(f"--output: {problem}")
     if resuming:
         return
-    if (output / STATE_FILE).exists():
+    if (output / RUN_STATE_FILE).exists():
         raise TrainingError(
             f"{output} already holds a checkpoint; continue it with --resume, or pick another --output to start afresh"
         )
-    if output.is_dir() and (names := sorted(path.name for path in output.iterdir())):
+    if output.is_dir() and (names := sorted(path.name for path in output.iterdir() if not path.name.startswith("."))):
         raise TrainingError(
             f"{output} already holds files that are no run of train_vit.py's ({', '.join(names[:5])}"
             f"{', ...' if len(names) > 5 else ''}); pick a new or empty --output"

@@ -160,6 +160,17 @@ def test_save_head_replaces_only_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="is not a checkpoint folder"):
         save_head(model, tmp_path / "notes", config)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    # a head whose config was damaged: read_config asks for a new head, so training one replaces it
+    (target / CONFIG_FILE).write_text('{"backbone": "vit_b_16", "class_na')
+    save_head(model, target, config)
+    assert json.loads((target / CONFIG_FILE).read_text()) == config
+    # a train_vit.py run with a damaged config is still a run
+    (tmp_path / "run").mkdir()
+    for name, text in ((WEIGHTS_FILE, "weights"), (CONFIG_FILE, "{"), ("train_state.safetensors", "state")):
+        (tmp_path / "run" / name).write_text(text)
+    with pytest.raises(CheckpointError, match="its config.json cannot be read"):
+        save_head(model, tmp_path / "run", config)
+    assert (tmp_path / "run" / "train_state.safetensors").read_text() == "state"
 
 
 def fail_rename_number(monkeypatch, number: int) -> None:

@@ -2,11 +2,12 @@
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from outputs import epoch_line, plot_curves, plot_fewshot, replace_folder, write_atomically
+from outputs import epoch_line, plot_curves, plot_fewshot, replace_folder, why_not_writable, write_atomically
 
 
 def test_an_atomic_write_leaves_the_file_and_no_temporary(tmp_path):
@@ -28,6 +29,22 @@ def test_a_write_that_fails_leaves_the_earlier_file_and_no_temporary(tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         write_atomically(target, b"epoch 2")
     assert target.read_bytes() == b"epoch 1" and [path.name for path in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_temporary_file_a_killed_write_left_is_overwritten_by_the_next(tmp_path):
+    target = tmp_path / "train_state.safetensors"
+    (tmp_path / ".train_state.safetensors.tmp").write_bytes(b"half of an epoch's state")
+    write_atomically(target, b"epoch 2")
+    assert target.read_bytes() == b"epoch 2" and [path.name for path in tmp_path.iterdir()] == [target.name]
+
+
+def test_the_current_folder_and_the_root_are_folders_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert why_not_writable(Path(".")) is None and why_not_writable(Path("run")) is None
+    assert why_not_writable(Path("/")) in (None, "/ is not writable by this user, so / cannot be written")
+    (tmp_path / "notes.txt").write_text("keep me")
+    problem = why_not_writable(Path("notes.txt", "run"))
+    assert problem == f"{tmp_path / 'notes.txt'} is a file, so no folder {Path('notes.txt', 'run')} can be made"
 
 
 def test_a_replaced_folder_holds_exactly_the_new_files(tmp_path):
