@@ -16,7 +16,8 @@ Every step uses a full batch: the last incomplete batch of an epoch is dropped (
 one image trained alone at full learning rate).
 
     python train_vit.py --model vit_b_16 --epochs 10
-    python train_vit.py --image-size 64 --patch-size 8 --num-layers 4 --hidden-dim 128 --mlp-dim 256 --num-heads 4
+    python train_vit.py --image-size 64 --patch-size 8 --num-layers 4 --hidden-dim 128 --mlp-dim 256 --num-heads 4 \
+        --output runs/small-vit
     python train_vit.py --preset imagenet --data-dir imagenet_folders --micro-batch-size 64
     torchrun --nproc_per_node=4 train_vit.py ...    # DistributedDataParallel, same flags
 
@@ -86,9 +87,6 @@ RESUME_FLAGS = (
     "seed",
     "split",
 )
-# Flags that change how a run is computed, not what: --resume continues with other values, and says the run is then
-# not the uninterrupted one bit for bit (each loader process draws its own augmentations)
-DRIFT_FLAGS = ("workers",)
 # The optimisation flags each preset sets (module docstring); Table 3 gives ViT-B's ImageNet row.
 PRESETS = {
     "course": dict(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.1, warmup_steps=10, dropout=0.1),
@@ -305,7 +303,9 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
         return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
 
 
-def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args, setup: dict) -> None:
+def save_checkpoint(
+    out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args, setup: dict, drift: list[str]
+) -> None:
     """model.safetensors + config.json: the trained model, rebuilt by load_checkpoint alone.
     train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
     the previous epoch's state whole. No pickle: the optimizer's tensors are stored as
@@ -314,7 +314,7 @@ def save_checkpoint(out_dir: Path, model: ViT, optimizer, class_names: list, his
     weights, optimizer_state = model.state_dict(), optimizer.state_dict()
     flags = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
     config = {"vit_config": asdict(model.config), "class_names": class_names, "epoch": len(history), "args": flags}
-    config["setup"] = setup  # what the flags leave to the machine
+    config |= {"setup": setup, "drift": drift}
     tensors = {f"model.{name}": value for name, value in weights.items()}
     for index, entry in optimizer_state["state"].items():
         tensors |= {f"optimizer.{index}.{name}": value for name, value in entry.items()}
@@ -343,10 +343,23 @@ def load_checkpoint(directory) -> tuple[ViT, dict]:
     return model.eval(), config
 
 
+def run_setup(steps_per_epoch: int, world_size: int, device: torch.device, autocast: bool, workers: int) -> dict:
+    """How a run is computed beyond its RESUME_FLAGS. --resume refuses other steps an epoch (the schedule: each
+    process's share of an epoch is padded to whole batches); the rest may change with the machine, and the run then
+    is no longer bit for bit the uninterrupted one (each loader process draws its own augmentations)."""
+    return dict(
+        steps_per_epoch=steps_per_epoch,
+        processes=world_size,
+        device=device.type,
+        bf16_autocast=autocast,
+        workers=workers,
+    )
+
+
 def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple[list, list[str]]:
     """Load train_state.safetensors of the run in --output into the freshly built model and optimizer; returns the
-    metrics history, whose length is the number of completed epochs, and what differs from the run's start in how it
-    is computed (DRIFT_FLAGS, and `setup`: the process count and bf16 autocast)."""
+    metrics history, whose length is the number of completed epochs, and every change in how the run is computed
+    (run_setup) since it started, this resumption's included."""
     out_dir = args.output
     path = out_dir / RUN_STATE_FILE
     try:
@@ -374,6 +387,13 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
             "change its schedule or data. Pass the original flags to continue it, or drop --resume and choose another "
             "--output to start afresh"
         )
+    recorded = config.get("setup", {})
+    if recorded.get("steps_per_epoch", setup["steps_per_epoch"]) != setup["steps_per_epoch"]:
+        raise TrainingError(
+            f"--resume: the run in {out_dir} took {recorded['steps_per_epoch']} steps an epoch on "
+            f"{recorded['processes']} process(es); on {setup['processes']} it would take {setup['steps_per_epoch']}, "
+            f"which changes its schedule. Resume it on {recorded['processes']} process(es)"
+        )
     optimizer_state = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -382,17 +402,12 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
     weights = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
     model.load_state_dict(weights)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
-    drift = [
-        f"--{name} {started_with[name]} (now {getattr(args, name)})"
-        for name in DRIFT_FLAGS
-        if name in started_with and started_with[name] != getattr(args, name)
+    changes = [
+        f"{name} {value} -> {setup[name]} after epoch {len(history)}"
+        for name, value in recorded.items()
+        if name in setup and value != setup[name]
     ]
-    drift += [
-        f"{name} {value} (now {setup[name]})"
-        for name, value in config.get("setup", {}).items()
-        if value != setup.get(name)
-    ]
-    return history, drift
+    return history, config.get("drift", []) + changes
 
 
 def check_output(output: Path, resuming: bool) -> None:
@@ -460,18 +475,17 @@ def train(args) -> list:
         )
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     autocast = bf16_autocast(args.amp, device)
-    # what the flags leave to the machine: the data's sharding over processes, and the arithmetic
-    setup = {"processes": world_size, "bf16_autocast": bool(autocast)}
+    setup = run_setup(steps_per_epoch, world_size, device, autocast, args.workers)
 
-    history = []
+    history, drift = [], []
     if args.resume:
         history, drift = resume(args, model, optimizer, class_names, setup)
         if rank == 0:
             print(f"resuming {args.output} after epoch {len(history)}")
         if rank == 0 and drift:
             print(
-                f"note: the run started with {', '.join(drift)}: it continues with the same schedule, but not bit for "
-                "bit as it would have run uninterrupted"
+                f"note: how this run is computed changed on resuming ({', '.join(drift)}): it keeps its schedule, "
+                "but is no longer bit for bit the run it would have been uninterrupted"
             )
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     if rank == 0:
@@ -517,7 +531,7 @@ def train(args) -> list:
         )
         if rank == 0:
             print(epoch_line(history[-1]))
-            save_checkpoint(args.output, model, optimizer, class_names, history, args, setup)
+            save_checkpoint(args.output, model, optimizer, class_names, history, args, setup, drift)
             write_atomically(args.output / "loss_curves.png", plot_curves(history))
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -329,7 +329,29 @@ def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_d
     # how the run is computed may change, and the run says it is no longer the uninterrupted one bit for bit
     resumed = [*tiny_run(pizza_steak_sushi_dataset, trained_run), "--epochs", "15", *changed[-4:], "--resume"]
     assert train_vit.main(resumed) == 0
-    assert "started with --workers 0 (now 1), bf16_autocast False (now True): it continues" in capsys.readouterr().out
+    note = "(bf16_autocast False -> True after epoch 15, workers 0 -> 1 after epoch 15): it keeps its schedule"
+    assert note in capsys.readouterr().out
+    # a run that took other steps an epoch, as another process count pads each share of an epoch differently
+    shutil.copytree(trained_run, tmp_path / "padded")
+    tensors, metadata = train_vit.read_safetensors(tmp_path / "padded" / "train_state.safetensors")
+    config = json.loads(metadata["config"])
+    config |= {"drift": ["workers 2 -> 0 after epoch 7"]}  # an earlier resumption's change is told on every later one
+    (tmp_path / "padded" / "train_state.safetensors").write_bytes(
+        save(tensors, metadata | {"config": json.dumps(config)})
+    )
+    assert (
+        train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "padded"), "--epochs", "15", "--resume"]) == 0
+    )
+    assert "changed on resuming (workers 2 -> 0 after epoch 7): it keeps" in capsys.readouterr().out
+    config["setup"] |= {"steps_per_epoch": 6, "processes": 2}
+    (tmp_path / "padded" / "train_state.safetensors").write_bytes(
+        save(tensors, metadata | {"config": json.dumps(config)})
+    )
+    assert (
+        train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "padded"), "--epochs", "15", "--resume"]) == 1
+    )
+    message = "took 6 steps an epoch on 2 process(es); on 1 it would take 5, which changes its schedule. Resume it on 2"
+    assert message in capsys.readouterr().err
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "train_state.safetensors").write_bytes(b"not a safetensors file")
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "corrupt"), "--resume"]) == 1
