@@ -20,10 +20,12 @@ Only huggingface_hub is needed: no torch import, so planning and tests are fast.
 import argparse
 import ast
 import os
+import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx2  # huggingface_hub's HTTP client: its TransportError is how "the Hub is unreachable" surfaces
 import yaml  # huggingface_hub's dependency: metadata_load raises its YAMLError on a broken front matter
@@ -54,12 +56,13 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 ENTRY_POINT = "app.py"  # what the Space runs; every uploaded module is one it reaches by imports
-# Folders never uploaded: only top-level modules and examples/ are collected. The list is used to delete them from
-# Spaces made by an earlier `hf upload . .`.
+# Folders never uploaded: only top-level modules, examples/ and the card's pictures are collected. The list is used
+# to delete them from Spaces made by an earlier `hf upload . .`.
 LOCAL_ONLY_FOLDERS = ("tests", "benchmarks", "data", "checkpoints", "runs", ".venv", "test-artifacts", ".ci")
-# A Markdown picture with a relative address, ![text](path "title"): the Space's card (README.md) shows them from the
-# Space's own files, so they are uploaded beside it
-CARD_PICTURE = re.compile(r"!\[[^\]]*\]\((?!\w+:|/|#)([^)\s]+)")
+# A Markdown picture's address, ![text](path "title") or ![text](<path with spaces>): the Space's card (README.md)
+# shows those of project files from the Space's own, so they are uploaded beside it
+CARD_PICTURE = re.compile(r"!\[[^\]]*\]\(\s*(<[^>]*>|[^)\s]+)")
+DOCS_FOLDER = "docs"  # where README.md's pictures live: a picture no longer on the card is deleted from the Space
 # The Space installs the first; the second's front matter configures it (SDK, Python version, app file).
 SPACE_CONFIG_FILES = ("requirements.txt", "README.md")
 REQUIRED_FILES = (ENTRY_POINT, *SPACE_CONFIG_FILES)
@@ -171,9 +174,15 @@ def card_pictures(app_dir: Path) -> list[str]:
     """The pictures README.md shows that are files of the project (docs/app.png): the Space's card shows them only
     if they are uploaded too."""
     card = (app_dir / "README.md").read_text(encoding="utf-8")
-    return sorted(
-        {path for path in CARD_PICTURE.findall(card) if ".." not in Path(path).parts and (app_dir / path).is_file()}
-    )
+    pictures = set()
+    for address in CARD_PICTURE.findall(card):
+        parts = urlsplit(address.removeprefix("<").removesuffix(">"))
+        if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
+            continue  # on the web, or not a file of the project
+        path = posixpath.normpath(unquote(parts.path))
+        if path != ".." and not path.startswith("../") and (app_dir / path).is_file():
+            pictures.add(path)
+    return sorted(pictures)
 
 
 def space_modules(app_dir: Path) -> list[str]:
@@ -209,13 +218,13 @@ def imported_modules(app_dir: Path, files: list[str]) -> set[str]:
 
 
 def is_stale(remote_path: str, files: list[str]) -> bool:
-    """A file of an earlier deploy that this one would not upload: a removed module or example, or anything
-    under a local-only folder. Files deploy.py never manages (.gitattributes, a LICENSE) are left alone."""
+    """A file of an earlier deploy that this one would not upload: a removed module, example or card picture, or
+    anything under a local-only folder. Files deploy.py never manages (.gitattributes, a LICENSE) are left alone."""
     if remote_path in files:
         return False
     top = remote_path.split("/", 1)[0]
     is_top_level_module = "/" not in remote_path and remote_path.endswith(".py")
-    return is_top_level_module or top == EXAMPLES_FOLDER or top in LOCAL_ONLY_FOLDERS
+    return is_top_level_module or top in (EXAMPLES_FOLDER, DOCS_FOLDER) or top in LOCAL_ONLY_FOLDERS
 
 
 def space_requirements(app_dir: Path) -> bytes:

@@ -46,6 +46,8 @@ app_file: app.py
 # FoodVision Mini
 
 ![The app](docs/app.png) ![A picture not in the project](docs/gone.png) ![Elsewhere](https://example.com/a.png)
+![Again](./docs/app.png "the same") ![Spaced](<docs/inside the vit.png>) ![Escaped](docs/inside%20the%20vit.png?raw=1)
+![Above the project](../secret.png)
 """
 
 APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
@@ -58,6 +60,7 @@ APP_FILES = {  # the fake project: what a deploy must upload, and what must stay
     "examples/a.jpg": "not really a jpeg",
     "examples/SOURCE.md": "photo credits\n",
     "docs/app.png": "the app's screenshot",
+    "docs/inside the vit.png": "another",
     "docs/notes.md": "not on the card",
     "standins.py": "# test stand-ins\n",
     "deploy.py": "# this script\n",
@@ -86,6 +89,7 @@ SPACE_FILES = {
     "examples/a.jpg",
     "examples/SOURCE.md",
     "docs/app.png",
+    "docs/inside the vit.png",
 }
 
 
@@ -95,6 +99,7 @@ def app_dir(tmp_path) -> Path:
     for name, text in APP_FILES.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
+    (tmp_path / "secret.png").write_text("beside the project, not in it")
     return folder
 
 
@@ -155,6 +160,7 @@ def test_updating_a_gradio_space_requests_the_hardware_and_deletes_files_that_no
         "app.py",
         "old_module.py",
         "examples/gone.jpg",
+        "docs/old-screenshot.png",
         "tests/test_x.py",
     ]
     hub.add_repo("spaces", SPACE, sdk="gradio", files=remote, hardware="cpu-basic")
@@ -168,6 +174,7 @@ def test_updating_a_gradio_space_requests_the_hardware_and_deletes_files_that_no
     assert {line["value"]["path"] for line in commit if line["key"] == "deletedFile"} == {
         "old_module.py",
         "examples/gone.jpg",
+        "docs/old-screenshot.png",
         "tests/test_x.py",
     }
     assert set(hub.repos[f"spaces/{SPACE}"]["files"]) == SPACE_FILES | {".gitattributes", "LICENSE"}
