@@ -71,6 +71,13 @@ CPU_FEATURE_BATCH = 8
 ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
 
 
+def read_as_served(transforms, *datasets: ImageDataset) -> None:
+    """Each photo of `datasets` decoded and transformed as serving reads an upload, so its features in training are
+    those it is served with."""
+    for dataset in datasets:
+        dataset.transform, dataset.decode_size = transforms, transforms.resize_size[0]
+
+
 def extract_features(
     model: nn.Module, dataset: ImageDataset, batch_size: int, desc: str, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,8 +287,7 @@ def train_head(
         )
     torch.manual_seed(seed)  # the new head's initialisation
     model, transforms = build_feature_extractor(weights, class_names)
-    for dataset in (train_set, test_set) if ood_set is None else (train_set, test_set, ood_set):
-        dataset.transform, dataset.decode_size = transforms, transforms.resize_size[0]  # the served photo's pixels
+    read_as_served(transforms, train_set, test_set, *([ood_set] if ood_set is not None else []))
     started = time.perf_counter()
     model.to(device)
     feature_batch = feature_batch_size(device, batch_size)

@@ -26,7 +26,7 @@ from torch import nn
 from classifier import build_feature_extractor
 from data import ImageDataset
 from tests.standins import write_food_dataset
-from train_head import extract_features, feature_batch_size, fit
+from train_head import extract_features, feature_batch_size, fit, read_as_served
 
 
 def course_way(
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = args.data_dir or write_food_dataset(Path(temp), args.train_per_class, args.test_per_class)
         train_set, test_set = ImageDataset(data_dir, "train"), ImageDataset(data_dir, "test")
         model, transforms = build_feature_extractor("IMAGENET1K_V1", train_set.class_names)
-        train_set.transform = test_set.transform = transforms
+        read_as_served(transforms, train_set, test_set)
 
         def run(way):
             def timed():

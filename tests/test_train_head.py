@@ -81,7 +81,7 @@ def test_reloaded_checkpoint_predicts_what_training_predicted(trained_head_check
     predictions = read_json(trained_head_checkpoint / "evaluation.json")["predictions"]
     wrong = [p for p in predictions if p["true"] != p["predicted"]]
     chosen = predictions[::10] + wrong  # every class at a tenth of the backbone passes, and the mistakes
-    images = torch.stack([transforms(load_image(head_dataset / p["path"])) for p in chosen])
+    images = torch.stack([transforms(load_image(head_dataset / p["path"], transforms.resize_size[0])) for p in chosen])
     with torch.inference_mode():
         probabilities = model(images).softmax(dim=1)
     assert [config["class_names"][i] for i in probabilities.argmax(dim=1)] == [p["predicted"] for p in chosen]
