@@ -52,9 +52,11 @@ def prepare_dataset(
     split: str = DEFAULT_SPLIT,
     url: str | None = None,
     root: str | Path = DEFAULT_ROOT,
+    quiet: bool = False,
 ) -> Path:
     """Return a checked dataset folder: `data_dir` itself when given, else the download of `url`
-    (default: the course zip of `split`) kept under `root`, downloaded only if not there yet."""
+    (default: the course zip of `split`) kept under `root`, downloaded only if not there yet. `quiet`: without the
+    note on files left out (note_left_out), for all processes of a run but one."""
     if data_dir is not None:
         dataset_dir = Path(data_dir)
         if not dataset_dir.is_dir():
@@ -62,8 +64,9 @@ def prepare_dataset(
                 f"The data directory {dataset_dir} does not exist. Pass --data-dir a folder holding "
                 "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
             )
+        if not quiet:  # first: a class folder of .heic photos alone then fails with the note beside its error
+            note_left_out(dataset_dir)
         check_dataset(dataset_dir)
-        note_left_out(dataset_dir)
         return dataset_dir
     if url is None:
         if split not in DATASET_URLS:
@@ -74,7 +77,8 @@ def prepare_dataset(
         download_dataset(url, dataset_dir)
     check_source(dataset_dir, url)
     check_dataset(dataset_dir)
-    note_left_out(dataset_dir)
+    if not quiet:
+        note_left_out(dataset_dir)
     return dataset_dir
 
 

@@ -446,7 +446,7 @@ def train(args) -> list:
     check_output(args.output, args.resume)
     if rank != 0:
         dist.barrier()  # rank 0 downloads and extracts first; the others then find the folder in place
-    dataset_dir = prepare_dataset(args.data_dir, split=args.split, url=args.dataset_url, root=args.download_dir)
+    dataset_dir = prepare_dataset(args.data_dir, args.split, args.dataset_url, args.download_dir, quiet=rank != 0)
     if rank == 0 and world_size > 1:
         dist.barrier()
     train_set, test_set = ImageDataset(dataset_dir, "train"), ImageDataset(dataset_dir, "test")
