@@ -23,6 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 import torchvision
@@ -211,10 +212,14 @@ def evaluate_features(
 
 def data_source(data_dir: str | Path | None, dataset_url: str | None, split: str) -> str:
     """Where the photos came from, as the published config and model card say it: a local folder by its name only,
-    as its path names the user's home."""
+    as its path names the user's home; a URL without its credentials, query or fragment (a signed URL's token)."""
     if data_dir is not None:
         return f"a local folder, {Path(data_dir).resolve().name}"
-    return dataset_url or DATASET_URLS[split]
+    if dataset_url is None:
+        return DATASET_URLS[split]
+    address = urlsplit(dataset_url)
+    host = address.netloc.rpartition("@")[2]
+    return urlunsplit((address.scheme, host, address.path, "", ""))
 
 
 def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:

@@ -210,6 +210,12 @@ def test_a_local_dataset_is_recorded_by_its_name_not_the_path_that_names_the_use
     assert str(head_dataset.parent) not in published
 
 
+def test_a_dataset_url_is_recorded_without_its_credentials_or_signature():
+    signed = "https://someone:secret@storage.example.com/data/food.zip?X-Amz-Signature=abc#top"
+    assert train_head.data_source(None, signed, "ignored") == "https://storage.example.com/data/food.zip"
+    assert train_head.data_source(None, None, "20_percent") == train_head.DATASET_URLS["20_percent"]
+
+
 def test_training_fits_the_outlier_score_and_measures_it_against_the_ood_folder(trained_head_checkpoint):
     """train_head.py --ood-dir: the relative Mahalanobis score, fitted on the cached training features, sets the
     threshold on the test split and reports AUROC and FPR at 95% TPR against the drawn non-food photos; the
