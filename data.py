@@ -90,7 +90,7 @@ def download_name(url: str) -> str:
 
 
 def check_source(dataset_dir: Path, url: str) -> None:
-    """Downloads are kept under the zip's file name, which two URLs can share: the URL recorded at
+    """Downloads are kept under the zip's file name (download_name), which two URLs can share: the URL recorded at
     download time must be `url`, or the data would not be what config.json says it trained on. A
     folder without the record (a copy put there by hand, or an older version's download) is taken
     for the course's data: it is used for the course's URLs only."""
