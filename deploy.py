@@ -171,17 +171,19 @@ def space_files(app_dir: Path) -> list[str]:
 
 
 def card_pictures(app_dir: Path) -> list[str]:
-    """The pictures README.md shows that are files of the project (docs/app.png): the Space's card shows them only
-    if they are uploaded too."""
+    """The pictures README.md shows that are files of the project (docs/app.png), outside LOCAL_ONLY_FOLDERS: the
+    Space's card shows them only if they are uploaded too."""
     card = (app_dir / "README.md").read_text(encoding="utf-8")
+    project = app_dir.resolve()
     pictures = set()
     for address in CARD_PICTURE.findall(card):
         parts = urlsplit(address.removeprefix("<").removesuffix(">"))
-        if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
-            continue  # on the web, or not a file of the project
+        if parts.scheme or parts.netloc or not parts.path:
+            continue  # on the web
         path = posixpath.normpath(unquote(parts.path))
-        if path != ".." and not path.startswith("../") and (app_dir / path).is_file():
-            pictures.add(path)
+        file = (app_dir / path).resolve()  # an absolute or ../ path (%2F included) resolves outside the project
+        if file.is_file() and file.is_relative_to(project) and path.split("/", 1)[0] not in LOCAL_ONLY_FOLDERS:
+            pictures.add(file.relative_to(project).as_posix())
     return sorted(pictures)
 
 

@@ -47,7 +47,7 @@ app_file: app.py
 
 ![The app](docs/app.png) ![A picture not in the project](docs/gone.png) ![Elsewhere](https://example.com/a.png)
 ![Again](./docs/app.png "the same") ![Spaced](<docs/inside the vit.png>) ![Escaped](docs/inside%20the%20vit.png?raw=1)
-![Above the project](../secret.png)
+![Above the project](../secret.png) ![The host's](%2Fetc%2Fpasswd) ![Local](checkpoints/foodvision-mini/config.json)
 """
 
 APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
