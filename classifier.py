@@ -158,7 +158,7 @@ def check_replaceable(directory: Path) -> None:
     config names the backbone, so a train_vit.py run or another model's folder is never taken for one), in a folder
     this process can write in. Training checks it first too, so that a mistyped --output fails before minutes of
     work, not after."""
-    if problem := why_not_writable(directory):
+    if problem := why_not_writable(directory, replaced=True):  # outputs.replace_folder works beside it
         raise CheckpointError(f"{problem}. Choose another output folder.")
     if directory.is_dir() and any(directory.iterdir()) and not is_earlier_head(directory):
         raise CheckpointError(

@@ -15,17 +15,20 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
-def why_not_writable(directory: Path) -> str | None:
-    """Why no folder `directory` can be written, or None: the folder it is made in (or replaced in) has to be one
-    this user can write in, and so does `directory` where it exists. Checked before training, so that a mistyped
-    output fails before the work."""
+def why_not_writable(directory: Path, replaced: bool = False) -> str | None:
+    """Why no folder `directory` can be written, or None: where it exists, it has to be a folder this user can write
+    in; else, or where it is `replaced` (a new folder renamed into its place), so does the folder it is made in.
+    Checked before training, so that a mistyped output fails before the work."""
     if directory.exists() and not directory.is_dir():
         return f"{directory} is a file; the output is written as a folder"
     absolute = directory.absolute()
     nearest = next((folder for folder in absolute.parents if folder.exists()), absolute)
     if not nearest.is_dir():
         return f"{nearest} is a file, so no folder {directory} can be made"
-    for folder in (nearest, directory) if directory.exists() else (nearest,):
+    needed = (directory,) if directory.exists() else ()
+    if replaced or not directory.exists():
+        needed += (nearest,)
+    for folder in needed:
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"{folder} is not writable by this user, so {directory} cannot be written"
     return None
