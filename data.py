@@ -64,21 +64,19 @@ def prepare_dataset(
                 f"The data directory {dataset_dir} does not exist. Pass --data-dir a folder holding "
                 "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
             )
-        if not quiet:  # first: a class folder of .heic photos alone then fails with the note beside its error
-            note_left_out(dataset_dir)
-        check_dataset(dataset_dir)
+        check_dataset(dataset_dir, quiet)
         return dataset_dir
     if url is None:
         if split not in DATASET_URLS:
             raise DatasetError(f"Unknown split {split!r}: choose one of {', '.join(DATASET_URLS)}.")
         url = DATASET_URLS[split]
     dataset_dir = Path(root) / download_name(url)
-    if not dataset_dir.is_dir():
-        download_dataset(url, dataset_dir)
+    downloaded = not dataset_dir.is_dir()
+    if downloaded:
+        download_dataset(url, dataset_dir, quiet)  # checked before it takes its place
     check_source(dataset_dir, url)
-    check_dataset(dataset_dir)
-    if not quiet:
-        note_left_out(dataset_dir)
+    if not downloaded:
+        check_dataset(dataset_dir, quiet)
     return dataset_dir
 
 
@@ -115,9 +113,9 @@ def check_source(dataset_dir: Path, url: str) -> None:
         )
 
 
-def download_dataset(url: str, dataset_dir: Path) -> None:
-    """Download the zip at `url`, extract and check it in a temp dir beside `dataset_dir`, then
-    rename it into place: the one step that makes it visible is atomic."""
+def download_dataset(url: str, dataset_dir: Path, quiet: bool = False) -> None:
+    """Download the zip at `url`, extract and check it (check_dataset, `quiet` as there) in a temp dir beside
+    `dataset_dir`, then rename it into place: the one step that makes it visible is atomic."""
     try:
         dataset_dir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=f".{dataset_dir.name}-") as temp:
@@ -126,7 +124,7 @@ def download_dataset(url: str, dataset_dir: Path) -> None:
             extracted = Path(temp) / "extracted"
             extract_zip(archive, extracted, url)
             found = dataset_root_in(extracted, url)
-            check_dataset(found)
+            check_dataset(found, quiet)
             (found / SOURCE_FILE).write_text(url + "\n")
             try:
                 found.rename(dataset_dir)
@@ -250,10 +248,13 @@ def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) ->
     return samples
 
 
-def check_dataset(dataset_dir: Path) -> None:
-    """Check the layout, the classes and that every image decodes, naming all the bad files at
-    once so they can be fixed in one go."""
+def check_dataset(dataset_dir: Path, quiet: bool = False) -> None:
+    """Check the layout, the classes and that every image decodes, naming all the bad files at once so they can be
+    fixed in one go. First, unless `quiet`, the note on files left out (note_left_out): a class folder of .heic photos
+    alone then fails with the note beside its error."""
     class_names = class_names_of(dataset_dir)
+    if not quiet:
+        note_left_out(dataset_dir)
     check_images([path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)], dataset_dir)
 
 
