@@ -24,7 +24,8 @@ one image trained alone at full learning rate).
 Expect little from a ViT-B/16 trained on 225 photos: Section 4.2 shows ViTs overtake ResNets only with 14M-300M
 pre-training images. The output folder holds model.safetensors + config.json (ViTConfig and class names: enough to
 rebuild the model, see load_checkpoint), train_state.safetensors for --resume, metrics.json and loss_curves.png. A
-new run needs a new or empty output folder, so it never writes over another run's or a trained head's files.
+new run needs a new output folder, or one holding only hidden files, so it never writes over another run's or a
+trained head's files.
 """
 
 import argparse
@@ -387,12 +388,21 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
             "change its schedule or data. Pass the original flags to continue it, or drop --resume and choose another "
             "--output to start afresh"
         )
-    recorded = config.get("setup", {})
+    # runs saved before the setup was recorded name their --workers among their flags
+    recorded = dict(config.get("setup", {}))
+    if "workers" in started_with:
+        recorded.setdefault("workers", started_with["workers"])
     if recorded.get("steps_per_epoch", setup["steps_per_epoch"]) != setup["steps_per_epoch"]:
+        cause = (
+            f"on {setup['processes']} process(es) instead of {recorded['processes']} (each pads its share to whole "
+            "batches)"
+            if recorded["processes"] != setup["processes"]
+            else "with the training images there now"
+        )
         raise TrainingError(
-            f"--resume: the run in {out_dir} took {recorded['steps_per_epoch']} steps an epoch on "
-            f"{recorded['processes']} process(es); on {setup['processes']} it would take {setup['steps_per_epoch']}, "
-            f"which changes its schedule. Resume it on {recorded['processes']} process(es)"
+            f"--resume: the run in {out_dir} took {recorded['steps_per_epoch']} steps an epoch; {cause}, it would take "
+            f"{setup['steps_per_epoch']}, which changes its schedule. Resume it with the process count and data it "
+            "started with"
         )
     optimizer_state = {}
     for key, value in tensors.items():
@@ -412,7 +422,8 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
 
 def check_output(output: Path, resuming: bool) -> None:
     """TrainingError unless a run may write `output`, before any download: a run to resume (resume checks it), or a
-    new or empty folder, so that a new run never writes over another run's files, a trained head or anything else."""
+    new folder or one holding only hidden files, so that a new run never writes over another run's files, a trained
+    head or anything else."""
     if problem := why_not_writable(output):
         raise TrainingError(f"--output: {problem}")
     if resuming:

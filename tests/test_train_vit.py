@@ -350,8 +350,16 @@ def test_resume_refuses_what_it_cannot_continue(trained_run, pizza_steak_sushi_d
     assert (
         train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "padded"), "--epochs", "15", "--resume"]) == 1
     )
-    message = "took 6 steps an epoch on 2 process(es); on 1 it would take 5, which changes its schedule. Resume it on 2"
+    message = "took 6 steps an epoch; on 1 process(es) instead of 2 (each pads its share to whole batches), it would"
     assert message in capsys.readouterr().err
+    config["setup"] |= {"processes": 1}  # the same process count: the data changed
+    (tmp_path / "padded" / "train_state.safetensors").write_bytes(
+        save(tensors, metadata | {"config": json.dumps(config)})
+    )
+    assert (
+        train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "padded"), "--epochs", "15", "--resume"]) == 1
+    )
+    assert "took 6 steps an epoch; with the training images there now, it would take 5" in capsys.readouterr().err
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "train_state.safetensors").write_bytes(b"not a safetensors file")
     assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, tmp_path / "corrupt"), "--resume"]) == 1
