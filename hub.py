@@ -1,6 +1,6 @@
 """What a Hugging Face Hub repo id looks like, which files make a head checkpoint and a Space, and what a Space tells
-the app: the facts classifier.py (which reads and pushes checkpoints), train_head.py, options.py, app.py, images.py
-and deploy.py (which plans a Space without importing torch) share."""
+the app: the facts classifier.py (which reads and pushes checkpoints), train_head.py, train_vit.py, options.py,
+app.py, images.py and deploy.py (which plans a Space without importing torch) share."""
 
 import argparse
 import json

@@ -19,11 +19,12 @@ few-shot linear evaluation (fewshot.py).
 import argparse
 import inspect
 import json
+import re
 import shlex
 import sys
 import time
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import torch
 import torchvision
@@ -69,6 +70,8 @@ MOST_WRONG = 5  # how many confidently wrong test images the evaluation lists
 # The backbone pass's batch on a CPU: 8 computed the features faster than the head's 32 on the EPYC AVX2
 # (BENCHMARKS.md, feature_batch.py)
 CPU_FEATURE_BATCH = 8
+# Query parameters that carry a secret in signed URLs (S3's X-Amz-Signature and -Credential, Azure's sig, tokens)
+SECRET_PARAMETER = re.compile(r"sig|token|key|credential|auth|security|expires|password", re.IGNORECASE)
 ACCEPTED = 0.95  # the outlier threshold accepts this fraction of the test photos: the usual rule, needing no OOD data
 
 
@@ -212,14 +215,17 @@ def evaluate_features(
 
 def data_source(data_dir: str | Path | None, dataset_url: str | None, split: str) -> str:
     """Where the photos came from, as the published config and model card say it: a local folder by its name only,
-    as its path names the user's home; a URL without its credentials, query or fragment (a signed URL's token)."""
+    as its path names the user's home; a local file by its name too; a URL without credentials (user:token@, a signed
+    URL's signature and expiry), keeping what names the data (Google Drive's ?id=)."""
     if data_dir is not None:
         return f"a local folder, {Path(data_dir).resolve().name}"
     if dataset_url is None:
         return DATASET_URLS[split]
     address = urlsplit(dataset_url)
-    host = address.netloc.rpartition("@")[2]
-    return urlunsplit((address.scheme, host, address.path, "", ""))
+    if address.scheme not in ("http", "https"):
+        return f"a local file, {PurePosixPath(address.path).name}"
+    query = [(name, value) for name, value in parse_qsl(address.query) if not SECRET_PARAMETER.search(name)]
+    return urlunsplit((address.scheme, address.netloc.rpartition("@")[2], address.path, urlencode(query), ""))
 
 
 def evaluation_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], paths: list[str]) -> dict:

@@ -211,8 +211,11 @@ def test_a_local_dataset_is_recorded_by_its_name_not_the_path_that_names_the_use
 
 
 def test_a_dataset_url_is_recorded_without_its_credentials_or_signature():
-    signed = "https://someone:secret@storage.example.com/data/food.zip?X-Amz-Signature=abc#top"
+    signed = "https://someone:secret@storage.example.com/data/food.zip?X-Amz-Credential=me&X-Amz-Signature=abc#top"
     assert train_head.data_source(None, signed, "ignored") == "https://storage.example.com/data/food.zip"
+    drive = "https://drive.google.com/uc?export=download&id=1AbC"
+    assert train_head.data_source(None, drive, "ignored") == drive
+    assert train_head.data_source(None, "file:///srv/alice/food.zip", "ignored") == "a local file, food.zip"
     assert train_head.data_source(None, None, "20_percent") == train_head.DATASET_URLS["20_percent"]
 
 
