@@ -86,10 +86,11 @@ def fewshot_accuracy(
     shots: tuple[int, ...] = SHOTS,
     seeds: int = SEEDS,
     l2_reg: float = L2_REG,
+    class_names: list[str] | None = None,
 ) -> dict:
     """Test accuracy of least-squares classifiers fitted on k training photos a class, for each k in shots
     and each seed, and on every training photo ("all"); JSON-serialisable, for evaluation.json. A k larger
-    than the smallest class is reported as unavailable, with the reason."""
+    than the smallest class is reported as unavailable, with the reason (naming the class from `class_names`)."""
     if any(not isinstance(k, int) or k < 1 for k in shots):
         raise ValueError(f"Shot counts must be positive integers, not {shots}.")
     if seeds < 1:
@@ -110,7 +111,9 @@ def fewshot_accuracy(
     for k in shots:
         if k not in subsets[0]:  # class sizes do not depend on the seed
             smallest = min(class_sizes)
-            reason = f"class {class_sizes.index(smallest)} has only {smallest} training photos, fewer than {k}"
+            index = class_sizes.index(smallest)
+            name = f"class {class_names[index]!r}" if class_names else f"class {index}"
+            reason = f"{name} has only {smallest} training photos, fewer than {k}"
             results[str(k)] = {"photos_per_class": k, "accuracy_per_seed": [], "mean": None, "unavailable": reason}
             continue
         per_seed = [accuracy(subsets[seed][k]) for seed in range(seeds)]

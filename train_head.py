@@ -209,7 +209,8 @@ def evaluate_features(
             "flagged": outlier_score.is_outlier(ood_scores).double().mean().item(),
             "scores": outliers.summary(ood_scores),
         }
-    few_shot = fewshot_accuracy(*train, *test, len(class_names)) | {"linear_head_accuracy": linear_head_accuracy}
+    few_shot = fewshot_accuracy(*train, *test, len(class_names), class_names=class_names)
+    few_shot["linear_head_accuracy"] = linear_head_accuracy
     return outlier_score, {"outliers": report, "fewshot": few_shot}
 
 

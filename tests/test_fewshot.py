@@ -120,6 +120,9 @@ def test_a_shot_count_no_class_can_fill_is_reported_not_raised():
     assert unavailable["accuracy_per_seed"] == [] and unavailable["mean"] is None
     assert "class 1 has only 12 training photos, fewer than 25" in unavailable["unavailable"]
     assert report["shots"]["all"]["mean"] is not None
+    photos = (train_features, train_labels, test_features, test_labels)
+    named = fewshot_accuracy(*photos, NUM_CLASSES, shots=(25,), class_names=["pizza", "steak", "sushi"])
+    assert named["shots"]["25"]["unavailable"] == "class 'steak' has only 12 training photos, fewer than 25"
 
 
 def test_invalid_arguments_say_what_is_wrong():
