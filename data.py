@@ -254,14 +254,13 @@ def check_dataset(dataset_dir: Path, quiet: bool = False) -> None:
     alone then fails with the note beside its error."""
     class_names = class_names_of(dataset_dir)
     if not quiet:
-        note_left_out(dataset_dir)
+        note_left_out(dataset_dir, class_names)
     check_images([path for subset in SUBSETS for path, _ in image_files(dataset_dir, subset, class_names)], dataset_dir)
 
 
-def note_left_out(dataset_dir: Path, shown: int = 10) -> None:
+def note_left_out(dataset_dir: Path, class_names: list[str], shown: int = 10) -> None:
     """Name on stderr the files in class folders that are not read for their extension, so that no photo is left out
     of the training and its recorded metrics without a word."""
-    class_names = class_names_of(dataset_dir)
     left_out = [path for subset in SUBSETS for name in class_names for path in left_out_of(dataset_dir / subset / name)]
     if left_out:
         names = ", ".join(str(path.relative_to(dataset_dir)) for path in left_out[:shown])

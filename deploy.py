@@ -182,8 +182,10 @@ def card_pictures(app_dir: Path) -> list[str]:
             continue  # on the web
         path = posixpath.normpath(unquote(parts.path))
         file = (app_dir / path).resolve()  # an absolute or ../ path (%2F included) resolves outside the project
-        if file.is_file() and file.is_relative_to(project) and path.split("/", 1)[0] not in LOCAL_ONLY_FOLDERS:
-            pictures.add(file.relative_to(project).as_posix())
+        if file.is_file() and file.is_relative_to(project):
+            relative = file.relative_to(project).as_posix()
+            if relative.split("/", 1)[0] not in LOCAL_ONLY_FOLDERS:
+                pictures.add(relative)
     return sorted(pictures)
 
 

@@ -55,8 +55,11 @@ def images_in(folder: Path) -> list[Path]:
 def left_out_of(folder: Path) -> list[Path]:
     """The files of a folder that images_in leaves out for their extension (a .heic, .jfif or .gif photo, notes), not
     counting debris: what a person may have meant as data."""
-    images = set(images_in(folder))
-    return sorted(path for path in folder.iterdir() if path.is_file() and not is_hidden(path) and path not in images)
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
+    )
 
 
 def example_photos() -> list[Path]:

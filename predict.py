@@ -39,13 +39,14 @@ def figure_paths(image_paths: list[str], directory: Path) -> dict[str, Path]:
     one of the images, or two different images' figures each other, before anything is computed. Figure names that
     differ only in case clash too: they are one file on macOS and Windows."""
     figures = {image: directory / f"{Path(image).stem}.png" for image in image_paths}
-    images = {file_key(Path(image)): image for image in image_paths}
+    keys = {image: file_key(Path(image)) for image in image_paths}
+    images = {key: image for image, key in keys.items()}
     named = {}
     for image, figure in figures.items():
         if (photo := images.get(file_key(figure))) is not None:
             raise ValueError(f"the figure for {image} would overwrite {photo}")
         other = named.setdefault(str(figure.resolve()).casefold(), image)
-        if file_key(Path(other)) != file_key(Path(image)):  # the same photo named twice writes the same figure
+        if keys[other] != keys[image]:  # the same photo named twice writes the same figure
             if figures[other] == figure:
                 raise ValueError(f"the figures for {other} and {image} would both be {figure}")
             raise ValueError(
