@@ -40,7 +40,7 @@ INT8_METHOD = (
 # 7-bit weights, with half the resolution, take less of it (chosen with benchmarks/latency.py --outliers)
 SMOOTHING_ALPHA = {8: 0.5, 7: 0.3}
 # Kept fp32 by measurement: the Linear whose int8 error moved the probabilities most on outlier backbones
-# (benchmarks/latency.py --outliers); it is under 1% of the work.
+# (benchmarks/latency.py --outliers); it holds 1/144 of the blocks' Linear multiply-adds.
 FP32_LINEARS = ("blocks.0.attention.projection",)
 MAX_PROBABILITY_DIFFERENCE = 0.02  # the int8 path's promise: with it, fp32's top-1 class except at near ties
 # torch's quantized engine names, by the library whose kernels they run ("fbgemm" is the older name of "x86")
@@ -146,7 +146,7 @@ def bits_for(sums: str) -> tuple[int, int]:
 def auto_precision() -> str:
     """int8 wherever the int8 engine is, with the bits its kernels add without overflow (int8_bits); whether it serves
     is then decided by measurement on the weights (choose_predictor). Without it, bf16 with AMX tiles (with
-    AVX512-BF16 alone, bf16 autocast ran slower than fp32 on the Xeon without AMX and faster on the AMD EPYC's Zen 4:
+    AVX512-BF16 alone, bf16 autocast ran slower than fp32 on the Xeon without AMX and faster on the AMD EPYC:
     BENCHMARKS.md, latency.py), else fp32."""
     if int8_engine_available():
         return "int8"
@@ -479,7 +479,8 @@ def choose_predictor(
             return fp32(f"fp32: {not_native(precision)} (--precision {precision}).")
         if resolved == "fp32":
             return fp32("fp32, as asked (--precision fp32).")
-        return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision})."
+        unchecked = "not checked against fp32 on these weights"
+        return Predictor(model, resolved, calibration), f"{resolved}, as asked (--precision {precision}); {unchecked}."
     if resolved != "int8":
         engines = ", ".join(quantized_engines())
         reason = f"{resolved}: {NO_INT8_ENGINE} (its quantized engines: {engines}), so the int8 path cannot be tried."

@@ -270,6 +270,18 @@ def test_on_arm_int8_serves_on_qnnpack_only_after_the_self_check_and_where_it_pa
         assert f"but {kernels} 1.20x as fast as fp32 on torch at start-up, under the 1.25x that pays for its" in why
 
 
+@needs_int8_engine
+def test_a_forced_int8_serves_unchecked_and_says_so(tiny_examples, monkeypatch):
+    """--precision int8 skips the record and the self-check that auto relies on: the status line must not read as
+    if int8 had proven itself."""
+    monkeypatch.setattr(inference, "agreement", lambda *args: pytest.fail("a forced int8 ran the self-check"))
+    model, images, features, maps = tiny_examples
+    ranges = inference.input_ranges(inference.vit_from_torchvision(model), images)
+    predictor, why = inference.choose_predictor(model, images, features, maps, ranges, "int8", None, "ab" * 32)
+    assert predictor.precision == "int8"
+    assert why == "int8, as asked (--precision int8); not checked against fp32 on these weights."
+
+
 @needs_x86_int8
 def test_int8_sums_are_measured_from_the_kernels_the_libraries_take():
     """The probe reads the kernels, not the CPU flags: fbgemm and oneDNN told to use their AVX2 kernels add in int16
