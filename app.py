@@ -81,7 +81,7 @@ MAX_UPLOAD = "25mb"
 # Every hour, the files more than an hour old are deleted (the examples are kept).
 DELETE_CACHE = (3600, 3600)  # (how often, minimum age), in seconds
 # ZeroGPU lends a GPU for each call of a @spaces.GPU function for at most this many seconds; shorter durations
-# queue sooner. A prediction needs well under one.
+# queue sooner. A prediction needs far less (BENCHMARKS.md, app_latency.py on the H100 and H200).
 GPU_SECONDS = 10
 SIMILARITY_SCALE, SIMILARITY_GAP = 3, 1  # Figure 7 (centre) on the page: pixels per cell, cells between maps
 
@@ -168,7 +168,7 @@ class Pictures:
         if jpeg:
             picture.save(partial, format="jpeg", **self.PHOTO_JPEG)
         elif isinstance(picture, Image.Image):
-            picture.save(partial, format="png", compress_level=1)  # a few ms, not tens: bytes are cheap on loopback
+            picture.save(partial, format="png", compress_level=1)  # fastest; bytes are cheap on loopback
         else:  # a matplotlib Figure
             picture.savefig(partial, format="png", dpi=110)
         partial.rename(path)

@@ -249,9 +249,9 @@ def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) ->
 
 
 def check_dataset(dataset_dir: Path, quiet: bool = False) -> None:
-    """Check the layout, the classes and that every image decodes, naming all the bad files at once so they can be
-    fixed in one go. First, unless `quiet`, the note on files left out (note_left_out): a class folder of .heic photos
-    alone then fails with the note beside its error."""
+    """Check the layout, the classes and that every image decodes, naming the bad files at once (the first
+    MAX_LISTED_FILES, then how many more) so they can be fixed in one go. First, unless `quiet`, the note on files
+    left out (note_left_out): a class folder of .heic photos alone then fails with the note beside its error."""
     class_names = class_names_of(dataset_dir)
     if not quiet:
         note_left_out(dataset_dir, class_names)
@@ -273,7 +273,8 @@ def note_left_out(dataset_dir: Path, class_names: list[str], shown: int = 10) ->
 
 
 def check_images(paths: list[Path], folder: Path) -> None:
-    """Every image of `folder` decodes, or a DatasetError listing all that do not."""
+    """Every image of `folder` decodes, or a DatasetError naming those that do not (the first MAX_LISTED_FILES, then
+    how many more)."""
     unreadable = []
     for path in tqdm(paths, desc=f"Checking {folder}", unit="image", leave=False):
         try:

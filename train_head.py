@@ -275,7 +275,7 @@ def train_head(
     the course's `split`) and save the checkpoint with its reports to `output_dir`, returned. `ood_dir`: a folder
     of photos of other things, against which the outlier score's AUROC is measured.
     The backbone runs on `device` (default: CUDA when available, else CPU); the head, one Linear layer, trains
-    on the CPU, where 10 epochs take well under a second.
+    on the CPU, on the cached features: little beside the backbone pass (BENCHMARKS.md, head_training.py).
 
     Raises DatasetError for unusable data, WeightsUnavailableError when the ImageNet weights are
     neither cached nor downloadable, CheckpointError when `output_dir` cannot be written."""

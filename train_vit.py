@@ -220,9 +220,9 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def bf16_autocast(amp: str, device: torch.device) -> bool:
-    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with AMX tiles, fp32 elsewhere. CPUs
-    with only AVX512-BF16 run bf16 Linears slower than fp32 (benchmarks/matmul.py, BENCHMARKS.md),
-    so there bf16 is the explicit --amp bf16. A CUDA GPU without bf16 cannot autocast to it at all."""
+    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with AMX tiles, fp32 elsewhere. With AVX512-BF16
+    alone, bf16 ran slower than fp32 on one CPU and faster on another (BENCHMARKS.md: matmul.py, latency.py), so
+    there bf16 is the explicit --amp bf16. A CUDA GPU without bf16 cannot autocast to it at all."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         if amp == "bf16":
             raise TrainingError(f"--amp bf16: the GPU {device} has no bfloat16 support; use --amp none")
