@@ -120,11 +120,19 @@ def on_the_torch_thread(handler):
 
 @contextlib.contextmanager
 def errors_on_the_page():
-    """A ServingError raised inside becomes an error message on the page (gr.Error) under its title."""
+    """A ServingError raised inside becomes an error message on the page (gr.Error) under its title; any other
+    exception, a fault rather than the visitor's photo, a plain message there and its traceback in the log."""
     try:
         yield
     except ServingError as error:
         raise gr.Error(str(error), title=error.title) from None
+    except Exception:
+        traceback.print_exc()
+        raise gr.Error(
+            "Something went wrong on the server with this request; its log has the details. Please try again, or "
+            "try another photo.",
+            title="Server error",
+        ) from None
 
 
 class Pictures:
@@ -271,7 +279,7 @@ class Page:
         started = time.perf_counter()
         try:
             prediction = self.served.classify(image_path)
-        except ServingError:
+        except Exception:
             yield cleared  # beside the error, not the previous photo's answer as if it were this upload's
             raise
         answered_ms = (time.perf_counter() - started) * 1000

@@ -6,13 +6,14 @@ whatever the file's mode, orientation or size, so a photo trains as it is served
 `attention_overlay` draw the model's view of a preprocessed image (Figure 1 of the ViT paper).
 """
 
+import math
 from pathlib import Path
 from typing import BinaryIO
 
 import matplotlib
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from hub import EXAMPLES_FOLDER
 
@@ -71,6 +72,24 @@ class ImageError(ValueError):
     """An upload that cannot be used as a photo; the message says why and what to do."""
 
 
+# The decoders an upload may reach: the formats of IMAGE_EXTENSIONS (JPEG's includes MPO, a phone's JPEG with a
+# preview or depth map), and GIF and AVIF, which browsers save pictures from the web as. Pillow would otherwise also
+# hand a file named .jpg to its EPS reader, which runs Ghostscript on it, or to any of its other plugins.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP", "TIFF", "PPM")
+
+# EXIF orientation (tag 0x0112) to the transpose that makes the photo upright, as the EXIF standard defines the tag.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+ORIENTATION = 0x0112
+
+
 def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Image.Image:
     """Decode an image file to 8-bit RGB, upright (EXIF orientation applied).
 
@@ -78,50 +97,70 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
     decoded at a reduced scale (1/2, 1/4 or 1/8, JPEG draft mode) that still covers it, which
     makes a 12-megapixel phone photo decode several times faster in a fraction of the memory.
     """
+    damaged = "This image file is damaged or truncated and cannot be decoded ({}). Please upload the complete file."
     try:
-        image = Image.open(source)
+        image = Image.open(source, formats=PHOTO_FORMATS)
     except FileNotFoundError:
         raise ImageError(f"No such file: {source}.") from None
     except UnidentifiedImageError:
         raise ImageError(
             "This file is not an image that can be read (it may be another kind of file or "
-            "badly damaged). Please upload a photo: JPEG, PNG, WebP, GIF, BMP or TIFF."
+            "badly damaged). Please upload a photo: JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF."
         ) from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"This image is too large to decode safely: {error}") from None
-    except OSError as error:  # a folder, a file without read permission, a read failure
-        raise ImageError(f"Cannot read {source}: {error.strerror or error}.") from None
+    except (PermissionError, IsADirectoryError) as error:  # a path given on the command line or in a dataset
+        raise ImageError(f"Cannot read {source}: {error.strerror}.") from None
+    except OSError as error:  # a format recognised, its decoder refusing the data (a truncated WebP)
+        raise ImageError(damaged.format(error)) from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
+            side = math.isqrt(MAX_PIXELS)
             raise ImageError(
-                f"This image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
-                f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Please downscale it and try again."
+                f"This image is {width}x{height} pixels ({width * height:,}), more than the limit of {MAX_PIXELS:,} "
+                f"({side}x{side}). Please downscale it and try again."
             )
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise ImageError(
-                f"This image is {width}x{height} pixels: its long side is "
-                f"{max(width, height) / min(width, height):,.0f} "
-                f"times its short side, and the limit is {MAX_ASPECT_RATIO} times. The model sees only the middle "
-                "square of a photo: please crop it to the food and try again."
+                f"This image is {width}x{height} pixels: its long side is more than {MAX_ASPECT_RATIO} times its "
+                "short side, the limit. The model sees only the middle square of a photo: please crop it to the "
+                "food and try again."
+            )
+        if image.mode == "F":
+            raise ImageError(
+                "This image holds floating-point values (a scientific or HDR image), not a photo's 8 or 16-bit "
+                "levels. Please save it as a JPEG or PNG photo and try again."
             )
         if min_size is not None:
             image.draft("RGB", (min_size, min_size))  # JPEG only; a no-op for other formats
         try:
-            return to_rgb(ImageOps.exif_transpose(image))
+            image.load()  # before the EXIF block, which a PNG may keep after its pixels
         except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise ImageError(damaged.format(error)) from None
+        try:
+            orientation = image.getexif().get(ORIENTATION)
+        except Exception as error:  # Pillow's EXIF parser raises what a damaged block makes it (struct.error, ...)
             raise ImageError(
-                f"This image file is damaged or truncated and cannot be decoded ({error}). "
-                "Please upload the complete file."
+                f"This photo's EXIF metadata, which holds its orientation, is damaged ({type(error).__name__}: "
+                f"{error}). Please save the photo again (any photo editor does) and upload that."
             ) from None
+        upright = image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
+        return to_rgb(upright)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any Pillow mode: transparency is composited on white (the colour a page
     shows behind a transparent photo), 16-bit grey levels are rescaled, not clipped."""
     if image.mode in WIDE_GREY_MODES:
-        grey = np.asarray(image).astype(np.float32) / 257  # 65535 -> 255
-        image = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8))
+        levels = np.asarray(image)
+        grey = np.clip((levels.astype(np.float32) / 257).round(), 0, 255).astype(np.uint8)  # 65535 -> 255
+        transparent = image.info.get("transparency")  # a PNG's one transparent grey level, in 16 bits
+        if isinstance(transparent, int):
+            alpha = np.where(levels == transparent, 0, 255).astype(np.uint8)
+            image = Image.fromarray(np.stack([grey, alpha], axis=-1), mode="LA")
+        else:
+            image = Image.fromarray(grey)
     if image.has_transparency_data:
         white = Image.new("RGBA", image.size, "white")
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
