@@ -6,10 +6,11 @@ one module per equation of Section 3.1, its Table 1 variants, and the renaming t
     Eq. 3  z_l  = MLP(LN(z'_l)) + z'_l                            MLPBlock
     Eq. 4  y    = LN(z_L^0)                                       ViT.forward_features
 
-Given the same weights (`convert_torchvision_state_dict`) the logits equal torchvision.models.VisionTransformer's,
-whose numerics we follow where they differ from the paper's own JAX code: LayerNorm eps 1e-6, the exact erf GELU
-(the JAX code uses the tanh approximation), class token initialised to zeros, position embedding to normal(std 0.02),
-classifier head to zeros, and bicubic position-embedding interpolation (the JAX code resizes linearly).
+Given the same weights (`convert_torchvision_state_dict`) the logits equal torchvision.models.VisionTransformer's.
+As there and in the paper's own JAX code: LayerNorm eps 1e-6, class token initialised to zeros, position embedding to
+normal(std 0.02), classifier head to zeros. Where torchvision differs from the JAX code, we follow torchvision: the
+exact erf GELU (the JAX code uses the tanh approximation) and bicubic position-embedding interpolation (the JAX code
+resizes linearly).
 """
 
 import math
@@ -90,8 +91,8 @@ def lecun_normal_(linear: nn.Module) -> None:
 
 
 class PatchEmbedding(nn.Module):
-    """Eq. 1. A convolution with kernel = stride = P is the linear projection E applied to every
-    flattened P*P*C patch (the "hybrid" reading of Section 3.1 with a 1x1 feature map)."""
+    """Eq. 1. A convolution with kernel = stride = P is exactly the linear projection E applied to every
+    flattened P*P*C patch, computed in one call, as torchvision and the paper's JAX code compute it."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
