@@ -96,12 +96,14 @@ FINISHED = object()  # what next() returns for a handler's generator that has no
 
 
 def on_the_torch_thread(handler):
-    """`handler` computed on devices.torch_thread (why: TorchThread), a generator one update at a time."""
+    """`handler` computed on devices.torch_thread (why: TorchThread), a generator one update at a time, its errors
+    shown on the page (errors_on_the_page). Every handler of the page goes through here."""
     if not inspect.isgeneratorfunction(handler):
 
         @functools.wraps(handler)
         def computed(*args):
-            return torch_thread.run(handler, *args)
+            with errors_on_the_page():
+                return torch_thread.run(handler, *args)
 
         return computed
 
@@ -109,8 +111,9 @@ def on_the_torch_thread(handler):
     def updates(*args):
         steps = handler(*args)
         try:
-            while (update := torch_thread.run(next, steps, FINISHED)) is not FINISHED:
-                yield update
+            with errors_on_the_page():
+                while (update := torch_thread.run(next, steps, FINISHED)) is not FINISHED:
+                    yield update
         finally:
             if steps.gi_frame is not None:  # a visitor left mid-request: Gradio closes this from its event loop,
                 torch_thread.later(steps.close)  # which must not wait for another visitor's model pass
@@ -457,14 +460,12 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
     @gpu
     @on_the_torch_thread
     def predict(upload: dict | None):
-        with errors_on_the_page():
-            for update in page.predict(uploaded_file(upload)):
-                yield keyed(update)
+        for update in page.predict(uploaded_file(upload)):
+            yield keyed(update)
 
     @on_the_torch_thread
     def show_patches(upload: dict | None) -> str | None:
-        with errors_on_the_page():
-            return page.patches(uploaded_file(upload))
+        return page.patches(uploaded_file(upload))
 
     with demo:
         event = image.change(

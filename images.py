@@ -109,9 +109,11 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
         ) from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"This image is too large to decode safely: {error}") from None
-    except (PermissionError, IsADirectoryError) as error:  # a path given on the command line or in a dataset
-        raise ImageError(f"Cannot read {source}: {error.strerror}.") from None
-    except OSError as error:  # a format recognised, its decoder refusing the data (a truncated WebP)
+    except OSError as error:
+        if error.filename is not None:  # the file system's refusal, of a path given on the command line or in a dataset
+            raise ImageError(f"Cannot read {source}: {error.strerror}.") from None
+        raise ImageError(damaged.format(error)) from None  # a format recognised, its data refused (a truncated WebP)
+    except (ValueError, RuntimeError, SyntaxError, EOFError) as error:  # what some decoders raise on damaged headers
         raise ImageError(damaged.format(error)) from None
     with image:
         width, height = image.size
@@ -136,7 +138,7 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
             image.draft("RGB", (min_size, min_size))  # JPEG only; a no-op for other formats
         try:
             image.load()  # before the EXIF block, which a PNG may keep after its pixels
-        except (OSError, ValueError, SyntaxError, EOFError) as error:
+        except (OSError, ValueError, RuntimeError, SyntaxError, EOFError) as error:  # AVIF's decoder: RuntimeError
             raise ImageError(damaged.format(error)) from None
         try:
             orientation = image.getexif().get(ORIENTATION)

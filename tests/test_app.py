@@ -497,6 +497,27 @@ def test_every_handler_computes_on_the_one_torch_thread_and_a_request_left_midwa
     assert on_the_torch_thread(lambda upload: threading.get_ident())(None) == torch_ident
 
 
+def test_every_handler_shows_a_servingerror_under_its_title_and_a_fault_as_a_server_error(capsys):
+    """Not only predict: Inside the ViT's drawings, the layer slider and the similarity map go through
+    on_the_torch_thread too, so a fault there is a message on the page, not Gradio's bare "Error"."""
+
+    def fault(upload):
+        return 1 / 0
+
+    def faulty_updates(upload):
+        yield 1
+        raise serving.ServingError("This photo is unusable.", title="Cannot read this image")
+
+    with pytest.raises(gr.Error, match="Something went wrong on the server") as raised:
+        on_the_torch_thread(fault)(None)
+    assert raised.value.title == "Server error" and "ZeroDivisionError" in capsys.readouterr().err
+    updates = on_the_torch_thread(faulty_updates)(None)
+    assert next(updates) == 1
+    with pytest.raises(gr.Error, match="This photo is unusable.") as raised:
+        next(updates)
+    assert raised.value.title == "Cannot read this image"
+
+
 # app.main as `python app.py` runs it, up to the server's start; prints the process's native threads (those Python
 # did not start: libraries' workers) before it and after it, and torch's thread count
 STARTUP_THREADS = """

@@ -109,6 +109,17 @@ def test_avif_decodes():
     assert np.allclose(pixel(image, 8, 8), (200, 40, 40), atol=12)
 
 
+def test_damaged_avif_and_ppm_are_damaged_files_not_faults():
+    """AVIF's decoder raises RuntimeError on damaged data and PPM's reader ValueError on a damaged header, where the
+    other decoders raise OSError: all must reach the page and the dataset check as an ImageError."""
+    avif = bytearray(encoded(Image.linear_gradient("L").convert("RGB").resize((64, 48)), "AVIF").getvalue())
+    avif[avif.index(b"mdat") + 4] ^= 0xFF  # the first byte of the coded picture
+    ppm = b"P6\n64 4x\n255\n" + bytes(64 * 4 * 3)
+    for data in (bytes(avif), ppm):
+        with pytest.raises(ImageError, match="damaged or truncated"):
+            load_rgb(io.BytesIO(data))
+
+
 def test_a_16_bit_png_keeps_its_transparent_level():
     levels = np.array([[0, 1000, 30000]], dtype=np.uint16)
     image = load_rgb(encoded(Image.fromarray(levels), "PNG", transparency=1000))
@@ -188,6 +199,12 @@ def test_missing_file(tmp_path):
 def test_folder_instead_of_a_file(tmp_path):
     with pytest.raises(ImageError, match=f"Cannot read {tmp_path}: Is a directory"):
         load_rgb(tmp_path)
+
+
+def test_a_path_through_a_file_is_a_path_problem_not_a_damaged_photo(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(ImageError, match="Cannot read .*notes.txt/photo.jpg: Not a directory"):
+        load_rgb(tmp_path / "notes.txt" / "photo.jpg")
 
 
 def test_to_display_undoes_normalisation():
