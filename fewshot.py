@@ -15,6 +15,7 @@ SHOTS = (1, 5, 10, 25)
 SEEDS = 3
 L2_REG = 2**10
 BIAS = 100  # large, so that the L2 penalty barely touches the bias weight
+STD_FLOOR = 1e-5  # added to each feature's std, as big_vision does: a constant or rounding-level feature stays small
 
 
 def design_matrix(features: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -28,7 +29,7 @@ class LeastSquaresClassifier:
     """Ridge regression onto ±1 targets over standardised features with a bias column; predicts the argmax."""
 
     mean: Tensor  # (D,) of the few-shot set, float64
-    std: Tensor  # (D,), 1 where a feature is constant
+    std: Tensor  # (D,), each feature's std plus STD_FLOOR
     weights: Tensor  # (D + 1, K), the last row the bias column's
 
     def scores(self, features: Tensor) -> Tensor:
@@ -51,8 +52,7 @@ def least_squares_classifier(
         )
     features = features.double()
     mean = features.mean(dim=0)
-    constant = (features == features[0]).all(dim=0)  # its std is zero, or rounding-sized: nothing to divide by
-    std = torch.where(constant, 1.0, features.std(dim=0, correction=0))
+    std = features.std(dim=0, correction=0) + STD_FLOOR
     design = design_matrix(features, mean, std)
     targets = 2 * torch.nn.functional.one_hot(labels.long(), num_classes).double() - 1
     photos, columns = design.shape
@@ -97,9 +97,18 @@ def fewshot_accuracy(
         raise ValueError(f"At least one seed is needed, not {seeds}.")
     if len(test_labels) == 0:
         raise ValueError("The test set is empty; few-shot accuracy needs at least one test photo.")
-    for name, labels in (("train", train_labels), ("test", test_labels)):
+    for name, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
+        if features.ndim != 2 or labels.shape != (len(features),) or features.shape[1] != train_features.shape[1]:
+            raise ValueError(
+                f"Expected {name} features (N, {train_features.shape[-1]}) and labels (N,), got "
+                f"{tuple(features.shape)} and {tuple(labels.shape)}."
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"The {name} labels must be class indices (integers), not {labels.dtype}.")
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"The {name} labels must lie in [0, {num_classes}); got {labels.unique().tolist()}.")
+        if not torch.isfinite(features).all():
+            raise ValueError(f"The {name} features hold NaN or infinite values; check the backbone's output.")
 
     def accuracy(indices: Tensor) -> float:
         classifier = least_squares_classifier(train_features[indices], train_labels[indices], num_classes, l2_reg)

@@ -118,14 +118,18 @@ class OutlierScore:
     def set_threshold(self, in_distribution_features: Tensor, accept: float = 0.95) -> float:
         """Set and return the threshold that accepts a fraction `accept` of held-out in-distribution photos
         (their score's 95th percentile by default): the usual rule, which needs no outlier photos."""
-        self.threshold = _acceptance_threshold(self.score(in_distribution_features), accept)
+        scores = self.score(in_distribution_features)
+        if not torch.isfinite(scores).all():
+            raise ValueError("The held-out features give NaN or infinite scores; check the backbone's output.")
+        self.threshold = _acceptance_threshold(scores, accept)
         return self.threshold
 
     def is_outlier(self, score: Tensor | float) -> Tensor | bool:
-        """Whether a score (or each of a tensor of scores) lies above the threshold."""
+        """Whether a score (or each of a tensor of scores) lies above the threshold. A NaN score (from NaN features)
+        is no evidence of food, so it counts as an outlier."""
         if self.threshold is None:
             raise ValueError("The outlier threshold is not set; call set_threshold on held-out in-distribution photos.")
-        return score > self.threshold
+        return ~(score <= self.threshold) if isinstance(score, Tensor) else not score <= self.threshold
 
     def _tensors(self) -> dict[str, Tensor]:
         threshold = math.nan if self.threshold is None else self.threshold
@@ -196,6 +200,10 @@ def fit(features: Tensor, labels: Tensor, num_classes: int) -> OutlierScore:
         raise ValueError(
             f"Expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}."
         )
+    if num_classes < 2:  # one class's Gaussian is the background's: every score would be 0, and no photo flagged
+        raise ValueError(f"The relative Mahalanobis score needs at least two classes, not {num_classes}.")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"The labels must be class indices (integers), not {labels.dtype}.")
     if not torch.isfinite(features).all():
         raise ValueError("The features hold NaN or infinite values; check the backbone's output.")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
@@ -232,6 +240,8 @@ def auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     Mann-Whitney U of the outliers' ranks among all scores, divided by the number of pairs."""
     if in_scores.numel() == 0 or out_scores.numel() == 0:
         raise ValueError("AUROC needs at least one in-distribution and one outlier score.")
+    if not (torch.isfinite(in_scores).all() and torch.isfinite(out_scores).all()):
+        raise ValueError("AUROC of NaN or infinite scores is not defined; check the features they came from.")
     scores = torch.cat([in_scores.flatten(), out_scores.flatten()]).double()
     _, group, group_sizes = torch.unique(scores, return_inverse=True, return_counts=True)
     # tied scores share the mean of the 1-based ranks they span

@@ -192,6 +192,15 @@ def test_mismatched_class_folders_are_named(local_copy, capsys):
     assert "differ between train/ and test/: only in train: ['sushi']; only in test: ['ramen']" in message
 
 
+def test_one_class_is_refused_before_any_training(local_copy, capsys):
+    """With one class there is nothing to tell apart, and the outlier score's class Gaussian is the background's."""
+    for subset in ("train", "test"):
+        for name in ("steak", "sushi"):
+            shutil.rmtree(local_copy / subset / name)
+    message = fails_cleanly(capsys, ["--data-dir", str(local_copy)])
+    assert "train holds one class folder (pizza): telling photos apart needs at least two classes" in message
+
+
 def test_hidden_folders_are_not_classes(local_copy):
     (local_copy / "train" / ".ipynb_checkpoints").mkdir()
     assert class_names_of(local_copy) == ["pizza", "steak", "sushi"]
@@ -249,10 +258,10 @@ def test_training_and_serving_decode_a_photo_alike(tmp_path):
     transparent = Image.new("RGBA", (90, 90), (0, 0, 0, 0))
     transparent.paste((20, 160, 20, 255), (20, 20, 70, 70))
     for subset in ("train", "test"):
-        folder = tmp_path / subset / "food"
-        folder.mkdir(parents=True)
-        sideways.save(folder / "phone.jpg", exif=exif, quality=95)
-        transparent.save(folder / "cutout.png")
+        for name in ("pizza", "sushi"):
+            (tmp_path / subset / name).mkdir(parents=True)
+        sideways.save(tmp_path / subset / "pizza" / "phone.jpg", exif=exif, quality=95)
+        transparent.save(tmp_path / subset / "sushi" / "cutout.png")
     transforms = PRETRAINED[DEFAULT_WEIGHTS].transforms()
     training = ImageDataset(tmp_path, "train", transforms)
     served = Preprocessing(transforms, patch_size=16)

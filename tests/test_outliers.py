@@ -295,3 +295,18 @@ def test_misuse_raises_errors_that_say_what_is_wrong(fitted, food):
         unset.to_tensors()
     with pytest.raises(ValueError, match="set_threshold"):
         unset.is_outlier(0.0)
+    with pytest.raises(ValueError, match="at least two classes, not 1"):
+        fit(features, torch.zeros_like(labels), 1)  # one class: every score would be exactly 0
+    with pytest.raises(ValueError, match="class indices"):
+        fit(features, labels.float(), NUM_CLASSES)
+    with pytest.raises(ValueError, match="NaN or infinite scores"):
+        unset.set_threshold(torch.cat([features, torch.full_like(features[:1], float("nan"))]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        auroc(torch.tensor([0.0, float("nan")]), torch.tensor([1.0]))
+
+
+def test_a_nan_score_counts_as_an_outlier_not_as_food(fitted):
+    """NaN is never above a threshold: a NaN feature vector would otherwise pass as food, without a word."""
+    nan = fitted.score(torch.full((1, DIM), float("nan")))
+    assert torch.isnan(nan).all() and fitted.is_outlier(nan).all() and fitted.is_outlier(float("nan"))
+    assert not fitted.is_outlier(fitted.threshold) and fitted.is_outlier(fitted.threshold + 1)
