@@ -161,9 +161,9 @@ def test_the_fast_path_shares_the_extractors_tensors():
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
-def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
-    if precision == "bf16" and not inference.cpu_supports_bf16():
-        pytest.skip("no native bf16 on this CPU")
+def test_cpu_paths_match_fp32_on_a_tiny_vit(precision, monkeypatch):
+    # without native bf16, oneDNN emulates it: slower than fp32, so never chosen, but the same path and rounding
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
     if precision == "int8" and inference.int8_sums() is None:
         pytest.skip(inference.NO_INT8_ENGINE)
     model = tiny_extractor()
@@ -176,11 +176,43 @@ def test_cpu_paths_match_fp32_on_a_tiny_vit(precision):
     logits = predictor(images, maps)
     assert logits.dtype == torch.float32 and all(attention.dtype == torch.float32 for attention in maps)
     torch.testing.assert_close(logits, eager, atol=0.05, rtol=0.05)
-    Predictor(model, precision="fp32")(images, reference_maps)
+    fp32 = Predictor(model, precision="fp32")
+    assert not torch.equal(logits, fp32(images, []))  # the path ran, not fp32 under another name
+    if precision == "int8":  # every Linear of the blocks in int8 but FP32_LINEARS; the head stays fp32
+        int8_linear = inference.FullRangeInt8Linear if predictor.bits[0] == 8 else inference.quantized_dynamic.Linear
+        linears = [name for name, module in fp32.vit.named_modules() if isinstance(module, torch.nn.Linear)]
+        served = dict(predictor.vit.named_modules())
+        kept = {*inference.FP32_LINEARS, "head"}
+        assert {name for name in linears if type(served[name]) is torch.nn.Linear} == kept
+        assert all(type(served[name]) is int8_linear for name in linears if name not in kept)
+    fp32(images, reference_maps)
     # values ~0.06; a 16-wide model's attention moves with each weight's rounding, twice as coarse at 7 bits
     tolerance = 5e-3 * (2 ** (8 - min(inference.int8_bits())) if precision == "int8" else 1)
     for attention, reference in zip(maps, reference_maps, strict=True):
         torch.testing.assert_close(attention, reference, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", sorted(set(inference.SMOOTHING_ALPHA.values())))
+def test_smoothquant_leaves_the_fp32_function_as_it_was(alpha):
+    """Dividing each LayerNorm's weight and bias by s and multiplying the next Linear's columns by s is exact in
+    fp32. The LayerNorms get random affine parameters: torchvision initialises the bias to 0, where forgetting to
+    divide it would go unseen, and pretrained weights' biases are not 0."""
+    model = tiny_extractor()
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            for norm in (layer.ln_1, layer.ln_2):
+                norm.weight.uniform_(0.5, 2.0)
+                norm.bias.normal_(0, 0.5)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    vit = inference.vit_from_torchvision(model)
+    smoothed = copy.deepcopy(vit)
+    inference.smooth_activations(smoothed, inference.input_ranges(vit, images), alpha)
+    before, after = inference.smoothed_linears(vit), inference.smoothed_linears(smoothed)
+    assert all(not torch.allclose(after[name][0].bias, before[name][0].bias) for name in before)  # s is not 1
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            smoothed.forward_features(images), vit.forward_features(images), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_smoothquant_ranges_are_recorded_from_any_pass_and_only_inside_the_block():
