@@ -207,6 +207,9 @@ class TorchEncoderBlock(nn.TransformerEncoderLayer):
             norm_first=True,
         )
         self.self_attn.dropout = config.attention_dropout  # the layer ties it to `dropout` otherwise
+        for linear in (self.linear1, self.linear2):  # the MLP as MLPBlock (and torchvision) initialise it
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.normal_(linear.bias, std=1e-6)
 
     def forward(self, z: torch.Tensor, attention_maps: list | None = None, class_token_only: bool = False):
         if attention_maps is None and not class_token_only:

@@ -96,6 +96,28 @@ def test_reference_initialisation():
 
 
 @pytest.mark.parametrize("encoder_block", ["paper", "torch"])
+def test_every_parameter_starts_as_torchvisions_does(encoder_block):
+    """Each tensor drawn from torchvision's distribution (lecun normal for E and the pre-logits, xavier uniform for
+    U_qkv and the MLP, normal(1e-6) MLP biases, zeros where it has zeros): compared by spread, under torchvision's
+    own names, on a model wide enough for a standard deviation to be measured within a few percent."""
+    config = dict(image_size=64, patch_size=8, num_layers=2, hidden_dim=256, mlp_dim=1024, num_heads=4)
+    torch.manual_seed(0)
+    ours = ViT(ViTConfig(**config, num_classes=10, representation_size=128, encoder_block=encoder_block))
+    converted = convert_to_torchvision_state_dict(ours.state_dict(), encoder_block)
+    torch.manual_seed(1)
+    reference = VisionTransformer(**config, num_classes=10, representation_size=128).state_dict()
+    assert converted.keys() == reference.keys()
+    for name, tensor in reference.items():
+        if "ln" in name:
+            continue  # LayerNorm: ones and zeros in both, and not random
+        ours_std, reference_std = converted[name].float().std().item(), tensor.float().std().item()
+        if reference_std == 0:
+            assert torch.all(converted[name] == tensor), name
+        else:
+            assert ours_std == pytest.approx(reference_std, rel=0.1), name
+
+
+@pytest.mark.parametrize("encoder_block", ["paper", "torch"])
 def test_gradient_reaches_every_parameter(encoder_block):
     model = tiny_vit(encoder_block=encoder_block, dropout=0.1, attention_dropout=0.1).train()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head blocks the gradient to the encoder
