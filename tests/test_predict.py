@@ -10,6 +10,7 @@ from PIL import Image
 
 import predict
 from app import EXAMPLES
+from standins import GENERATED_CLASSES
 
 
 def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkpoint, torch_home, tmp_path, capsys):
@@ -38,6 +39,11 @@ def test_predict_cli_prints_top3_and_times_and_saves_figures(trained_head_checkp
         assert re.fullmatch(
             rf"{re.escape(photo)}: (\w+ [01]\.\d{{3}}, ){{2}}\w+ [01]\.\d{{3}} \| model \d+ ms, total \d+ ms", line
         )
+        top3 = [(name, float(p)) for name, p in re.findall(r"(\w+) ([01]\.\d{3})", line.split(" | ")[0])]
+        # three classes: the top 3 are all of them, most likely first, their probabilities adding to 1
+        assert sorted(name for name, _ in top3) == sorted(GENERATED_CLASSES)
+        assert [p for _, p in top3] == sorted((p for _, p in top3), reverse=True)
+        assert abs(sum(p for _, p in top3) - 1) <= 0.002
         figure = Image.open(tmp_path / "figures" / f"{Path(photo).stem}.png")
         assert figure.width > 100 and figure.height > 100
 
