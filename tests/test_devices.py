@@ -58,7 +58,8 @@ def test_every_caller_runs_on_the_same_thread_and_gets_its_result_or_its_error()
 
 def test_a_call_from_the_torch_thread_itself_runs_at_once_instead_of_waiting_for_itself():
     torch_thread = TorchThread()
-    inner = torch_thread.run(lambda: torch_thread.run(threading.get_ident))
+    # a call queued behind itself never ends: waited for with a limit, that fails this test instead of hanging it
+    inner = torch_thread.later(lambda: torch_thread.run(threading.get_ident)).result(timeout=30)
     assert inner == torch_thread.run(threading.get_ident)
 
 

@@ -19,7 +19,9 @@ from figures import (
     draw_rollout,
     embedding_filters,
     mean_attention_distance,
+    patch_under,
     position_embedding_similarity,
+    similarity_picture,
 )
 from model import ViT, ViTConfig
 
@@ -286,6 +288,27 @@ def test_draw_position_similarity_is_one_grid_of_grids_with_each_patch_brightest
         small_map = mosaic[row * (grid + 1) : row * (grid + 1) + grid, column * (grid + 1) : column * (grid + 1) + grid]
         assert np.unravel_index(np.argmax(small_map), small_map.shape) == (row, column)
     assert np.isnan(mosaic[grid, :]).all() and np.isnan(mosaic[:, grid]).all()  # gaps between the small maps
+
+
+def test_a_click_on_the_similarity_picture_names_the_patch_whose_map_it_lands_in():
+    """On the picture each patch's small map is brightest at the patch's own place (similarity 1 with itself, -1
+    with the rest), so the bright pixel in the map under a click tells which patch the map belongs to: row by row,
+    not column by column. Clicks in the white gaps or off the picture name none."""
+    grid, scale, gap = 4, 3, 1
+    picture = np.asarray(similarity_picture(2 * torch.eye(grid * grid) - 1, scale, gap)).sum(axis=2)
+    cell = (grid + gap) * scale
+    for y in range(picture.shape[0]):
+        for x in range(picture.shape[1]):
+            patch = patch_under(x + 0.5, y + 0.5, grid, scale, gap)
+            if patch is None:
+                assert picture[y, x] == 3 * 255  # a white gap
+                continue
+            top, left = y // cell * cell, x // cell * cell
+            small_map = picture[top : top + grid * scale, left : left + grid * scale]
+            bright_row, bright_column = np.unravel_index(small_map.argmax(), small_map.shape)
+            assert patch == bright_row // scale * grid + bright_column // scale
+    assert patch_under(picture.shape[1] + 1, 1, grid, scale, gap) is None
+    assert patch_under(-1, 1, grid, scale, gap) is None
 
 
 def test_draw_position_similarity_renders_a_14_by_14_grid():

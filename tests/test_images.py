@@ -226,10 +226,12 @@ def test_patch_grid_lays_patches_out_row_by_row_with_gaps():
 
 
 def test_attention_overlay_highlights_the_attended_patch():
+    """Real attention weights are near 1/N (about 0.005 over 196 patches): the colours span the map's own range, or
+    the most attended patch would look like the rest."""
     image = Image.new("RGB", (64, 64), (128, 128, 128))
-    attention = torch.zeros(4, 4)
-    attention[1, 2] = 1.0
+    attention = torch.full((4, 4), 0.004)
+    attention[1, 2] = 0.006
     overlay = np.asarray(attention_overlay(image, attention)).astype(int)
     brightness = overlay.sum(axis=2)
     assert overlay.shape == (64, 64, 3)
-    assert brightness[16:32, 32:48].min() > brightness[:16, :].max()
+    assert brightness[16:32, 32:48].min() > brightness[:16, :].max() + 200

@@ -3,7 +3,6 @@ made again when unreadable, and inference.fastest_fp32 lets it serve only where 
 ENGINE_SPEED_UP; otherwise torch serves and the reason says why. Speed lives in benchmarks/engines.py."""
 
 import sys
-import time
 
 import pytest
 import torch
@@ -62,11 +61,25 @@ def test_a_read_only_cache_folder_gets_no_export_and_no_leftovers(tmp_path, monk
     assert onnx.features(TINY_CALIBRATION).shape == (len(TINY_CALIBRATION), TINY_VIT["hidden_dim"])
 
 
-def test_speed_up_is_torchs_time_over_onnx_runtimes():
-    def taking(seconds):
-        return lambda images, maps: time.sleep(seconds)
+def test_speed_up_is_torchs_median_time_over_onnx_runtimes_in_turns_after_a_warm_up(monkeypatch):
+    """On a clock the runs themselves advance, so the figure is exact: warm-ups of 100 and 50 would move the
+    medians (to 7 and 2) if they counted."""
+    clock, order = [0.0], []
+    monkeypatch.setattr(onnx_engine.time, "perf_counter", lambda: clock[0])
 
-    assert 2.0 < onnx_engine.speed_up(taking(0.006), taking(0.002), TINY_CALIBRATION) < 4.0
+    def taking(name, durations):
+        remaining = iter(durations)
+
+        def run(images, maps):
+            order.append(name)
+            clock[0] += next(remaining)
+
+        return run
+
+    torch_run = taking("torch", [100, 4, 8, 6, 4, 8])
+    onnx_run = taking("onnx", [50, 2, 2, 3, 1, 2])
+    assert onnx_engine.speed_up(torch_run, onnx_run, TINY_CALIBRATION, repeats=5) == 6 / 2
+    assert order == ["torch", "onnx"] * 6
 
 
 @pytest.mark.parametrize("missing", ["onnxruntime", "onnx", "onnxscript"])
