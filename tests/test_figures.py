@@ -170,6 +170,17 @@ def test_mean_distance_averages_over_layers_images_and_queries_separately_per_la
     torch.testing.assert_close(distances, torch.tensor(expected, dtype=torch.float64))
 
 
+def test_a_query_whose_patch_weights_all_underflow_counts_as_no_distance_not_nan():
+    """A query giving all its weight to the class token in float32 (its patch weights rounded to exact zeros) has
+    no distance to weight: 0 pixels, and the other queries' mean untouched, where 0/0 would turn the head's into NaN."""
+    attention = planted_grid_attention(0.0).float()
+    attention[0, :, 1, 1:] = 0  # the first patch's query: every weight on the class token
+    attention[0, :, 1, 0] = 1
+    distances = mean_attention_distance([attention], patch_size=16)
+    reference = mean_attention_distance([planted_grid_attention(0.0).float()], patch_size=16)
+    torch.testing.assert_close(distances, reference * 8 / 9)  # 8 of the 9 queries keep their distance
+
+
 def test_mean_distance_needs_a_square_grid_and_a_positive_patch_size():
     with pytest.raises(ValueError, match="8 patches"):
         mean_attention_distance(random_attentions(1, 1, 2, tokens=9), patch_size=16)
