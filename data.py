@@ -223,17 +223,17 @@ def class_names_of(dataset_dir: str | Path) -> list[str]:
     for subset in SUBSETS:
         if not classes[subset]:
             raise DatasetError(f"{dataset_dir / subset} holds no class folders. {layout}")
-        if len(classes[subset]) == 1:
-            raise DatasetError(
-                f"{dataset_dir / subset} holds one class folder ({min(classes[subset])}): telling photos apart needs "
-                f"at least two classes. {layout}"
-            )
     if classes["train"] != classes["test"]:
         only_train = sorted(classes["train"] - classes["test"]) or "none"
         only_test = sorted(classes["test"] - classes["train"]) or "none"
         raise DatasetError(
             f"The class folders of {dataset_dir} differ between train/ and test/: only in train: "
             f"{only_train}; only in test: {only_test}. Give both the same class folders."
+        )
+    if len(classes["train"]) == 1:
+        raise DatasetError(
+            f"{dataset_dir} holds one class folder ({min(classes['train'])}): telling photos apart needs at least two "
+            f"classes. {layout}"
         )
     return sorted(classes["train"])
 

@@ -49,8 +49,8 @@ NO_INT8_ENGINE = "torch has no int8 kernels here: neither its x86 engines (fbgem
 
 
 def cpu_supports_bf16() -> bool:
-    """Native bf16 dot products (x86 AVX512-BF16 or AMX). Without them oneDNN emulates bf16,
-    which is slower than fp32."""
+    """Native bf16 dot products (x86 AVX512-BF16 or AMX). Without them bf16 is emulated (oneDNN on AVX-512, ATen's
+    own GEMM on AVX2), slower than fp32."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 

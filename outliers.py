@@ -56,6 +56,12 @@ def _whitening(precision: Tensor) -> Tensor:
     return torch.linalg.cholesky(precision.double()).float()
 
 
+def above_threshold(score: Tensor | float, threshold: float) -> Tensor | bool:
+    """Whether a score (or each of a tensor of scores) lies above the threshold. A NaN score (from NaN features) is no
+    evidence of food, so it counts as above: `>` would call it food."""
+    return ~(score <= threshold) if isinstance(score, Tensor) else not score <= threshold
+
+
 def _acceptance_threshold(in_scores: Tensor, accept: float) -> float:
     """The smallest in-distribution score t with at least a fraction `accept` of in_scores ≤ t."""
     if not 0 < accept < 1:
@@ -125,11 +131,10 @@ class OutlierScore:
         return self.threshold
 
     def is_outlier(self, score: Tensor | float) -> Tensor | bool:
-        """Whether a score (or each of a tensor of scores) lies above the threshold. A NaN score (from NaN features)
-        is no evidence of food, so it counts as an outlier."""
+        """Whether a score (or each of a tensor of scores) lies above the threshold (above_threshold)."""
         if self.threshold is None:
             raise ValueError("The outlier threshold is not set; call set_threshold on held-out in-distribution photos.")
-        return ~(score <= self.threshold) if isinstance(score, Tensor) else not score <= self.threshold
+        return above_threshold(score, self.threshold)
 
     def _tensors(self) -> dict[str, Tensor]:
         threshold = math.nan if self.threshold is None else self.threshold

@@ -32,7 +32,7 @@ from images import ImageError, load_rgb
 from inference import Predictor, calibration_images, choose_predictor, recording_input_ranges, vit_from_torchvision
 from model import VIT_CONFIGS, PatchEmbedding
 from onnx_engine import OnnxRuntimePredictor
-from outliers import OutlierScore
+from outliers import OutlierScore, above_threshold
 
 
 class ServingError(Exception):
@@ -53,7 +53,7 @@ class OutlierVerdict:
 
     @property
     def is_outlier(self) -> bool:
-        return self.score > self.threshold
+        return above_threshold(self.score, self.threshold)
 
 
 @dataclass

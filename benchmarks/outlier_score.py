@@ -116,7 +116,7 @@ def main() -> None:
                     f"served {precision}",
                     f"{served_auroc[precision]:.3f}",
                     f"{outliers.fpr_at_tpr(food_scores, other_scores):.3f}",
-                    f"{(food_scores > path.outliers.threshold).double().mean().item():.3f}",
+                    f"{path.outliers.is_outlier(food_scores).double().mean().item():.3f}",
                 ]
             )
     ood = evaluation["outliers"]["ood"]

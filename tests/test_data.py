@@ -198,7 +198,7 @@ def test_one_class_is_refused_before_any_training(local_copy, capsys):
         for name in ("steak", "sushi"):
             shutil.rmtree(local_copy / subset / name)
     message = fails_cleanly(capsys, ["--data-dir", str(local_copy)])
-    assert "train holds one class folder (pizza): telling photos apart needs at least two classes" in message
+    assert "holds one class folder (pizza): telling photos apart needs at least two classes" in message
 
 
 def test_hidden_folders_are_not_classes(local_copy):

@@ -162,7 +162,8 @@ def test_the_fast_path_shares_the_extractors_tensors():
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
 def test_cpu_paths_match_fp32_on_a_tiny_vit(precision, monkeypatch):
-    # without native bf16, oneDNN emulates it: slower than fp32, so never chosen, but the same path and rounding
+    # without native bf16 it is emulated (oneDNN on AVX-512, ATen's own GEMM on AVX2): slower than fp32, so never
+    # chosen, but the same autocast and rounding
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
     if precision == "int8" and inference.int8_sums() is None:
         pytest.skip(inference.NO_INT8_ENGINE)

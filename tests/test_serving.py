@@ -161,12 +161,13 @@ def test_the_served_verdict_flags_drawn_non_food_on_every_precision(
         food_scores, food_warnings = scored_photos(served, food, tmp_path / f"food-{precision}")
         other_scores, other_warnings = scored_photos(served, non_food, tmp_path / f"other-{precision}")
         measured[precision] = outliers.auroc(food_scores, other_scores)
-        flagged_food = (food_scores > served.outliers.threshold).double().mean().item()
+        flagged_food = served.outliers.is_outlier(food_scores).double().mean().item()
         # 5% expected; three binomial standard deviations over 30 photos allow up to 17%
         assert flagged_food <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(food))
         assert sum(map(bool, other_warnings)) > sum(map(bool, food_warnings))
         assert all(
-            bool(warning) == (score > served.outliers.threshold) for warning, score in zip(other_warnings, other_scores)
+            bool(warning) == bool(served.outliers.is_outlier(score))
+            for warning, score in zip(other_warnings, other_scores)
         )
         worst = other_warnings[int(other_scores.argmax())]
         assert "does not look like pizza, steak or sushi" in worst and "threshold" in worst
@@ -200,3 +201,12 @@ def test_a_mismatched_score_is_a_clear_error_on_the_page(checkpoint_copy, torch_
     assert isinstance(served, serving.NoModel)
     assert "outliers.class_precision has shape (384, 384)" in served.problem and "train_head.py" in served.problem
     assert "No model is serving" in app.status(served)
+
+
+def test_a_nan_outlier_score_warns_instead_of_passing_as_food():
+    """NaN is never above a threshold: with `>` a photo whose features came out NaN showed no warning at all."""
+    probabilities = {"pizza": 0.5, "steak": 0.3, "sushi": 0.2}
+    verdicts = [serving.OutlierVerdict(score, threshold=5.0) for score in (float("nan"), 4.0, 5.0, 6.0)]
+    assert [verdict.is_outlier for verdict in verdicts] == [True, False, False, True]
+    nan = serving.Prediction(probabilities, torch.zeros(3, 1, 1), [], 1.0, verdicts[0])
+    assert nan.warning().startswith("This does not look like pizza, steak or sushi (score nan, threshold 5.0)")
