@@ -88,6 +88,8 @@ UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 ORIENTATION = 0x0112
+# What Pillow's readers raise on damaged data besides OSError: PPM's on a damaged header ValueError, AVIF's RuntimeError
+DAMAGED_DATA_ERRORS = (ValueError, RuntimeError, SyntaxError, EOFError)
 
 
 def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Image.Image:
@@ -113,7 +115,7 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
         if error.filename is not None:  # the file system's refusal, of a path given on the command line or in a dataset
             raise ImageError(f"Cannot read {source}: {error.strerror}.") from None
         raise ImageError(damaged.format(error)) from None  # a format recognised, its data refused (a truncated WebP)
-    except (ValueError, RuntimeError, SyntaxError, EOFError) as error:  # what some decoders raise on damaged headers
+    except DAMAGED_DATA_ERRORS as error:
         raise ImageError(damaged.format(error)) from None
     with image:
         width, height = image.size
@@ -138,7 +140,7 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
             image.draft("RGB", (min_size, min_size))  # JPEG only; a no-op for other formats
         try:
             image.load()  # before the EXIF block, which a PNG may keep after its pixels
-        except (OSError, ValueError, RuntimeError, SyntaxError, EOFError) as error:  # AVIF's decoder: RuntimeError
+        except (OSError, *DAMAGED_DATA_ERRORS) as error:
             raise ImageError(damaged.format(error)) from None
         try:
             orientation = image.getexif().get(ORIENTATION)
