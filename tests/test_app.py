@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 import httpx
@@ -25,12 +26,13 @@ from PIL import Image
 import app
 import serving
 from app import EXAMPLES, MAX_UPLOAD, QUEUE_POLLS_SECONDS, Inside, Page, Pictures, on_the_torch_thread, queued
-from classifier import load_classifier
+from classifier import load_classifier, load_outlier_score
 from devices import default_device, torch_thread
 from figures import attention_rollout, mean_attention_distance
 from images import attention_overlay, load_rgb, patch_grid, to_display
 from inference import Predictor, calibration_images
 from marks import needs_int8_engine
+from outliers import above_threshold
 from standins import (
     EXAMPLE_PHOTOS,
     REPO,
@@ -58,21 +60,32 @@ def client(served):
     return Client(served[0], verbose=False)
 
 
+class Expected(NamedTuple):
+    probabilities: dict[str, float]
+    grid: np.ndarray  # the photo as the ViT sees it, drawn as the page's patch view
+    not_food: bool | None  # the outlier check's verdict (outliers.py); None where the checkpoint has no score
+
+
 @pytest.fixture(scope="module")
 def reference(trained_head_checkpoint, torch_home):
-    """The app's pipeline computed here, independently of the server: image path -> (probabilities, patch grid),
-    on the device and in the precision the server defaults to (on a CUDA machine, fp32 on the GPU)."""
+    """The app's pipeline computed here, independently of the server: image path -> Expected, on the device and in
+    the precision the server defaults to (on a CUDA machine, fp32 on the GPU)."""
     model, transforms, config = load_classifier(trained_head_checkpoint)
+    outliers = load_outlier_score(trained_head_checkpoint, config, model.hidden_dim)
     device = default_device()
     calibration = calibration_images(transforms) if device.type == "cpu" else None
     predictor = Predictor(model.to(device), calibration=calibration)  # the app's default inference path
 
-    def compute(path) -> tuple[dict[str, float], np.ndarray]:
+    def compute(path) -> Expected:
         pixels = transforms(load_rgb(path, min_size=transforms.resize_size[0]))
         # with its attention maps, as the app asks: int8 rounding follows the (fp32-equal) attention path taken
-        probabilities = predictor(pixels.unsqueeze(0).to(device), []).softmax(dim=-1)[0].tolist()
+        features = []
+        probabilities = predictor(pixels.unsqueeze(0).to(device), [], features).softmax(dim=-1)[0].tolist()
         grid = patch_grid(to_display(pixels, transforms.mean, transforms.std), model.patch_size)
-        return dict(zip(config["class_names"], probabilities)), as_served(grid)
+        not_food = None
+        if outliers is not None:
+            not_food = bool(above_threshold(outliers.score(features[0].cpu()), outliers.threshold).item())
+        return Expected(dict(zip(config["class_names"], probabilities)), as_served(grid), not_food)
 
     return compute
 
@@ -82,14 +95,14 @@ def as_served(photo_drawing: Image.Image) -> np.ndarray:
     return np.asarray(Image.open(encoded(photo_drawing, "JPEG", **Pictures.PHOTO_JPEG)))
 
 
-def assert_prediction(result, expected: dict[str, float]):
+def assert_prediction(result, expected: Expected):
     label, timing, patches, attention, rollout, verdict = result
-    assert verdict == "" or "does not look like pizza, steak or sushi" in verdict
+    assert ("does not look like pizza, steak or sushi" in verdict) if expected.not_food else verdict == ""
     probabilities = probabilities_of(label)
-    assert set(probabilities) == set(expected) and len(probabilities) == 3
+    assert set(probabilities) == set(expected.probabilities) and len(probabilities) == 3
     assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
-    assert probabilities == pytest.approx(expected, abs=1e-5)
-    assert label["label"] == max(expected, key=expected.get)
+    assert probabilities == pytest.approx(expected.probabilities, abs=1e-5)
+    assert label["label"] == max(expected.probabilities, key=expected.probabilities.get)
     model_ms, answered_ms, drawn_ms = (float(ms) for ms in re.findall(r"(\d+) ms", timing))
     assert 0 < model_ms <= answered_ms and drawn_ms >= 0
     assert Image.open(attention).size == Image.open(rollout).size == (224, 224)
@@ -98,14 +111,14 @@ def assert_prediction(result, expected: dict[str, float]):
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_real_photo_prediction_and_patch_grid(client, reference, foodvision, photo):
-    expected_probabilities, expected_grid = reference(photo)
+    expected = reference(photo)
     result = client.predict(handle_file(photo), api_name="/predict")
-    assert_prediction(result, expected_probabilities)
+    assert_prediction(result, expected)
     assert result[-1] == foodvision.classify(photo).warning()  # the not-food verdict, as the page computes it
-    assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)  # one event, one decode
+    assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected.grid)  # one event, one decode
 
     grid = np.asarray(Image.open(client.predict(handle_file(photo), api_name="/patches")).convert("RGB"))
-    assert np.array_equal(grid, expected_grid)
+    assert np.array_equal(grid, expected.grid)
     white_columns = np.flatnonzero((grid >= 224).all(axis=(0, 2)))  # JPEG leaves the white gaps nearly white
     separators = 1 + np.count_nonzero(np.diff(white_columns) > 1) if len(white_columns) else 0
     assert separators == 224 // 16 - 1  # 14 columns of patches, 13 gaps between them
@@ -158,7 +171,7 @@ ODD_BUT_VALID = {
 @pytest.fixture(scope="module")
 def good_photo(reference):
     photo = Path(EXAMPLES[0])
-    return photo, reference(photo)[0]
+    return photo, reference(photo)
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
@@ -245,7 +258,7 @@ def test_oversized_upload_is_refused_at_the_door(client, served, good_photo):
 def test_odd_but_valid_upload_is_classified_like_here(client, reference, good_photo, tmp_path, name):
     upload = tmp_path / name
     upload.write_bytes(ODD_BUT_VALID[name]())
-    assert_prediction(client.predict(handle_file(upload), api_name="/predict"), reference(upload)[0])
+    assert_prediction(client.predict(handle_file(upload), api_name="/predict"), reference(upload))
     photo, expected = good_photo
     assert_prediction(client.predict(handle_file(photo), api_name="/predict"), expected)
 
@@ -260,9 +273,9 @@ def test_32_simultaneous_requests_all_get_their_own_correct_answer(client, refer
         results = list(pool.map(lambda request: client.predict(handle_file(request[0]), api_name=request[1]), requests))
     for (photo, endpoint), result in zip(requests, results):
         if endpoint == "/predict":
-            assert_prediction(result, expected[photo][0])
+            assert_prediction(result, expected[photo])
         else:
-            assert np.array_equal(np.asarray(Image.open(result).convert("RGB")), expected[photo][1])
+            assert np.array_equal(np.asarray(Image.open(result).convert("RGB")), expected[photo].grid)
     peak_rss_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{served[1].pid}/status").read_text()).group(1))
     assert peak_rss_kb < 3 * 1024 * 1024, f"server peak RSS {peak_rss_kb / 1024:.0f} MiB"
 
@@ -360,17 +373,17 @@ def test_many_visitors_clicking_the_same_example_at_once_get_whole_pictures(serv
     (Gradio writes a returned PIL image in place under its hash, where one request could read another's half-written
     file; the app returns files, which Gradio copies atomically)."""
     photo = PHOTOS[0]
-    expected_probabilities, expected_grid = reference(photo)
+    expected = reference(photo)
     visitors = [Client(served[0], verbose=False) for _ in range(12)]
     for _ in range(2):
         with ThreadPoolExecutor(max_workers=len(visitors)) as pool:
             results = list(pool.map(lambda visitor: visitor.predict(handle_file(photo), api_name="/predict"), visitors))
         for result in results:
-            assert_prediction(result, expected_probabilities)
+            assert_prediction(result, expected)
             for picture in result[2:5]:  # patches, attention, rollout
                 with Image.open(picture) as image:
                     image.load()  # a truncated file fails here
-            assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected_grid)
+            assert np.array_equal(np.asarray(Image.open(result[2]).convert("RGB")), expected.grid)
 
 
 def test_drawings_of_the_photo_are_jpegs_within_a_few_levels_and_the_weights_pictures_exact_pngs():
