@@ -5,11 +5,12 @@
     python deploy.py USER/foodvision-mini-app --checkpoint USER/foodvision-mini --hardware cpu-upgrade
     python deploy.py USER/foodvision-mini-app --dry-run            # print the plan, contact nothing
 
-Steps, in this order so that a refused Space (402: the plan does not cover the hardware) leaves
-nothing half-uploaded: check the token (whoami), check that an existing Space of that name is a
-Gradio one, create the Space (or request the hardware on an existing one), push a local head
-checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that app.py reads, then
-upload the app in a single commit, which also deletes files of earlier deploys that no longer belong.
+Steps, in this order so that a refused token, card or Space (402: the plan does not cover the hardware)
+leaves nothing half-done: check the token (whoami), check that an existing Space of that name is a Gradio one,
+have the Hub check README.md's front matter, create the Space (or request the hardware on an existing one),
+push a local head checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that app.py reads,
+then upload the app in a single commit, which also deletes files of earlier deploys that no longer belong. A
+failure after the first write says what was done; running deploy.py again finishes the deploy.
 
 What it uploads is an include list: app.py and the project modules it imports, followed through their imports
 (space_modules), plus SPACE_CONFIG_FILES, examples/ and the pictures README.md shows. A module the app comes to
@@ -36,6 +37,7 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from hub import (
     CHECKPOINT_VARIABLE,
@@ -77,6 +79,7 @@ ZERO_GPU_MIN_TORCH = (2, 8)
 # same on every hardware so that one set of versions is what users deploy.
 SPACE_TORCH_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
 
+SPACES_CONFIG_DOCS = "https://huggingface.co/docs/hub/spaces-config-reference"
 LOGIN_HINT = (
     "Log in with `hf auth login`, or set HF_TOKEN to a token with write access "
     "(https://huggingface.co/settings/tokens)."
@@ -201,24 +204,22 @@ def space_modules(app_dir: Path) -> list[str]:
     return sorted(f"{module}.py" for module in reached)
 
 
-def imports_of(app_dir: Path, name: str) -> set[str]:
-    """The top-level names of the modules that the file `name` imports (absolute imports only)."""
+def parsed(app_dir: Path, name: str) -> ast.Module:
     try:
-        tree = ast.parse((app_dir / name).read_bytes(), filename=name)
+        return ast.parse((app_dir / name).read_bytes(), filename=name)
     except SyntaxError as error:
         raise DeployError(f"{name} line {error.lineno}: {error.msg}; the Space could not run it. Fix it first.")
+
+
+def imports_of(app_dir: Path, name: str) -> set[str]:
+    """The top-level names of the modules that the file `name` imports (absolute imports only)."""
     imported = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(parsed(app_dir, name)):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     return imported
-
-
-def imported_modules(app_dir: Path, files: list[str]) -> set[str]:
-    """The top-level modules the uploaded modules import."""
-    return set().union(*(imports_of(app_dir, name) for name in files if name.endswith(".py")))
 
 
 def is_stale(remote_path: str, files: list[str]) -> bool:
@@ -243,15 +244,15 @@ def space_requirements(app_dir: Path) -> bytes:
     return ("\n".join(pinned) + "\n").encode()
 
 
-def check_front_matter(app_dir: Path, hardware: str, files: list[str], imported: set[str]) -> list[str]:
+def check_front_matter(app_dir: Path, hardware: str, files: list[str]) -> list[str]:
     """The Space's settings come from README.md's front matter: stop on a wrong SDK or app file; return
     warnings for what ZeroGPU would refuse at build or run time."""
     try:
         metadata = metadata_load(app_dir / "README.md") or {}
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: YAML, but a list or a string instead of settings
         raise DeployError(
-            f"README.md's front matter is not valid YAML ({str(error).splitlines()[0]}); the Space reads its settings "
-            "from it. Fix the block between the --- lines, then run deploy.py again."
+            f"README.md's front matter is not a block of settings ({str(error).splitlines()[0]}); the Space reads "
+            "its settings from it. Fix the block between the --- lines, then run deploy.py again."
         ) from None
     sdk = metadata.get("sdk")
     if sdk != "gradio":
@@ -274,13 +275,24 @@ def check_front_matter(app_dir: Path, hardware: str, files: list[str], imported:
             f"README.md asks for python_version {python_version or '(unset)'}; ZeroGPU builds only Python "
             f"{' or '.join(ZERO_GPU_PYTHON_VERSIONS)}. Set one of them in the front matter, or the build will fail."
         )
-    if "spaces" not in imported:
+    if not any(uses_spaces_gpu(app_dir, name) for name in files if name.endswith(".py")):
         warnings.append(
-            "No uploaded module imports `spaces`: on ZeroGPU a GPU is attached only while a function decorated "
+            "No uploaded module uses `spaces.GPU`: on ZeroGPU a GPU is attached only while a function decorated "
             "with @spaces.GPU runs, so without one the model gets no GPU "
             "(https://huggingface.co/docs/hub/spaces-zerogpu)."
         )
     return warnings
+
+
+def uses_spaces_gpu(app_dir: Path, name: str) -> bool:
+    """Whether the module `name` refers to spaces.GPU (as a decorator or called, `spaces.GPU(duration=...)(f)`) or
+    imports GPU from spaces: importing `spaces` alone attaches no GPU."""
+    for node in ast.walk(parsed(app_dir, name)):
+        if isinstance(node, ast.Attribute) and node.attr == "GPU" and getattr(node.value, "id", None) == "spaces":
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "spaces" and any(a.name == "GPU" for a in node.names):
+            return True
+    return False
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | None, list[str]]:
@@ -321,7 +333,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
 def make_plan(args: argparse.Namespace) -> Plan:
     app_dir = args.app_dir.resolve()
     files = space_files(app_dir)
-    warnings = check_front_matter(app_dir, args.hardware, files, imported_modules(app_dir, files))
+    warnings = check_front_matter(app_dir, args.hardware, files)
     head_repo, head_folder, head_files = resolve_checkpoint(args)
     if head_repo is None:
         warnings.append(
@@ -329,10 +341,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "start-up (downloading the course's dataset), and it is lost whenever the Space restarts."
         )
     elif args.private:
-        warnings.append(
-            f"--private: the Space can read the private head {head_repo} only with a read token; add one as the "
-            f"Space secret HF_TOKEN (`hf spaces secrets add {args.space} -s HF_TOKEN`)."
-        )
+        warnings.append(private_head_hint(head_repo, args.space, args.endpoint))
     return Plan(
         space_repo=args.space,
         hardware=args.hardware,
@@ -344,6 +353,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
         head_folder=head_folder,
         head_files=head_files,
         warnings=warnings,
+    )
+
+
+def private_head_hint(head_repo: str, space_repo: str, endpoint: str) -> str:
+    """How a Space reads a private head: with a token of its own. Not the deploy's write token, which would let
+    anyone who can change the Space's code write to every repo of the account."""
+    return (
+        f"The head {head_repo} is private: the Space can read it only with a token. Create a fine-grained token "
+        f"with read access to {head_repo} alone ({endpoint}/settings/tokens) and add it as the secret HF_TOKEN in "
+        f"the Space's settings ({endpoint}/spaces/{space_repo}/settings)."
     )
 
 
@@ -369,11 +388,16 @@ class Deployer:
         self.plan = plan
         self.api = api
         self.step = "starting"
+        self.done: list[str] = []  # what the Hub has changed so far, said if a later step fails
+        self.account: str | None = None  # the token's user, once whoami answered
 
     def run(self) -> None:
         plan = self.plan
         self.check_token()
         existing = self.existing_space()
+        if plan.private and existing is not None and not existing.private:
+            self.warn_stays_public(f"The Space {plan.space_repo} exists and is public", f"{plan.space_url}/settings")
+        self.check_card()
         self.create_space(existing)
         if plan.head_folder is not None:
             self.push_head()
@@ -384,7 +408,40 @@ class Deployer:
             self.api.add_space_variable(
                 plan.space_repo, CHECKPOINT_VARIABLE, plan.head_repo, description="Hub repo of the head app.py serves"
             )
+            self.done.append(f"set {CHECKPOINT_VARIABLE}={plan.head_repo} on the Space")
         self.upload_app(existing)
+
+    def warn_stays_public(self, what: str, settings: str) -> None:
+        """create_repo keeps the visibility of a repo that exists, whatever --private says."""
+        print(
+            f"warning: {what}: --private applies only to what deploy.py creates, so it stays public. "
+            f"Make it private in its settings ({settings}) if you meant to.",
+            file=sys.stderr,
+        )
+
+    def check_card(self) -> None:
+        """The Hub's own check of README.md's front matter, which configures the Space. create_commit runs it too,
+        but only once the Space, the head and the variable exist: a card it refuses stops the deploy here, before
+        anything is written."""
+        plan = self.plan
+        self.step = "having the Hub check README.md's front matter"
+        card = (plan.app_dir / "README.md").read_text(encoding="utf-8")
+        response = get_session().post(
+            f"{plan.endpoint}/api/validate-yaml",
+            json={"content": card, "repoType": "space"},
+            headers=build_hf_headers(token=self.api.token),
+        )
+        if response.status_code == 400:
+            try:
+                errors = [str(error.get("message")) for error in response.json().get("errors", [])]
+            except (ValueError, AttributeError):
+                errors = []
+            raise DeployError(
+                f"The Hub refuses README.md's front matter ({'; '.join(errors) or response.text[:200]}); the Space "
+                f"is configured from it. Fix the block between the --- lines ({SPACES_CONFIG_DOCS}), then run "
+                "deploy.py again. Nothing was created or changed."
+            )
+        hf_raise_for_status(response)
 
     def check_token(self) -> None:
         self.step = "checking the token (whoami)"
@@ -395,7 +452,8 @@ class Deployer:
                 f"The token of {account.get('name')} is read-only; creating a Space needs write access. "
                 "Create a write token at https://huggingface.co/settings/tokens and log in with it (`hf auth login`)."
             )
-        print(f"Logged in as {account.get('name')}")
+        self.account = account.get("name")
+        print(f"Logged in as {self.account}")
 
     def existing_space(self):
         """The Space's info when it exists (DeployError if it is not a Gradio Space), else None."""
@@ -425,6 +483,7 @@ class Deployer:
                 private=plan.private or None,  # None: the namespace's default visibility
                 exist_ok=True,
             )
+            self.done.append(f"created the Space {plan.space_repo} on {plan.hardware}")
             return
         # create_repo ignores the hardware of a Space that exists: ask for it explicitly when it differs.
         runtime = existing.runtime
@@ -432,27 +491,38 @@ class Deployer:
         if requested != plan.hardware:
             self.step = f"requesting {plan.hardware} for the Space {plan.space_repo}"
             self.api.request_space_hardware(plan.space_repo, plan.hardware)
+            self.done.append(f"asked for {plan.hardware} on the Space {plan.space_repo}")
 
     def push_head(self) -> None:
         plan = self.plan
         self.step = f"creating the model repo {plan.head_repo}"
         self.api.create_repo(plan.head_repo, repo_type="model", private=plan.private or None, exist_ok=True)
+        self.step = f"looking up the head's model repo {plan.head_repo}"
+        head = self.api.repo_info(plan.head_repo, repo_type="model")
+        if plan.private and not head.private:
+            self.warn_stays_public(
+                f"The model repo {plan.head_repo} exists and is public", f"{plan.endpoint}/{plan.head_repo}/settings"
+            )
         self.step = f"uploading the head {plan.head_folder} to {plan.head_repo}"
         operations = [CommitOperationAdd(name, str(plan.head_folder / name)) for name in plan.head_files]
         self.api.create_commit(
             plan.head_repo, operations, repo_type="model", commit_message="Upload FoodVision Mini head (deploy.py)"
         )
+        self.done.append(f"pushed the head to {plan.head_repo}")
         print(f"Pushed the head to {plan.endpoint}/{plan.head_repo}")
 
     def check_head_repo(self) -> None:
-        self.step = f"looking up the head's model repo {self.plan.head_repo}"
+        plan = self.plan
+        self.step = f"looking up the head's model repo {plan.head_repo}"
         try:
-            self.api.repo_info(self.plan.head_repo, repo_type="model")
+            head = self.api.repo_info(plan.head_repo, repo_type="model")
         except RepositoryNotFoundError:
             raise DeployError(
-                f"--checkpoint {self.plan.head_repo}: no such model repo visible to this token. Publish the head with "
-                f"`python train_head.py --push-to-hub {self.plan.head_repo}`, or pass its local folder to --checkpoint."
+                f"--checkpoint {plan.head_repo}: no such model repo visible to this token. Publish the head with "
+                f"`python train_head.py --push-to-hub {plan.head_repo}`, or pass its local folder to --checkpoint."
             ) from None
+        if head.private and not plan.private:  # with --private, the plan has said so already
+            print(f"warning: {private_head_hint(plan.head_repo, plan.space_repo, plan.endpoint)}", file=sys.stderr)
 
     def upload_app(self, existing) -> None:
         plan = self.plan
@@ -466,28 +536,38 @@ class Deployer:
             for name in plan.files
         ]
         operations += [CommitOperationDelete(path) for path in stale]
-        commit = self.api.create_commit(
-            plan.space_repo, operations, repo_type="space", commit_message="Deploy FoodVision Mini (deploy.py)"
-        )
+        try:
+            commit = self.api.create_commit(
+                plan.space_repo, operations, repo_type="space", commit_message="Deploy FoodVision Mini (deploy.py)"
+            )
+        except ValueError as error:  # its own check of README.md, refused (or answered unreadably) since check_card
+            raise DeployError(f"huggingface_hub stopped the commit: {str(error).strip()}") from None
         deleted = f", deleted {len(stale)} stale: {', '.join(stale)}" if stale else ""
         print(f"Uploaded {len(plan.files)} files in one commit{deleted}: {commit.commit_url}")
 
 
-def explain_hub_error(error: HfHubHTTPError, plan: Plan, step: str, token_source: str) -> str:
-    """One actionable paragraph for an HTTP error the Hub answered while doing `step`."""
+def explain_hub_error(error: HfHubHTTPError, plan: Plan, step: str, token_source: str, account: str | None) -> str:
+    """One actionable paragraph for an HTTP error the Hub answered while doing `step` for the token's `account`."""
     status = error.response.status_code if error.response is not None else None
     namespace = plan.space_repo.split("/")[0]
     if status == 401:
         # HF_TOKEN wins over the `hf auth login` token, so logging in again does not help while it is set.
-        fix = (
-            "HF_TOKEN takes precedence over `hf auth login`: set it to a valid write token "
-            "(https://huggingface.co/settings/tokens), or unset it and log in with `hf auth login`."
-            if token_source == "HF_TOKEN"
-            else LOGIN_HINT
-        )
+        fix = {
+            "--token": "--token takes precedence over HF_TOKEN and `hf auth login`: pass a valid write token "
+            "(https://huggingface.co/settings/tokens), or leave --token out to use those.",
+            "HF_TOKEN": "HF_TOKEN takes precedence over `hf auth login`: set it to a valid write token "
+            "(https://huggingface.co/settings/tokens), or unset it and log in with `hf auth login`.",
+        }.get(token_source, LOGIN_HINT)
         return (
             f"The Hub did not accept the token from {token_source} while {step} (401 Unauthorized): not logged in, "
             f"or the token is invalid or expired. {fix}"
+        )
+    if status == 402 and account is not None and namespace != account:
+        return (
+            f"The Hub refused {step} with 402 Payment Required: {namespace} is an organization, and its plan does not "
+            f"cover a Gradio Space on {plan.hardware}. Organizations host ZeroGPU and CPU Spaces on a Team or "
+            "Enterprise plan (https://huggingface.co/enterprise), paid hardware with billing set up; or deploy under "
+            f"your own user name ({account}/...), then run deploy.py again."
         )
     if status == 402:
         if plan.hardware == ZERO_GPU_FLAVOR:
@@ -546,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     except LocalTokenNotFoundError:
         message = f"No Hugging Face token: not logged in, and HF_TOKEN is unset. {LOGIN_HINT}"
     except HfHubHTTPError as error:
-        message = explain_hub_error(error, plan, deployer.step, token_source)
+        message = explain_hub_error(error, plan, deployer.step, token_source, deployer.account)
     except OfflineModeIsEnabled:
         message = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it and run deploy.py again."
     except httpx2.TransportError as error:
@@ -557,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_first_start(plan)
         return 0
+    if deployer.done:
+        message += (
+            f" Done before this failed: {'; '.join(deployer.done)}. Running deploy.py again finishes the deploy "
+            f"(or delete the Space at {plan.space_url}/settings)."
+        )
     print(f"error: {message}", file=sys.stderr)
     return 1
 

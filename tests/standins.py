@@ -399,12 +399,14 @@ class StandInHub:
     """Just enough of the Hub's API for HfApi.whoami, space_info, repo_info, create_repo, create_commit
     (validate-yaml, preupload, commit), add_space_variable and request_space_hardware. Every file is
     declared "regular" at preupload, so contents travel base64-encoded in the NDJSON commit (no LFS).
-    `failures` maps "whoami", "create spaces", "create models" or "commit" to the status that route answers instead."""
+    `failures` maps "whoami", "validate-yaml", "create spaces", "create models" or "commit" to the status that route
+    answers instead (validate-yaml's 400 with the Hub's list of errors)."""
 
     def __init__(self):
         self.requests: list[dict] = []  # {"method", "path", "body", "auth"} in arrival order
         self.unserved: list[str] = []  # routes the stand-in does not know: deploy.py called something new
-        self.repos: dict[str, dict] = {}  # "spaces/alice/x" or "models/alice/x" -> {"sdk", "files", "hardware"}
+        # "spaces/alice/x" or "models/alice/x" -> {"sdk", "files", "hardware", "private"}
+        self.repos: dict[str, dict] = {}
         self.failures: dict[str, int] = {}
         self.url = ""  # while serving
 
@@ -415,8 +417,15 @@ class StandInHub:
             self.url = f"http://127.0.0.1:{server.server_port}"
             yield self
 
-    def add_repo(self, kind: str, repo_id: str, sdk: str | None = None, files=(), hardware: str = "cpu-basic"):
-        self.repos[f"{kind}/{repo_id}"] = {"sdk": sdk, "files": dict.fromkeys(files, b""), "hardware": hardware}
+    def add_repo(
+        self, kind: str, repo_id: str, sdk: str | None = None, files=(), hardware: str = "cpu-basic", private=False
+    ):
+        self.repos[f"{kind}/{repo_id}"] = {
+            "sdk": sdk,
+            "files": dict.fromkeys(files, b""),
+            "hardware": hardware,
+            "private": private,
+        }
 
     def call_indices(self, method: str, pattern: str) -> list[int]:
         """Where in `requests` the calls with `method` to a path matching `pattern` are."""
@@ -446,9 +455,15 @@ class StandInHub:
                 return self.failures[f"create {kind}"], {"error": "Payment required"}, {}
             if f"{kind}/{repo_id}" in self.repos:
                 return 409, {"error": "You already created this repo", "url": f"{self.url}/{prefix}{repo_id}"}, {}
-            self.add_repo(kind, repo_id, sdk=body.get("sdk"), hardware=body.get("hardware"))
+            private = body.get("visibility") == "private"  # huggingface_hub 2 sends visibility, not private
+            self.add_repo(kind, repo_id, sdk=body.get("sdk"), hardware=body.get("hardware"), private=private)
             return 200, {"url": f"{self.url}/{prefix}{repo_id}"}, {}
         if method == "POST" and path == "/api/validate-yaml":
+            if "validate-yaml" in self.failures:
+                errors = [
+                    {"message": '"colorFrom" must be one of [red, yellow, green, blue, indigo, purple, pink, gray]'}
+                ]
+                return self.failures["validate-yaml"], {"errors": errors, "warnings": []}, {}
             return 200, {"errors": [], "warnings": []}, {}
         match = HUB_REPO_ROUTE.match(path)
         if match is None:
@@ -459,7 +474,8 @@ class StandInHub:
         if repo is None:
             return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
         if method == "GET" and rest == "":
-            info = {"id": match["repo"], "private": False, "siblings": [{"rfilename": name} for name in repo["files"]]}
+            siblings = [{"rfilename": name} for name in repo["files"]]
+            info = {"id": match["repo"], "private": bool(repo["private"]), "siblings": siblings}
             if match["kind"] == "spaces":
                 hardware = {"current": repo["hardware"], "requested": repo["hardware"]}
                 info |= {"sdk": repo["sdk"], "runtime": {"stage": "RUNNING", "hardware": hardware}}

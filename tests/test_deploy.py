@@ -51,7 +51,7 @@ app_file: app.py
 """
 
 APP_FILES = {  # the fake project: what a deploy must upload, and what must stay home
-    "app.py": "import spaces\nimport model\n",
+    "app.py": "import spaces\nimport model\n\n\n@spaces.GPU\ndef predict(): ...\n",
     "model.py": "VIT = 'vit_b_16'\n\ndef draw():\n    from figures import plot\n",  # reached through model.py
     "figures.py": "def plot(): ...\n",
     "new_script.py": "import model\n",  # imports the app's modules, but nothing the app runs imports it
@@ -196,17 +196,29 @@ def test_dry_run_prints_the_plan_and_contacts_nothing(hub, app_dir, capsys):
     assert "python_version 3.11" in captured.err and "3.10.13" in captured.err  # ZeroGPU would not build it
 
 
+GUARDED_IMPORT = "try:\n    import spaces\nexcept ImportError:\n    spaces = None\n"
+
+
 @pytest.mark.parametrize(
     "app_source, warned",
-    [("import model\n", True), ("try:\n    import spaces\nexcept ImportError:\n    spaces = None\n", False)],
-    ids=["no spaces", "guarded import"],
+    [
+        ("import model\n", True),
+        (GUARDED_IMPORT, True),  # imported, but no function asks for a GPU
+        (GUARDED_IMPORT + "\ndef gpu(f):\n    return spaces.GPU(duration=60)(f) if spaces else f\n", False),  # app.py's
+        ("from spaces import GPU\n\n\n@GPU\ndef predict(): ...\n", False),
+    ],
+    ids=["no spaces", "imported only", "spaces.GPU called", "GPU imported"],
 )
-def test_a_zero_gpu_app_that_never_imports_spaces_is_warned_about(hub, app_dir, capsys, app_source, warned):
+def test_a_zero_gpu_app_that_never_uses_spaces_gpu_is_warned_about(hub, app_dir, capsys, app_source, warned):
     (app_dir / "app.py").write_text(app_source)
 
     assert run_deploy(app_dir, "--dry-run", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini")) == 0
 
-    assert ("No uploaded module imports `spaces`" in capsys.readouterr().err) == warned
+    assert ("No uploaded module uses `spaces.GPU`" in capsys.readouterr().err) == warned
+
+
+def test_the_projects_app_asks_for_a_zero_gpu_gpu():
+    assert deploy.uses_spaces_gpu(REPO, "app.py")
 
 
 def assert_failed_cleanly(capsys, code: int, *phrases: str) -> str:
@@ -233,6 +245,81 @@ def test_no_token_at_all_asks_to_log_in_without_contacting_the_hub(hub, app_dir,
 
     assert_failed_cleanly(capsys, run_deploy(app_dir), "hf auth login")
     assert hub.requests == []
+
+
+def test_a_token_passed_with_token_is_named_when_the_hub_rejects_it(hub, app_dir, capsys):
+    hub.failures["whoami"] = 401
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir, "--token", "hf_expired"), "401", "--token takes precedence")
+    assert [call["auth"] for call in hub.requests] == ["Bearer hf_expired"]
+
+
+def test_a_card_the_hub_refuses_stops_the_deploy_before_anything_is_written(hub, app_dir, capsys):
+    hub.failures["validate-yaml"] = 400
+
+    code = run_deploy(app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    assert_failed_cleanly(capsys, code, "refuses README.md's front matter", '"colorFrom" must be one of', "Nothing")
+    [validated] = hub.calls("POST", "^/api/validate-yaml$")
+    assert validated["body"] == {"content": (app_dir / "README.md").read_text(), "repoType": "space"}
+    assert [call["method"] for call in hub.requests] == ["GET", "GET", "POST"]  # whoami, space info, the check
+
+
+def test_front_matter_that_is_not_settings_is_refused_before_anything_runs(hub, app_dir, capsys):
+    (app_dir / "README.md").write_text("---\n- sdk: gradio\n---\n# FoodVision Mini\n")
+
+    assert_failed_cleanly(capsys, run_deploy(app_dir, "--dry-run"), "README.md's front matter is not a block")
+    assert hub.requests == []
+
+
+def test_a_failure_after_the_first_write_says_what_was_done(hub, app_dir, capsys):
+    hub.add_repo("models", f"{USER}/head")
+    hub.failures["commit"] = 500
+
+    error = assert_failed_cleanly(capsys, run_deploy(app_dir, "--checkpoint", f"{USER}/head"), "500")
+    done = error.split("Done before this failed: ", 1)[1]
+    assert f"created the Space {SPACE} on zero-a10g; set FOODVISION_CHECKPOINT={USER}/head on the Space." in done
+    assert "Running deploy.py again finishes the deploy" in done
+
+
+def test_private_asked_of_repos_that_exist_public_is_said_not_silently_ignored(hub, app_dir, capsys):
+    hub.add_repo("spaces", SPACE, sdk="gradio", hardware="zero-a10g")
+    hub.add_repo("models", f"{USER}/foodvision-head")
+
+    code = run_deploy(app_dir, "--private", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"The Space {SPACE} exists and is public: --private applies only to what deploy.py creates" in err
+    assert f"The model repo {USER}/foodvision-head exists and is public" in err
+
+
+def test_a_new_private_deploy_creates_both_repos_private(hub, app_dir, capsys):
+    assert run_deploy(app_dir, "--private", "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini")) == 0
+
+    assert {call["body"].get("visibility") for call in hub.calls("POST", "^/api/repos/create$")} == {"private"}
+    assert all(repo["private"] for repo in hub.repos.values())
+    err = capsys.readouterr().err
+    assert "exists and is public" not in err
+    assert f"fine-grained token with read access to {USER}/foodvision-head alone" in err  # not the deploy's token
+
+
+def test_a_private_head_named_by_id_warns_that_the_space_needs_a_read_token(hub, app_dir, capsys):
+    hub.add_repo("models", f"{USER}/head", private=True)
+
+    assert run_deploy(app_dir, "--checkpoint", f"{USER}/head") == 0
+
+    err = capsys.readouterr().err
+    assert f"The head {USER}/head is private" in err and "secret HF_TOKEN" in err
+    assert "secrets add" not in err  # the CLI's bare -s HF_TOKEN would store the deploy's write token
+
+
+def test_payment_required_in_an_organization_names_its_plan(hub, app_dir, capsys):
+    hub.failures["create spaces"] = 402
+
+    code = deploy.main(["acme/foodvision", "--app-dir", str(app_dir)])
+
+    assert_failed_cleanly(capsys, code, "402", "acme is an organization", "Team or Enterprise", f"{USER}/...")
 
 
 def test_payment_required_suggests_zero_gpu_and_uploads_nothing(hub, app_dir, capsys):
