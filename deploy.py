@@ -73,7 +73,6 @@ ZERO_GPU = "zero"  # --hardware alias for the Hub's ZeroGPU flavour
 ZERO_GPU_FLAVOR = SpaceHardware.ZERO_A10G.value if SpaceHardware is not None else "zero-a10g"
 # ZeroGPU runs only a few exact Python builds (https://huggingface.co/docs/hub/spaces-zerogpu).
 ZERO_GPU_PYTHON_VERSIONS = ("3.10.13", "3.12.12")
-ZERO_GPU_MIN_TORCH = (2, 8)
 # The Space's torch and torchvision: requirements.txt pins the versions the development machines install offline,
 # which ZeroGPU does not list; the uploaded requirements.txt pins these instead (the newest pair its docs list), the
 # same on every hardware so that one set of versions is what users deploy.
