@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 import inference
 from classifier import load_classifier
@@ -398,3 +400,27 @@ def test_attention_maps_are_model_pys_on_every_path():
         Predictor(model, precision=precision, calibration=TINY_CALIBRATION)(images, maps)
         for attention, reference in zip(maps, expected, strict=True):
             torch.testing.assert_close(attention, reference, atol=tolerance, rtol=0)
+
+
+@needs_x86_int8
+@pytest.mark.parametrize("engine", ["fbgemm", "onednn"])
+def test_the_full_range_linear_keeps_activations_on_all_256_levels(engine):
+    """FullRangeInt8Linear quantizes its input to 8 bits (reduce_range=False), where torch's dynamic Linear takes 7:
+    activations on the 8-bit grid (multiples of max/255) go through exactly, and on the 7-bit grid they round.
+    Only even inputs are non-zero, so no pair of products reaches int16's limit on AVX2's kernels."""
+    if engine not in inference.quantized_engines():
+        pytest.skip(f"no {engine} in this build of torch")
+    torch.manual_seed(0)
+    float_linear = nn.Sequential(nn.Linear(64, 16))
+    x = torch.zeros(4, 64)
+    x[:, ::2] = torch.randint(0, 256, (4, 32)) / 255
+    x[:, 0] = 1.0  # each row's maximum: the scale is 1/255 at 8 bits
+    outputs = {}
+    with inference.quiet_torch_ao(), inference.packing_for(engine):
+        for name, linear in (("8-bit", inference.FullRangeInt8Linear), ("7-bit", inference.quantized_dynamic.Linear)):
+            quantized = quantize_dynamic(
+                copy.deepcopy(float_linear), {"0": per_channel_dynamic_qconfig}, mapping={nn.Linear: linear}
+            )
+            reference = torch.nn.functional.linear(x, quantized[0].weight().dequantize(), quantized[0].bias())
+            outputs[name] = (quantized(x) - reference).abs().max().item()
+    assert outputs["8-bit"] < 1e-5 < 1e-3 < outputs["7-bit"], outputs
