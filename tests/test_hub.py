@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from hub import CONFIG_FILE, HEAD_FILES, WEIGHTS_FILE, is_repo_id, repo_id_argument
+from hub import is_repo_id, repo_id_argument
 
 
 @pytest.mark.parametrize("name", ["alice/foodvision-mini", "org.name/model_v2.1", "a/b"])
@@ -36,7 +36,3 @@ def test_names_the_hub_refuses_are_refused_here_with_its_reason(name, reason):
     assert not is_repo_id(name)
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(reason)):
         repo_id_argument(name)
-
-
-def test_a_head_checkpoint_is_its_weights_and_its_config():
-    assert HEAD_FILES == (WEIGHTS_FILE, CONFIG_FILE) and WEIGHTS_FILE.endswith(".safetensors")
