@@ -160,7 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument(
         "--clip-grad-norm", type=at_least(0.0, float), default=1.0, help="%(default)s (global norm); 0: off"
     )
-    optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.0, help="%(default)s; DeiT uses 0.1")
+    optim.add_argument(
+        "--label-smoothing", type=fraction(low_open=False), default=0.0, help="%(default)s; DeiT uses 0.1"
+    )
     augment = parser.add_argument_group("augmentation (training images only)")
     augment.add_argument(
         "--crop-scale",
@@ -186,7 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--amp",
         default="auto",
         choices=("auto", "bf16", "none"),
-        help="bf16 autocast; auto: on CUDA GPUs with bf16 and CPUs with AMX, else fp32",
+        help="bf16 autocast; auto: on CUDA GPUs with native bf16 (Ampere or newer) and CPUs with AMX, else fp32",
     )
     run.add_argument("--workers", type=at_least(0), default=2, help="%(default)s data loading processes per process")
     args = parser.parse_args(argv)
@@ -220,15 +222,19 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def bf16_autocast(amp: str, device: torch.device) -> bool:
-    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with AMX tiles, fp32 elsewhere. With AVX512-BF16
-    alone, bf16 ran slower than fp32 on one CPU and faster on another (BENCHMARKS.md: matmul.py, latency.py), so
-    there bf16 is the explicit --amp bf16. A CUDA GPU without bf16 cannot autocast to it at all."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if amp == "bf16":
-            raise TrainingError(f"--amp bf16: the GPU {device} has no bfloat16 support; use --amp none")
-        return False
+    """--amp auto: bf16 on CUDA GPUs that compute it natively (Ampere or newer) and on CPUs with AMX tiles, fp32
+    elsewhere. With AVX512-BF16 alone, bf16 ran slower than fp32 on one CPU and faster on another (BENCHMARKS.md:
+    matmul.py, latency.py), so there bf16 is the explicit --amp bf16; so too on older GPUs (T4, V100), which only
+    emulate it, slowly (torch's is_bf16_supported counts emulation unless told not to)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # is_bf16_supported asks about the current GPU, which need not be the run's
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            emulated = torch.cuda.is_bf16_supported(including_emulation=True)
+        if amp == "bf16" and not emulated:
+            raise TrainingError(f"--amp bf16: the GPU {device} cannot compute in bfloat16; use --amp none")
+        return native if amp == "auto" else amp == "bf16"
     if amp == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported())
+        return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
     return amp == "bf16"
 
 
@@ -307,10 +313,11 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
 def save_checkpoint(
     out_dir: Path, model: ViT, optimizer, class_names: list, history: list, args, setup: dict, drift: list[str]
 ) -> None:
-    """model.safetensors + config.json: the trained model, rebuilt by load_checkpoint alone.
-    train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
+    """train_state.safetensors: everything --resume needs in one file, so a crash while saving leaves
     the previous epoch's state whole. No pickle: the optimizer's tensors are stored as
-    "optimizer.<param index>.<name>" and its param groups as JSON metadata."""
+    "optimizer.<param index>.<name>" and its param groups as JSON metadata. It is written first: written last, a kill
+    while saving epoch 1 would leave files that neither a new run nor --resume accepts. --resume exports the others
+    again, as a kill can leave them an epoch behind."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights, optimizer_state = model.state_dict(), optimizer.state_dict()
     flags = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
@@ -325,9 +332,16 @@ def save_checkpoint(
         "history": json.dumps(history),
     }
     write_atomically(out_dir / RUN_STATE_FILE, save(tensors, metadata))
+    export(out_dir, weights, config, history)
+
+
+def export(out_dir: Path, weights: dict, config: dict, history: list) -> None:
+    """model.safetensors + config.json (the trained model, rebuilt by load_checkpoint alone), metrics.json and
+    loss_curves.png: everything in them is in train_state.safetensors too."""
     write_atomically(out_dir / "model.safetensors", save(weights))
     write_atomically(out_dir / "config.json", json.dumps(config, indent=2).encode())
     write_atomically(out_dir / "metrics.json", json.dumps(history, indent=2).encode())
+    write_atomically(out_dir / "loss_curves.png", plot_curves(history))
 
 
 def load_checkpoint(directory) -> tuple[ViT, dict]:
@@ -357,10 +371,10 @@ def run_setup(steps_per_epoch: int, world_size: int, device: torch.device, autoc
     )
 
 
-def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple[list, list[str]]:
+def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple[list, list[str], dict]:
     """Load train_state.safetensors of the run in --output into the freshly built model and optimizer; returns the
-    metrics history, whose length is the number of completed epochs, and every change in how the run is computed
-    (run_setup) since it started, this resumption's included."""
+    metrics history, whose length is the number of completed epochs, every change in how the run is computed
+    (run_setup) since it started, this resumption's included, and the config.json saved with that state."""
     out_dir = args.output
     path = out_dir / RUN_STATE_FILE
     try:
@@ -404,20 +418,33 @@ def resume(args, model: ViT, optimizer, class_names: list, setup: dict) -> tuple
             f"{setup['steps_per_epoch']}, which changes its schedule. Resume it with the process count and data it "
             "started with"
         )
-    optimizer_state = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            index, name = key.removeprefix("optimizer.").split(".", 1)
-            optimizer_state.setdefault(int(index), {})[name] = value
-    weights = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
-    model.load_state_dict(weights)
-    optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
+    try:
+        optimizer_state = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                index, name = key.removeprefix("optimizer.").split(".", 1)
+                optimizer_state.setdefault(int(index), {})[name] = value
+        # every parameter takes part in every step, so after one each has the same tensors (step and both moments).
+        # torch's load_state_dict does not check: it would restart a parameter's moments (all missing) or fail in
+        # the first step (some missing)
+        parameters = sum(len(group["params"]) for group in optimizer.param_groups)
+        names = {frozenset(entry) for entry in optimizer_state.values()}
+        if sorted(optimizer_state) != list(range(parameters)) or len(names) != 1:
+            raise ValueError(f"optimizer state for {len(optimizer_state)} of {parameters} parameters, or parts of it")
+        weights = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
+        model.load_state_dict(weights)
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": json.loads(metadata["param_groups"])})
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise TrainingError(
+            f"--resume: {path} is not a complete train_vit.py state ({error}); restore it from a backup, or drop "
+            "--resume and start a new run in a new --output"
+        ) from error
     changes = [
         f"{name} {value} -> {setup[name]} after epoch {len(history)}"
         for name, value in recorded.items()
         if name in setup and value != setup[name]
     ]
-    return history, config.get("drift", []) + changes
+    return history, config.get("drift", []) + changes, config
 
 
 def check_output(output: Path, resuming: bool) -> None:
@@ -439,6 +466,27 @@ def check_output(output: Path, resuming: bool) -> None:
         )
 
 
+def prepare_dataset_once(args, rank: int, world_size: int) -> Path:
+    """The checked dataset folder. Rank 0 downloads and extracts it while the others wait, then tells them how that
+    went: a problem only rank 0 meets (a missing folder, a failed download, a corrupt zip) ends every process with
+    the same error, which main prints once, rather than with a broken connection on the others."""
+    if rank == 0:
+        try:
+            dataset_dir = prepare_dataset(args.data_dir, args.split, args.dataset_url, args.download_dir)
+        except BaseException as error:
+            if world_size > 1:
+                dist.broadcast_object_list([str(error) or type(error).__name__], src=0)
+            raise
+        if world_size > 1:
+            dist.broadcast_object_list([None], src=0)
+        return dataset_dir
+    outcome = [None]  # becomes rank 0's error message, or stays None
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise TrainingError(outcome[0])
+    return prepare_dataset(args.data_dir, args.split, args.dataset_url, args.download_dir, quiet=True)
+
+
 def train(args) -> list:
     rank, world_size, device = init_distributed(args.device)
     share = args.batch_size // world_size  # images per step and process
@@ -455,11 +503,7 @@ def train(args) -> list:
     except ValueError as error:
         raise TrainingError(f"bad model configuration: {error}") from error
     check_output(args.output, args.resume)
-    if rank != 0:
-        dist.barrier()  # rank 0 downloads and extracts first; the others then find the folder in place
-    dataset_dir = prepare_dataset(args.data_dir, args.split, args.dataset_url, args.download_dir, quiet=rank != 0)
-    if rank == 0 and world_size > 1:
-        dist.barrier()
+    dataset_dir = prepare_dataset_once(args, rank, world_size)
     train_set, test_set = ImageDataset(dataset_dir, "train"), ImageDataset(dataset_dir, "test")
     class_names = train_set.class_names
     torch.manual_seed(args.seed)
@@ -490,8 +534,11 @@ def train(args) -> list:
 
     history, drift = [], []
     if args.resume:
-        history, drift = resume(args, model, optimizer, class_names, setup)
+        history, drift, saved_config = resume(args, model, optimizer, class_names, setup)
         if rank == 0:
+            # a kill while saving leaves these files an epoch behind train_state.safetensors, which is written first;
+            # in the last epoch nothing else would rewrite them
+            export(args.output, model.state_dict(), saved_config, history)
             print(f"resuming {args.output} after epoch {len(history)}")
         if rank == 0 and drift:
             print(
@@ -543,7 +590,6 @@ def train(args) -> list:
         if rank == 0:
             print(epoch_line(history[-1]))
             save_checkpoint(args.output, model, optimizer, class_names, history, args, setup, drift)
-            write_atomically(args.output / "loss_curves.png", plot_curves(history))
     if world_size > 1:  # every replica reports, so a divergence between them would show
         print(f"rank {rank}: parameters sha256 {parameters_sha256(model.state_dict())}", flush=True)
     if rank == 0:

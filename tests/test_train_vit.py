@@ -3,6 +3,7 @@ torchrun processes download the dataset once (over HTTP on 127.0.0.1), keep iden
 report metrics over the whole test set; a run killed mid-training and resumed ends with the same
 weights as an uninterrupted one; bad flags, configurations and data end in one clear message."""
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
@@ -22,7 +24,8 @@ from torchvision.transforms import v2
 
 import train_vit
 from data import ImageDataset
-from model import build_vit
+from hub import RUN_STATE_FILE
+from model import ViT, build_vit
 from standins import REPO, free_port
 
 # A ViT small enough to train in seconds on a CPU (24k parameters, 16 patches of 8x8); at this size
@@ -71,14 +74,22 @@ def tiny_run(dataset: Path, output: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(dataset), *TINY, "--output", str(output), *extra]
 
 
-def accuracy_on_test_split(model: torch.nn.Module, dataset: Path) -> float:
-    """Accuracy on the whole test split, computed here rather than by train_vit's own loop."""
+def figures_on_test_split(model: torch.nn.Module, dataset: Path) -> tuple[float, float]:
+    """(mean loss, accuracy) on the whole test split, each image once, computed here rather than by train_vit's own
+    loop."""
     test_set = ImageDataset(dataset, "test", train_vit.eval_transform(model.config.image_size))
-    correct = 0
+    images, labels = next(iter(DataLoader(test_set, batch_size=len(test_set))))
     with torch.no_grad():
-        for images, labels in DataLoader(test_set, batch_size=64):
-            correct += (model(images).argmax(1) == labels).sum().item()
-    return correct / len(test_set)
+        logits = model(images)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def torchrun(*flags: str) -> subprocess.CompletedProcess:
+    """train_vit.py under torchrun, two processes on the CPU (gloo, also where a GPU is: nccl needs one GPU per
+    process)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    command += [f"--master_port={free_port()}", "train_vit.py", *flags, "--device", "cpu"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +112,7 @@ def test_tiny_vit_learns_from_scratch_and_rebuilds_from_its_checkpoint(trained_r
     assert config["class_names"] == ["pizza", "steak", "sushi"]
     c = model.config
     assert (c.image_size, c.patch_size, c.num_layers, c.hidden_dim, c.num_classes) == (32, 8, 2, 32, 3)
-    assert accuracy_on_test_split(model, pizza_steak_sushi_dataset) == pytest.approx(history[-1]["test_acc"])
+    assert figures_on_test_split(model, pizza_steak_sushi_dataset)[1] == pytest.approx(history[-1]["test_acc"])
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_zero():
@@ -145,29 +156,61 @@ def test_augmentation_flags_reach_the_training_transform():
     assert image.shape == (3, 48, 48) and image[0].min() == 1.0 and image[1].max() == -1.0  # pixels in [-1, 1]
 
 
-def test_amp_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+def test_amp_auto_is_bf16_on_ampere_gpus_and_amx_cpus_only(monkeypatch):
+    cpu = torch.device("cpu")
     for amx in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         assert train_vit.bf16_autocast("auto", cpu) is amx
         assert train_vit.bf16_autocast("bf16", cpu) is True  # forced, even where it is slower than fp32
         assert train_vit.bf16_autocast("none", cpu) is False
-    for bf16_gpu in (True, False):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
-        assert train_vit.bf16_autocast("auto", cuda) is bf16_gpu
-        assert train_vit.bf16_autocast("none", cuda) is False
-    with pytest.raises(
-        train_vit.TrainingError, match="--amp bf16: the GPU cuda has no bfloat16 support; use --amp none"
-    ):
-        train_vit.bf16_autocast("bf16", cuda)
+    # cuda:0, the current GPU, is pre-Ampere (bf16 by emulation only), cuda:1 computes bf16 natively
+    current = [0]
+
+    @contextlib.contextmanager
+    def select(device):
+        previous, current[0] = current[0], torch.device(device).index
+        yield
+        current[0] = previous
+
+    monkeypatch.setattr(torch.cuda, "device", select)
+    emulates = {0: True, 1: True, 2: False}  # cuda:2 cannot compute bf16 at all
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: current[0] == 1 or (including_emulation and emulates[current[0]]),
+    )
+    pre_ampere, ampere, without = (torch.device("cuda", index) for index in range(3))
+    assert train_vit.bf16_autocast("auto", ampere) is True
+    assert train_vit.bf16_autocast("bf16", ampere) is True
+    assert train_vit.bf16_autocast("auto", pre_ampere) is False
+    assert train_vit.bf16_autocast("bf16", pre_ampere) is True  # forced, as on a CPU without native bf16
+    assert train_vit.bf16_autocast("none", ampere) is train_vit.bf16_autocast("none", pre_ampere) is False
+    assert train_vit.bf16_autocast("auto", without) is False
+    with pytest.raises(train_vit.TrainingError, match="--amp bf16: the GPU cuda:2 cannot compute in bfloat16"):
+        train_vit.bf16_autocast("bf16", without)
+    current[0] = 1  # the run's GPU decides, not the current one
+    assert train_vit.bf16_autocast("auto", pre_ampere) is False
 
 
-def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys):
+def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys, monkeypatch):
+    """CPU bf16 autocast works on any x86 CPU (emulated where not native): the head computes in bf16 in training and
+    in evaluation."""
+    head_dtypes = {"training": set(), "evaluation": set()}
+
+    def vit_with_recorded_head(config):
+        model = ViT(config)
+        model.head.register_forward_hook(
+            lambda head, inputs, output: head_dtypes["training" if head.training else "evaluation"].add(output.dtype)
+        )
+        return model
+
+    monkeypatch.setattr(train_vit, "ViT", vit_with_recorded_head)
     flags = tiny_run(
         pizza_steak_sushi_dataset, tmp_path / "bf16", "--epochs", "2", "--amp", "bf16", "--label-smoothing", "0.1"
     )
     assert train_vit.main(flags) == 0
     assert "bf16 autocast" in capsys.readouterr().out
+    assert head_dtypes == {"training": {torch.bfloat16}, "evaluation": {torch.bfloat16}}
     history = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]) for row in history)
 
@@ -175,21 +218,14 @@ def test_bf16_autocast_on_cpu_trains(pizza_steak_sushi_dataset, tmp_path, capsys
 def test_torchrun_two_processes_download_once_and_keep_identical_replicas(
     pizza_steak_sushi_dataset, serve_bytes, tmp_path
 ):
-    archive = shutil.make_archive(str(tmp_path / "pizza_steak_sushi"), "zip", pizza_steak_sushi_dataset)
+    # an odd test split, which two processes cannot share evenly: padding one share would count an image twice
+    odd = shutil.copytree(pizza_steak_sushi_dataset, tmp_path / "odd")
+    min((odd / "test" / "sushi").iterdir()).unlink()
+    archive = shutil.make_archive(str(tmp_path / "pizza_steak_sushi"), "zip", odd)
     url = serve_bytes("pizza_steak_sushi.zip", Path(archive).read_bytes())
     downloads, output = tmp_path / "downloads", tmp_path / "ddp"
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-    ]
-    flags = [*TINY, "--dataset-url", url, "--download-dir", str(downloads), "--output", str(output), "--epochs", "3"]
-    flags += ["--device", "cpu"]  # gloo, also where a GPU is: one process per GPU is what nccl needs
-    result = subprocess.run(
-        [*torchrun, "train_vit.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD
+    result = torchrun(
+        *TINY, "--dataset-url", url, "--download-dir", str(downloads), "--output", str(output), "--epochs", "3"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es) on cpu" in result.stdout
@@ -201,9 +237,25 @@ def test_torchrun_two_processes_download_once_and_keep_identical_replicas(
 
     history = json.loads((output / "metrics.json").read_text())
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    # each process evaluates half of the test set: the all-reduced figure must be the whole set's
+    # each process evaluates its share of the test set: the all-reduced figures must be the whole set's, each image once
     model, _ = train_vit.load_checkpoint(output)
-    assert accuracy_on_test_split(model, downloads / "pizza_steak_sushi") == pytest.approx(history[-1]["test_acc"])
+    assert len(ImageDataset(downloads / "pizza_steak_sushi", "test")) == 23
+    test_loss, test_acc = figures_on_test_split(model, downloads / "pizza_steak_sushi")
+    assert (history[-1]["test_loss"], history[-1]["test_acc"]) == pytest.approx((test_loss, test_acc), rel=1e-5)
+
+
+def test_torchrun_a_problem_only_rank_0_meets_is_one_clear_error(tmp_path):
+    """Rank 0 alone looks at the data first; the other process learns its outcome and ends with it, silently. (torchrun
+    itself reports its failed processes with a traceback of its own, from its launcher.)"""
+    result = torchrun(*TINY, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run"))
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert errors == [
+        f"error: The data directory {tmp_path / 'nowhere'} does not exist. Pass --data-dir a folder holding "
+        "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
+    ]
+    assert not re.search(r'File ".*train_vit\.py", line', output) and "[rank1]" not in output, output[-3000:]
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(pizza_steak_sushi_dataset, tmp_path):
@@ -228,6 +280,85 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(pizza_steak_sushi_data
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
     assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "uninterrupted")
+
+
+class Killed(BaseException):
+    """A SIGKILL's stand-in, raised in-process at a chosen point of the saving."""
+
+
+def test_resume_after_a_kill_in_the_last_save_rewrites_the_stale_files(pizza_steak_sushi_dataset, tmp_path, capsys):
+    """The kill lands right after the last epoch's train_state.safetensors: the run is complete, but the model,
+    config, metrics and curves are still the previous epoch's until --resume exports them again."""
+    run = tmp_path / "run"
+    flags = tiny_run(pizza_steak_sushi_dataset, run, "--epochs", "2")
+    write_atomically, states_written = train_vit.write_atomically, []
+
+    def killed_after_the_last_state(path, data):
+        write_atomically(path, data)
+        if path.name == RUN_STATE_FILE:
+            states_written.append(path)
+            if len(states_written) == 2:
+                raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_vit, "write_atomically", killed_after_the_last_state)
+        with pytest.raises(Killed):
+            train_vit.main(flags)
+    tensors, metadata = train_vit.read_safetensors(run / RUN_STATE_FILE)
+    assert len(json.loads(metadata["history"])) == 2 and len(json.loads((run / "metrics.json").read_text())) == 1
+    stale_curves = (run / "loss_curves.png").read_bytes()
+    capsys.readouterr()
+
+    assert train_vit.main([*flags, "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    exported = load_file(run / "model.safetensors")
+    assert exported.keys() == {key.removeprefix("model.") for key in tensors if key.startswith("model.")}
+    for name, value in exported.items():
+        torch.testing.assert_close(value, tensors[f"model.{name}"], rtol=0, atol=0, msg=name)
+    assert json.loads((run / "config.json").read_text()) == json.loads(metadata["config"])
+    assert json.loads((run / "config.json").read_text())["epoch"] == 2
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(metadata["history"])
+    curves = (run / "loss_curves.png").read_bytes()
+    assert curves.startswith(b"\x89PNG") and curves != stale_curves
+
+
+def test_each_epoch_shuffles_the_training_images_anew(pizza_steak_sushi_dataset, tmp_path, monkeypatch):
+    orders = []
+
+    class RecordingSampler(train_vit.DistributedSampler):
+        def __iter__(self):
+            orders.append(list(super().__iter__()))
+            return iter(orders[-1])
+
+    monkeypatch.setattr(train_vit, "DistributedSampler", RecordingSampler)
+    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, tmp_path / "run", "--epochs", "3")) == 0
+    assert len(orders) == 3
+    assert all(sorted(order) == list(range(45)) for order in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "model.head.weight",  # load_state_dict: Missing key(s)
+        "optimizer.0.exp_avg_sq",  # AdamW: KeyError in the first step
+        "optimizer.3.",  # a parameter's whole optimizer state: AdamW would restart its moments silently
+        "param_groups",  # a metadata entry
+    ],
+)
+def test_resume_refuses_an_incomplete_state(missing, trained_run, pizza_steak_sushi_dataset, tmp_path, capsys):
+    """A train_state.safetensors that opens but lacks a tensor or the optimizer's param groups."""
+    tensors, metadata = train_vit.read_safetensors(trained_run / RUN_STATE_FILE)
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    damaged = save(
+        {name: value for name, value in tensors.items() if not name.startswith(missing)},
+        {name: value for name, value in metadata.items() if name != missing},
+    )
+    (run / RUN_STATE_FILE).write_bytes(damaged)
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, run), "--epochs", "15", "--resume"]) == 1
+    error = capsys.readouterr().err
+    assert f"--resume: {run / RUN_STATE_FILE} is not a complete train_vit.py state (" in error
+    assert "restore it from a backup, or drop --resume and start a new run in a new --output" in error
 
 
 def metrics_without_time(run: Path) -> list[dict]:
@@ -263,6 +394,8 @@ def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_
         ("--crop-scale", "1.5", "is outside (0, 1]"),
         ("--hflip", "-0.1", "is outside [0, 1]"),
         ("--hflip", "2", "is outside [0, 1]"),
+        ("--label-smoothing", "1.5", "is outside [0, 1]"),
+        ("--label-smoothing", "-0.1", "is outside [0, 1]"),
     ],
 )
 def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, reason, capsys):
@@ -273,8 +406,8 @@ def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, reason, cap
 
 
 def test_range_ends_are_accepted():
-    args = train_vit.parse_args(["--crop-scale", "1", "--hflip", "0"])
-    assert (args.crop_scale, args.hflip) == (1.0, 0.0)
+    args = train_vit.parse_args(["--crop-scale", "1", "--hflip", "0", "--label-smoothing", "1"])
+    assert (args.crop_scale, args.hflip, args.label_smoothing) == (1.0, 0.0, 1.0)
 
 
 def test_missing_or_broken_data_is_one_clear_error(tmp_path, capsys):
