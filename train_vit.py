@@ -263,7 +263,8 @@ def make_optimizer(model: ViT, lr: float, weight_decay: float) -> torch.optim.Ad
 
 
 def learning_rate(step: int, total_steps: int, args) -> float:
-    """Linear warmup to --lr, then cosine or linear decay to zero at the last step (Appendix B.1)."""
+    """Linear warmup to --lr, then cosine or linear decay towards zero, reached just after the last step (Appendix
+    B.1): the last step still learns (linear: at --lr / the steps after the warmup) rather than stepping by 0."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
@@ -487,6 +488,13 @@ def prepare_dataset_once(args, rank: int, world_size: int) -> Path:
     return prepare_dataset(args.data_dir, args.split, args.dataset_url, args.download_dir, quiet=True)
 
 
+def seed_for(*stream) -> int:
+    """The seed of one stream of random draws, such as (--seed, epoch, rank)'s: hashed, so that neighbouring --seed
+    values draw unrelated streams (with seed + epoch, --seed 43's first epoch would replay --seed 42's second). 63
+    bits, so that DistributedSampler's seed + epoch stays within torch's range."""
+    return int.from_bytes(hashlib.sha256(repr(stream).encode()).digest()[:8], "little") >> 1
+
+
 def train(args) -> list:
     rank, world_size, device = init_distributed(args.device)
     share = args.batch_size // world_size  # images per step and process
@@ -511,7 +519,7 @@ def train(args) -> list:
     train_set.transform = train_transform(config.image_size, args)
     test_set.transform = eval_transform(config.image_size)
     # DistributedSampler in a single process too: its order is fixed by (seed, epoch), which --resume relies on
-    sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
+    sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=seed_for(args.seed, "order"))
     loading = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     # drop_last: every step sees a full batch (a last one of a few images would be trained at full learning rate)
     train_loader = DataLoader(train_set, micro_batch, sampler=sampler, drop_last=True, **loading)
@@ -556,7 +564,7 @@ def train(args) -> list:
 
     for epoch in range(len(history), args.epochs):
         # augmentation and dropout draws depend on (seed, epoch, rank) only: a resumed run repeats them exactly
-        torch.manual_seed(args.seed + epoch * world_size + rank)
+        torch.manual_seed(seed_for(args.seed, epoch, rank))
         sampler.set_epoch(epoch)
         ddp_model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)

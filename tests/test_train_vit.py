@@ -322,19 +322,34 @@ def test_resume_after_a_kill_in_the_last_save_rewrites_the_stale_files(pizza_ste
     assert curves.startswith(b"\x89PNG") and curves != stale_curves
 
 
-def test_each_epoch_shuffles_the_training_images_anew(pizza_steak_sushi_dataset, tmp_path, monkeypatch):
-    orders = []
+def epoch_draws(dataset: Path, output: Path, monkeypatch, *flags: str) -> list[tuple[list[int], int]]:
+    """Each epoch's (training order, torch's seed for its augmentation and dropout) in a tiny run."""
+    draws = []
 
     class RecordingSampler(train_vit.DistributedSampler):
-        def __iter__(self):
-            orders.append(list(super().__iter__()))
-            return iter(orders[-1])
+        def __iter__(self):  # called as the epoch's loader starts, after its seeding
+            draws.append((list(super().__iter__()), torch.initial_seed()))
+            return iter(draws[-1][0])
 
     monkeypatch.setattr(train_vit, "DistributedSampler", RecordingSampler)
-    assert train_vit.main(tiny_run(pizza_steak_sushi_dataset, tmp_path / "run", "--epochs", "3")) == 0
+    assert train_vit.main(tiny_run(dataset, output, *flags)) == 0
+    return draws
+
+
+def test_each_epoch_shuffles_the_training_images_anew(pizza_steak_sushi_dataset, tmp_path, monkeypatch):
+    orders = [
+        order for order, _ in epoch_draws(pizza_steak_sushi_dataset, tmp_path / "run", monkeypatch, "--epochs", "3")
+    ]
     assert len(orders) == 3
     assert all(sorted(order) == list(range(45)) for order in orders)
     assert orders[0] != orders[1] != orders[2] != orders[0]
+
+
+def test_neighbouring_seeds_do_not_replay_each_others_epochs(pizza_steak_sushi_dataset, tmp_path, monkeypatch):
+    """A seed sweep's runs are independent: --seed 43's first epoch is not --seed 42's second."""
+    seed_42 = epoch_draws(pizza_steak_sushi_dataset, tmp_path / "42", monkeypatch, "--epochs", "2", "--seed", "42")
+    [seed_43] = epoch_draws(pizza_steak_sushi_dataset, tmp_path / "43", monkeypatch, "--epochs", "1", "--seed", "43")
+    assert seed_43[0] != seed_42[1][0] and seed_43[1] != seed_42[1][1]
 
 
 @pytest.mark.parametrize(
