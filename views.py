@@ -32,6 +32,7 @@ from figures import (
 )
 from images import attention_overlay, example_photos, patch_grid, to_display
 from model import PatchEmbedding
+from outputs import why_not_writable
 from serving import FoodVision, NoModel, Prediction, ServingError, load
 
 
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     photo = args.image or next(iter(example_photos()), None)
     if photo is None:
         parser.error("no --image given and no photos in examples/")
+    if problem := why_not_writable(args.out):  # before the model runs
+        parser.error(f"--out: {problem}")
 
     # the served weights in model.py's ViT, unquantized, on torch: one photo does not repay an ONNX export
     served = load(args.checkpoint, precision="fp32", measure_engines=False)

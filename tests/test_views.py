@@ -36,6 +36,15 @@ def test_a_checkpoint_that_cannot_load_is_an_error_not_a_figure(tmp_path, capsys
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(views, "load", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    (tmp_path / "out").write_text("notes")
+    with pytest.raises(SystemExit) as exit_info:
+        views.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"--out: {tmp_path / 'out'} is a file; the output is written as a folder" in capsys.readouterr().err
+
+
 def test_every_view_is_laid_out_on_the_page_and_filled_by_its_event(foodvision_fp32):
     """One entry in VIEWS is the whole edit: the page has an output with the view's id, and the photo's events fill
     it (the photo views with the prediction, the inside views after it)."""
