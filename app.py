@@ -92,6 +92,19 @@ def gpu(function):
     return spaces.GPU(duration=GPU_SECONDS)(function) if spaces is not None else function
 
 
+def cleared_first(task, cleared: dict):
+    """`task` (a ZeroGPU task's generator) after an update clearing the previous answer. ZeroGPU's own failures (the
+    visitor's GPU quota used up, its worker failing) arise before the task's first update, where Page.predict cannot
+    clear it: the previous photo's label would stay beside the new photo."""
+
+    @functools.wraps(task)
+    def updates(*args):
+        yield cleared
+        yield from task(*args)
+
+    return updates
+
+
 FINISHED = object()  # what next() returns for a handler's generator that has no update left
 
 
@@ -271,11 +284,15 @@ class Page:
         self.served = served
         self.pictures = pictures
 
+    @staticmethod
+    def cleared() -> dict:
+        """The update that takes the previous photo's answer and pictures off the page."""
+        return {"label": None, "verdict": "", "timing": "", "kept": None} | {view.name: None for view in PHOTO_VIEWS}
+
     def predict(self, image_path: str | None):
         """The prediction (top 3) and its timing as soon as the model has spoken, then with them the photo's views:
         two updates of one request, so the label does not wait for the drawing."""
-        cleared = {"label": None, "verdict": "", "timing": "", "kept": None}
-        cleared |= {view.name: None for view in PHOTO_VIEWS}  # the previous photo's answer and pictures go
+        cleared = self.cleared()
         if not image_path:  # the photo was removed from the page
             yield cleared
             return
@@ -457,11 +474,14 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
     image = parts["image"]
     outputs, keyed = by_component(parts, ["label", "timing", *(view.name for view in PHOTO_VIEWS), "kept", "verdict"])
 
-    @gpu
     @on_the_torch_thread
     def predict(upload: dict | None):
         for update in page.predict(uploaded_file(upload)):
             yield keyed(update)
+
+    task = gpu(predict)
+    if task is not predict:  # on ZeroGPU; elsewhere its decorator returns the function as it is
+        predict = cleared_first(task, keyed(Page.cleared()))
 
     @on_the_torch_thread
     def show_patches(upload: dict | None) -> str | None:

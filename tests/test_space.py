@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from huggingface_hub import metadata_load
 
@@ -21,52 +22,87 @@ from views import views_in
 MODULES = sorted(str(path) for path in REPO.glob("*.py"))
 
 
-@pytest.fixture
-def app_with_stand_in_spaces(monkeypatch):
-    """app.py imported with a `spaces` module whose GPU decorator records the functions it wraps."""
-    decorated = []
+class StandInZeroGpu:
+    """What the stand-in `spaces` module's GPU decorator did: the tasks it made (with their durations), the calls
+    they ran, and a switch for ZeroGPU refusing a GPU before the task's first update (a visitor's quota used up)."""
 
-    def gpu(function=None, duration=None):
+    def __init__(self):
+        self.tasks: dict = {}
+        self.ran: list = []
+        self.quota_left = True
+
+    def GPU(self, function=None, duration=None):
         def wrap(task):
             if inspect.isgeneratorfunction(task):  # as the real decorator, which streams a generator's updates
 
                 def on_a_gpu(*args, **kwargs):
+                    self.lend(on_a_gpu)
                     yield from task(*args, **kwargs)
 
             else:
 
                 def on_a_gpu(*args, **kwargs):
+                    self.lend(on_a_gpu)
                     return task(*args, **kwargs)
 
-            decorated.append((on_a_gpu, duration))
+            self.tasks[on_a_gpu] = duration
             return on_a_gpu
 
         return wrap(function) if callable(function) else wrap
 
-    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    def lend(self, task) -> None:
+        if not self.quota_left:
+            raise gr.Error("You have exceeded your GPU quota", title="ZeroGPU quota exceeded")
+        self.ran.append(task)
+
+
+@pytest.fixture
+def app_with_stand_in_spaces(monkeypatch):
+    """app.py imported with a stand-in `spaces` module (StandInZeroGpu)."""
+    zero_gpu = StandInZeroGpu()
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=zero_gpu.GPU))
     import app
 
-    yield importlib.reload(app), decorated
+    yield importlib.reload(app), zero_gpu
     monkeypatch.undo()
     importlib.reload(app)  # back to the real `spaces` package (or none)
 
 
-def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(app_with_stand_in_spaces, foodvision):
-    app, decorated = app_with_stand_in_spaces
-    demo = app.build_demo(foodvision)
+def prediction_event(demo):
     [predict] = [function for function in demo.fns.values() if function.api_name == "predict"]
-    tasks = {task: duration for task, duration in decorated}
-    assert predict.fn in tasks, "the function bound to the prediction event is not decorated with @spaces.GPU"
-    assert 0 < tasks[predict.fn] <= 60  # ZeroGPU's default is 60 s; shorter queues sooner
-    first, last = (
+    return predict.fn
+
+
+def test_the_prediction_event_is_a_short_zerogpu_task_and_predicts_on_cpu(app_with_stand_in_spaces, foodvision):
+    app, zero_gpu = app_with_stand_in_spaces
+    demo = app.build_demo(foodvision)
+    cleared, first, last = (
         {block.elem_id: value for block, value in update.items()}
-        for update in predict.fn({"path": str(EXAMPLE_PHOTOS[0])})
+        for update in prediction_event(demo)({"path": str(EXAMPLE_PHOTOS[0])})
     )
+    [task] = zero_gpu.ran  # the event's updates came from a @spaces.GPU task, called once
+    assert 0 < zero_gpu.tasks[task] <= 60  # ZeroGPU's default is 60 s; shorter queues sooner
+    assert cleared["prediction"] is None and cleared["timing"] == ""  # before ZeroGPU lends a GPU (see below)
     probabilities, timing = last["prediction"], last["timing"]
     assert (first["prediction"], first["timing"]) == (probabilities, timing.split(" · **pictures")[0])  # label first
     assert sum(probabilities.values()) == pytest.approx(1)
     assert "ms" in timing and all(Path(last[view.name]).is_file() for view in views_in("photo"))
-    assert [function.api_name for function in demo.fns.values() if function.fn in tasks] == ["predict"]
+    assert list(zero_gpu.tasks) == [task]  # the one GPU task
+
+
+def test_a_gpu_zerogpu_refuses_still_clears_the_previous_photos_answer(app_with_stand_in_spaces, foodvision):
+    """ZeroGPU's refusals (a visitor's quota used up, its worker failing) come before the task's first update, so
+    Page.predict never runs to clear the answer: without the event's own first update, the previous photo's label
+    would stay beside the new photo under the error."""
+    app, zero_gpu = app_with_stand_in_spaces
+    zero_gpu.quota_left = False
+    updates = prediction_event(app.build_demo(foodvision))({"path": str(EXAMPLE_PHOTOS[1])})
+    cleared = {block.elem_id: value for block, value in next(updates).items()}
+    assert cleared["prediction"] is None and cleared["verdict"] == "" and cleared["timing"] == ""
+    assert all(cleared[view.name] is None for view in views_in("photo"))
+    with pytest.raises(gr.Error, match="exceeded your GPU quota"):
+        next(updates)
+    assert zero_gpu.ran == []
 
 
 def test_the_real_spaces_package_leaves_the_function_as_it_is():
