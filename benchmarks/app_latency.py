@@ -38,13 +38,26 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from common import ROOT, WORK_DIR, generated_head_checkpoint, print_machine, print_table, save_results
+from common import (
+    MODEL_TIME_TARGET,
+    REQUEST_TARGET,
+    ROOT,
+    SERVER_TARGET,
+    WORK_DIR,
+    against,
+    generated_head_checkpoint,
+    p95,
+    print_machine,
+    print_table,
+    save_results,
+)
 
 import torch
 from gradio_client import Client, handle_file
 
 import serving
 from devices import available_cpus
+from inference import int8_sums
 from tests.standins import EXAMPLE_PHOTOS, app_server, idle_load, twelve_megapixel_jpeg
 from train_vit import at_least
 
@@ -201,9 +214,11 @@ def main() -> None:
     client_name = "HttpClient" if args.client == "http" else "gradio_client"
     print(f"{client_name}'s own CPU time a request (its process, nice {LOWEST_PRIORITY}): {client_cpu:.1f} ms p50")
     print_table(["server", "requests", "p50 ms", "p95 ms", "idle: CPU ms a second", "idle: wake-ups a second"], [
-        [name, len(t), median(t), statistics.quantiles(t, n=20)[-1], *(idle[name] or ("n/a", "n/a"))]
+        [name, len(t), median(t), p95(t), *(idle[name] or ("n/a", "n/a"))]
         for name, t in requests.items()
     ])  # fmt: skip
+    # the model-time target of this CPU's int8 kernels; fp32 serving has none (it is the bare forward's own work)
+    model_target = MODEL_TIME_TARGET.get(int8_sums()) if foodvision.predictor.precision == "int8" else None
     rows = []
     for app_dir, figures in reported.items():
         work = [p + q for p, q in zip(figures["prediction"], figures["pictures"])]
@@ -212,10 +227,10 @@ def main() -> None:
             [
                 app_dir,
                 model,
-                f"{model / forward:.2f}x",
-                f"{model / served:.2f}x",
+                against(model / forward, model_target) if model_target else f"{model / forward:.2f}x",
+                against(model / served, SERVER_TARGET),
                 median(work),
-                f"{(median(requests[app_dir]) - bare_page) / median(work):.2f}x",
+                against((median(requests[app_dir]) - bare_page) / median(work), REQUEST_TARGET),
             ]
         )
     print_table(

@@ -74,6 +74,9 @@ def load_seconds(checkpoint: Path, runs: int) -> dict[str, list[float]]:
             "without it: int8 self-check": lambda: serving.load(str(without_record), "cpu"),
         }
         times = interleaved_ms(variants, runs)
+        # the two rows differ only if the record vouches for this setup (a cached head from other code may not)
+        for name, load in variants.items():
+            print(f"{name}: {load().precision_reason}")
     return {name: [ms / 1000 for ms in values] for name, values in times.items()}
 
 

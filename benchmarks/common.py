@@ -41,6 +41,30 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def p95(values: list[float]) -> float:
+    """The 95th percentile, interpolated between the values measured: with fewer than 20 of them, the default
+    ("exclusive") method would extrapolate past the slowest."""
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
+
+
+# The speed targets BENCHMARKS.md states, printed by the benchmarks that measure them. The model time the app reports,
+# against a bare fp32 torchvision forward, by how the CPU's int8 kernels add their products (inference.int8_sums):
+MODEL_TIME_TARGET = {"int32": 0.35, "int16": 0.55}  # AVX-512 VNNI or AMX; AVX2
+SERVER_TARGET = 1.1  # that model time against the same pass in the benchmark's process
+REQUEST_TARGET = 1.3  # a request less a bare Gradio page's, against the work the app reports (prediction + pictures)
+BROWSER_TARGETS = {  # in a real browser, from the drop
+    "label ms": 250,
+    "label less the bare page's, against a bare fp32 forward": 0.9,
+    'whole "Inside the ViT" ms': 1500,
+}
+
+
+def against(value: float, target: float, unit: str = "x") -> str:
+    """A figure beside its target (at most), and whether it meets it."""
+    shown = f"{value:.2f}x" if unit == "x" else f"{value:,.1f} ms"
+    return f"{shown} ({'met' if value <= target else 'MISSED'}: at most {target:g}{unit})"
+
+
 def print_table(headers: list[str], rows: list[list]) -> None:
     """A Markdown table, numbers rounded for reading."""
     cells = [[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
@@ -52,17 +76,53 @@ def print_table(headers: list[str], rows: list[list]) -> None:
     print()
 
 
-def machine() -> dict:
-    """Where the figures come from: CPU model, cores torch uses, versions and the load average."""
+# The instruction sets that decide the CPU paths' speed (int8's sums, bf16): the CPU's kind beside every figure
+INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "asimd")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """(the CPU's model name, which of INSTRUCTION_SETS it has), from /proc/cpuinfo on Linux, else lscpu or
+    platform."""
     try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:40] if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        flags = set((fields.get("flags") or fields.get("Features", "")).split())
+        name = fields.get("model name", platform.processor())
+        if "cpu family" in fields and "model" in fields:  # tells apart CPUs sold under one name (EPYCs of two kinds)
+            name += f", family {fields['cpu family']} model {fields['model']}"
+        return name, [flag for flag in INSTRUCTION_SETS if flag in flags]
+    except OSError:
+        try:
+            lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+            lines = lscpu.stdout.splitlines()
+            return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), []
+        except (OSError, StopIteration):
+            return platform.processor(), []
+
+
+def code_version() -> str:
+    """The checkout's commit, "+changes" where files differ from it: which code the figures are of."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown (no git)"
+    if commit.returncode != 0:
+        return "unknown (not a git checkout)"
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def machine() -> dict:
+    """Where the figures come from: CPU model and instruction sets, cores, the code, versions and the load average."""
+    from devices import available_cpus
+
+    cpu, instruction_sets = cpu_info()
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "instruction_sets": instruction_sets,
+        "cores": available_cpus(),
         "torch_threads": torch.get_num_threads(),
+        "code": code_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
@@ -73,7 +133,8 @@ def machine() -> dict:
 def print_machine() -> dict:
     info = machine()
     print(
-        f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
+        f"{info['cpu']} ({', '.join(info['instruction_sets']) or 'none of ' + ', '.join(INSTRUCTION_SETS)}), "
+        f"{info['cores']} cores ({info['torch_threads']} torch threads), code {info['code']}, torch {info['torch']}, "
         f"torchvision {info['torchvision']}, load {info['load_average_1_5_15']}, {info['date']}\n"
     )
     return info
