@@ -32,6 +32,7 @@ from devices import available_cpus
 from inference import (
     FP32_LINEARS,
     KERNEL_LIBRARIES,
+    NO_INT8_ENGINE,
     SMOOTHING_ALPHA,
     Predictor,
     calibration_images,
@@ -232,10 +233,11 @@ def path(predictor) -> Callable:
 def served_paths(model: nn.Module, calibration: torch.Tensor) -> dict:
     """name -> (images -> (logits, maps)) for the project's own paths on torch."""
     served = Predictor(model, "int8", calibration)
-    paths = {
-        "fp32 model.py ViT on torch": path(Predictor(model, "fp32")),
-        f"served int8 ({served.engine} kernels)": path(served),
-    }
+    paths = {"fp32 model.py ViT on torch": path(Predictor(model, "fp32"))}
+    if served.precision != "int8":  # resolve_precision fell back: this torch has no int8 kernels here
+        print(f"no int8 rows: {NO_INT8_ENGINE}\n")
+        return paths
+    paths[f"served int8 ({served.engine} kernels)"] = path(served)
     # The engine inference.int8_engine did not pick, beside the one it did, so its rule is measured on every x86 CPU:
     # fbgemm's kernels where oneDNN serves (VNNI, AMX), oneDNN's where fbgemm serves (AVX2)
     other = {"onednn": "x86", "x86": "onednn", "fbgemm": "onednn"}.get(served.engine)
