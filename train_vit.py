@@ -1,8 +1,10 @@
 """Train the Vision Transformer of model.py from scratch on a train/<class>, test/<class> image folder
 (pizza_steak_sushi by default), with the optimiser and schedule of the paper (Dosovitskiy et al. 2020, Section 4.1,
 Table 3, Appendix B.1): Adam(0.9, 0.999) with decoupled weight decay on the weight matrices, linear warmup then
-cosine or linear decay, global-norm gradient clipping at 1, dropout 0.1. On top, the small-data helpers of timm and
-DeiT (random resized crops, flips, TrivialAugment/RandAugment, label smoothing), all flags.
+cosine or linear decay, global-norm gradient clipping at 1, dropout 0.1; --representation-size gives the head
+Section 3.1's pre-training form (one tanh hidden layer), where the presets keep the linear head. On top, the
+small-data helpers of timm and DeiT (random resized crops, flips, TrivialAugment/RandAugment, label smoothing), all
+flags.
 
 Two presets set the optimisation flags (any flag given overrides its preset value):
 - course (default): what fits 225 photos on a laptop: batch 32, learning rate 1e-3, weight decay 0.1, 10 warmup
@@ -67,6 +69,7 @@ MODEL_FLAGS = (
     "num_heads",
     "dropout",
     "attention_dropout",
+    "representation_size",
 )
 # Like biases and LayerNorm parameters, the embeddings are not decayed (timm, big_vision)
 NO_WEIGHT_DECAY = ("class_token", "position_embedding")
@@ -143,6 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         model.add_argument(f"--{field.replace('_', '-')}", type=at_least(1), help=f"default: the preset's {field}")
     model.add_argument("--dropout", type=float, help="default: the preset's (Table 3: 0.1 for ViT-B/L on ImageNet)")
     model.add_argument("--attention-dropout", type=float, help="not in the paper; default: the preset's 0.0")
+    model.add_argument(
+        "--representation-size",
+        type=at_least(1),
+        help="Section 3.1's pre-training head: an MLP with one tanh hidden layer of this width; default: the "
+        "preset's linear head (the paper's fine-tuning head)",
+    )
     optim = parser.add_argument_group("optimisation (Section 4.1, Table 3; defaults: the --preset's)")
     optim.add_argument("--preset", default="course", choices=PRESETS, help="%(default)s (see the top of this help)")
     optim.add_argument("--epochs", type=at_least(1))

@@ -115,6 +115,21 @@ def test_tiny_vit_learns_from_scratch_and_rebuilds_from_its_checkpoint(trained_r
     assert figures_on_test_split(model, pizza_steak_sushi_dataset)[1] == pytest.approx(history[-1]["test_acc"])
 
 
+def test_the_pre_training_head_of_section_3_1_trains_and_rebuilds(pizza_steak_sushi_dataset, tmp_path, capsys):
+    """--representation-size: the head is an MLP with one tanh hidden layer, saved with the config that rebuilds it."""
+    output = tmp_path / "mlp-head"
+    flags = tiny_run(pizza_steak_sushi_dataset, output, "--epochs", "1", "--representation-size", "16")
+    assert train_vit.main(flags) == 0
+    model, config = train_vit.load_checkpoint(output)
+    assert config["vit_config"]["representation_size"] == 16
+    assert isinstance(model.pre_logits[1], torch.nn.Tanh) and model.pre_logits[0].out_features == 16
+    assert model.head.in_features == 16
+    capsys.readouterr()
+    # resumed without the flag, it would be another model: refused
+    assert train_vit.main([*tiny_run(pizza_steak_sushi_dataset, output, "--epochs", "2"), "--resume"]) == 1
+    assert "pass the flags of the original run" in capsys.readouterr().err
+
+
 def test_learning_rate_warms_up_linearly_then_decays_to_zero():
     args = train_vit.parse_args(["--lr", "1.0", "--warmup-steps", "10", "--schedule", "cosine"])
     cosine = [train_vit.learning_rate(step, 110, args) for step in range(110)]
