@@ -1,7 +1,7 @@
 """What every benchmark shares: interleaved timing, the machine's description, result files, and
 the offline stand-ins for the pretrained backbone and a trained head.
 
-Timing: the variants of one comparison run in turns (A, B, C, A, B, C, ...) in one process, so a
+Timing: the variants of one comparison run in turns (A, B, C, then B, C, A, ...) in one process, so a
 neighbour's load on a shared machine slows all of them alike; each figure is a median and each
 comparison a ratio of medians from the same run.
 """
@@ -24,15 +24,18 @@ sys.path.insert(0, str(ROOT))  # the project's modules, run from anywhere
 
 
 def interleaved_ms(variants: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall-clock milliseconds of each zero-argument callable, `repeats` times each, in turns."""
+    """Wall-clock milliseconds of each zero-argument callable, `repeats` times each, in turns. Each round starts one
+    variant later, so that none always follows the same one (whose threads or caches may still be busy)."""
     for run in variants.values():
         for _ in range(warmup):
             run()
     times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
+    names = list(variants)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             started = time.perf_counter()
-            run()
+            variants[name]()
             times[name].append((time.perf_counter() - started) * 1000)
     return times
 
