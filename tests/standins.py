@@ -399,8 +399,8 @@ class StandInHub:
     """Just enough of the Hub's API for HfApi.whoami, space_info, repo_info, create_repo, create_commit
     (validate-yaml, preupload, commit), add_space_variable and request_space_hardware. Every file is
     declared "regular" at preupload, so contents travel base64-encoded in the NDJSON commit (no LFS).
-    `failures` maps "whoami", "validate-yaml", "create spaces", "create models" or "commit" to the status that route
-    answers instead (validate-yaml's 400 with the Hub's list of errors)."""
+    `failures` maps "whoami", "validate-yaml", "create spaces", "create models", "hardware" or "commit" to the status
+    that route answers instead (validate-yaml's 400 with the Hub's list of errors)."""
 
     def __init__(self):
         self.requests: list[dict] = []  # {"method", "path", "body", "auth"} in arrival order
@@ -495,6 +495,8 @@ class StandInHub:
         if method == "POST" and rest == "/variables" and match["kind"] == "spaces":
             return 200, {body["key"]: {"value": body["value"], "updatedAt": "2026-01-01T00:00:00.000Z"}}, {}
         if method == "POST" and rest == "/hardware" and match["kind"] == "spaces":
+            if "hardware" in self.failures:
+                return self.failures["hardware"], {"error": "Payment required"}, {}
             repo["hardware"] = body["flavor"]
             return 200, {"stage": "BUILDING", "hardware": {"current": None, "requested": body["flavor"]}}, {}
         self.unserved.append(f"{method} {path}")

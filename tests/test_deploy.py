@@ -314,6 +314,19 @@ def test_a_private_head_named_by_id_warns_that_the_space_needs_a_read_token(hub,
     assert "secrets add" not in err  # the CLI's bare -s HF_TOKEN would store the deploy's write token
 
 
+def test_hardware_an_existing_space_is_refused_changes_nothing(hub, app_dir, capsys):
+    hub.add_repo("models", f"{USER}/head")
+    hub.add_repo("spaces", SPACE, sdk="gradio", files=["app.py"], hardware="zero-a10g")
+    hub.failures["hardware"] = 402
+
+    code = run_deploy(app_dir, "--hardware", "cpu-upgrade", "--checkpoint", f"{USER}/head")
+
+    error = assert_failed_cleanly(capsys, code, "402", f"requesting cpu-upgrade for the Space {SPACE}")
+    assert "Done before this failed" not in error  # the refusal came first: nothing to undo
+    assert hub.calls("POST", "/preupload/|/commit/|/variables$") == []
+    assert hub.repos[f"spaces/{SPACE}"]["hardware"] == "zero-a10g"
+
+
 def test_payment_required_in_an_organization_names_its_plan(hub, app_dir, capsys):
     hub.failures["create spaces"] = 402
 
