@@ -45,6 +45,7 @@ from common import (
     SERVER_TARGET,
     WORK_DIR,
     against,
+    bare_forward_ms,
     generated_head_checkpoint,
     p95,
     print_machine,
@@ -192,11 +193,7 @@ def main() -> None:
                     if round_:
                         requests[name].append(elapsed)
                         client_cpu_ms.append(cpu_ms)
-                pixels = foodvision.preprocess(str(photo))[None]
-                with torch.inference_mode():
-                    started = time.perf_counter()
-                    foodvision.model(pixels)
-                    bare_ms = (time.perf_counter() - started) * 1000
+                bare_ms = bare_forward_ms(foodvision, foodvision.preprocess(str(photo))[None])
                 served_ms = foodvision.classify(str(photo)).model_ms
                 if round_:
                     for name, ms in zip(in_process, (bare_ms, served_ms)):
@@ -227,7 +224,7 @@ def main() -> None:
             [
                 app_dir,
                 model,
-                against(model / forward, model_target) if model_target else f"{model / forward:.2f}x",
+                against(model / forward, model_target),
                 against(model / served, SERVER_TARGET),
                 median(work),
                 against((median(requests[app_dir]) - bare_page) / median(work), REQUEST_TARGET),

@@ -31,6 +31,7 @@ from common import (
     ROOT,
     WORK_DIR,
     against,
+    bare_forward_ms,
     generated_head_checkpoint,
     p95,
     print_machine,
@@ -176,7 +177,8 @@ def main() -> None:
 
     photo = args.photo or twelve_megapixel_jpeg()
     # each served page: its name in the results, the folder it runs in, the script, extra environment
-    pages = [(str(app_dir), app_dir, "app.py", {}) for app_dir in args.app_dir or [ROOT]]
+    apps = [str(app_dir) for app_dir in args.app_dir or [ROOT]]
+    pages = [(name, Path(name), "app.py", {}) for name in apps]
     bare_page = None
     if args.floor:
         from page_floor import FLOORS
@@ -208,11 +210,9 @@ def main() -> None:
                     for view, ms in shown.items():
                         times[name].setdefault(view, []).append(ms)
             time.sleep(SETTLE_S)  # the browser's and the server's work after the last drop is not the forward's
-            with torch.inference_mode():
-                started = time.perf_counter()
-                foodvision.model(pixels)
-                if round_ >= 2:
-                    forward_ms.append((time.perf_counter() - started) * 1000)
+            forward = bare_forward_ms(foodvision, pixels)
+            if round_ >= 2:
+                forward_ms.append(forward)
         if args.trace:  # untimed: tracing costs the browser CPU of its own
             for number, (name, url) in enumerate(urls.items()):
                 drop(browser, name, url, photo, trace=args.trace.with_name(f"{args.trace.name}.{number}"))
@@ -229,7 +229,6 @@ def main() -> None:
     print_table(["app", "shown", "drops", "p50 ms", "p95 ms", "min ms"], rows)
     forward = statistics.median(forward_ms)
     print(f"bare fp32 forward (torchvision) in this process, between the rounds: {forward:.1f} ms p50")
-    apps = [str(app_dir) for app_dir in args.app_dir or [ROOT]]
     print_targets({name: times[name] for name in apps}, forward, times.get(bare_page))
     save_results("browser_latency", {"photo": str(photo), "drop_to_view_ms": times, "bare_forward_ms": forward_ms})
 

@@ -9,6 +9,7 @@ where the int8 path has to pass its self-check on the bundled photos.
 """
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -69,14 +70,16 @@ def load_seconds(checkpoint: Path, runs: int) -> dict[str, list[float]]:
         config = json.loads((without_record / CONFIG_FILE).read_text())
         del config["int8"]
         (without_record / CONFIG_FILE).write_text(json.dumps(config))
-        variants = {
-            "with the int8 record": lambda: serving.load(str(checkpoint), "cpu"),
-            "without it: int8 self-check": lambda: serving.load(str(without_record), "cpu"),
-        }
-        times = interleaved_ms(variants, runs)
+        sources = {"with the int8 record": checkpoint, "without it: int8 self-check": without_record}
+        loaded = {}
+
+        def load(name: str) -> None:
+            loaded[name] = serving.load(str(sources[name]), "cpu")
+
+        times = interleaved_ms({name: functools.partial(load, name) for name in sources}, runs)
         # the two rows differ only if the record vouches for this setup (a cached head from other code may not)
-        for name, load in variants.items():
-            print(f"{name}: {load().precision_reason}")
+        for name, served in loaded.items():
+            print(f"{name}: {served.precision_reason}")
     return {name: [ms / 1000 for ms in values] for name, values in times.items()}
 
 

@@ -62,10 +62,21 @@ BROWSER_TARGETS = {  # in a real browser, from the drop
 }
 
 
-def against(value: float, target: float, unit: str = "x") -> str:
-    """A figure beside its target (at most), and whether it meets it."""
+def against(value: float, target: float | None, unit: str = "x") -> str:
+    """A figure beside its target (at most), and whether it meets it; the figure alone where there is no target."""
     shown = f"{value:.2f}x" if unit == "x" else f"{value:,.1f} ms"
+    if target is None:
+        return shown
     return f"{shown} ({'met' if value <= target else 'MISSED'}: at most {target:g}{unit})"
+
+
+def bare_forward_ms(foodvision, pixels: torch.Tensor) -> float:
+    """One fp32 pass of the served head's torchvision model on preprocessed `pixels` (1, 3, H, W), without the
+    attention maps: the yardstick of the speed targets."""
+    with torch.inference_mode():
+        started = time.perf_counter()
+        foodvision.model(pixels)
+        return (time.perf_counter() - started) * 1000
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
