@@ -1,8 +1,9 @@
-"""Draw benchmarks/latency.png from the JSON results the other scripts leave in benchmarks/results/.
+"""Draw benchmarks/latency.png from the JSON results the other scripts leave in benchmarks/results/, replacing it.
 
 python benchmarks/plot.py
 """
 
+import argparse
 import json
 
 import matplotlib
@@ -34,6 +35,7 @@ def bars(axis, title: str, times: dict[str, list[float]], per: int = 1, referenc
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     panels = []
     latency = load("latency")
     if latency:

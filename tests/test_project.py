@@ -45,3 +45,10 @@ def test_no_committed_file_names_a_path_of_one_machine():
         and name != "tests/test_project.py"
     ]
     assert named == []
+
+
+def test_every_benchmark_script_parses_its_arguments():
+    """`python benchmarks/x.py --help` prints the usage instead of running (and overwriting its results)."""
+    scripts = [path for path in (REPO / "benchmarks").glob("*.py") if 'if __name__ == "__main__"' in path.read_text()]
+    assert len(scripts) > 10
+    assert [path.name for path in scripts if "parse_args(" not in path.read_text()] == []
