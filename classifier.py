@@ -200,12 +200,12 @@ def save_head(
         CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
         **(extra_files or {}),
     }
+    kept = "; the earlier checkpoint there is kept" if directory.is_dir() else ""
     try:
         replace_folder(directory, files, error_type=CheckpointError)
     except OSError as error:
         raise CheckpointError(
-            f"Could not write the checkpoint to {directory} ({error}); an earlier checkpoint there is kept. "
-            "Choose a writable folder with free space."
+            f"Could not write the checkpoint to {directory} ({error}){kept}. Choose a writable folder with free space."
         ) from None
     return directory
 

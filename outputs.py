@@ -72,16 +72,20 @@ def sync_folder(folder: Path) -> None:
 
 
 def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Exception] = OSError) -> None:
-    """Make `directory` hold exactly `files`: they are written to a temp folder beside it, which then takes its
-    place. An existing folder is first renamed aside, so between the two renames no folder is at `directory`; if
-    the second rename fails, the old folder is renamed back, and a replacement killed in between is repaired by
-    the next one (`recover_replaced_folder`). `error_type` is raised when neither rename can be done."""
+    """Make `directory` hold `files` and every other entry it held (copied: a git clone's .git, a person's notes,
+    are never lost): the new folder is made beside it, then takes its place. An existing folder is first renamed
+    aside, so between the two renames no folder is at `directory`; if the second rename fails, the old folder is
+    renamed back, and a replacement killed in between is repaired by the next one (`recover_replaced_folder`).
+    `error_type` is raised when neither rename can be done."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     recover_replaced_folder(directory)
     temp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-new-"))
     try:
         for name, content in files.items():
             write_durably(temp / name, content)
+        for entry in directory.iterdir() if directory.is_dir() else ():
+            if entry.name not in files:
+                copy_entry(entry, temp / entry.name)
         temp.chmod(0o755)  # mkdtemp makes it owner-only
         sync_folder(temp)
         if not directory.exists():
@@ -110,6 +114,14 @@ def replace_folder(directory: Path, files: dict[str, bytes], error_type: type[Ex
         shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def copy_entry(source: Path, target: Path) -> None:
+    """A file or a whole folder copied with its times and modes; links stay links."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def recover_replaced_folder(directory: Path) -> None:

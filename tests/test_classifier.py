@@ -193,13 +193,24 @@ def test_failed_replace_keeps_the_previous_checkpoint(trained_head_checkpoint, t
     model = nn.Module()
     model.heads = nn.Linear(768, 3)
     fail_rename_number(monkeypatch, 2)  # the first moves the old checkpoint aside, the second the new one in
-    with pytest.raises(CheckpointError, match="No space left on device.*an earlier checkpoint there is kept"):
+    with pytest.raises(CheckpointError, match="No space left on device.*the earlier checkpoint there is kept"):
         save_head(model, target, read_json(target / CONFIG_FILE))
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # neither the new files nor an empty -old- folder
     _, _, config = load_classifier(target)
     assert config["class_names"] == ["pizza", "steak", "sushi"]
+
+
+def test_a_failed_first_save_claims_no_earlier_checkpoint(tmp_path, monkeypatch):
+    model = nn.Module()
+    model.heads = nn.Linear(768, 3)
+    config = dict(backbone="vit_b_16", weights="IMAGENET1K_V1", image_size=224, class_names=["a", "b", "c"])
+    fail_rename_number(monkeypatch, 1)  # the new folder's move into place
+    with pytest.raises(CheckpointError, match="No space left on device") as raised:
+        save_head(model, tmp_path / "checkpoint", config)
+    assert "earlier checkpoint" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_next_save_restores_a_checkpoint_left_aside_by_a_killed_save(tmp_path):

@@ -50,11 +50,20 @@ def test_the_current_folder_and_the_root_are_folders_too(tmp_path, monkeypatch):
     assert problem == f"{tmp_path / 'notes.txt'} is a file, so no folder {Path('notes.txt', 'run')} can be made"
 
 
-def test_a_replaced_folder_holds_exactly_the_new_files(tmp_path):
+def test_a_replaced_folder_holds_the_new_files_and_keeps_every_other(tmp_path):
+    """Training into a git clone of a Hub repo, or a folder with a person's notes, replaces the checkpoint's files
+    and loses nothing else."""
     folder = tmp_path / "checkpoint"
     replace_folder(folder, {"a.txt": b"1", "b.txt": b"2"})
-    replace_folder(folder, {"c.txt": b"3"})
-    assert sorted(path.name for path in folder.iterdir()) == ["c.txt"]
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "notes.md").write_text("mine")
+    (folder / "latest").symlink_to("a.txt")
+    replace_folder(folder, {"a.txt": b"new", "c.txt": b"3"})
+    assert sorted(path.name for path in folder.iterdir()) == [".git", "a.txt", "b.txt", "c.txt", "latest", "notes.md"]
+    assert (folder / "a.txt").read_bytes() == b"new" and (folder / "notes.md").read_text() == "mine"
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n" and (folder / ".git" / "objects").is_dir()
+    assert (folder / "latest").is_symlink() and (folder / "latest").read_bytes() == b"new"
     assert [path.name for path in tmp_path.iterdir()] == ["checkpoint"]  # nothing left beside it
 
 
