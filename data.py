@@ -1,8 +1,9 @@
 """Image-folder datasets for training: the course's pizza/steak/sushi zips (Food-101 images) or a local folder.
 
-`prepare_dataset` downloads a course zip (or takes a local folder) and returns a folder in the
-layout train/<class>/*.jpg, test/<class>/*.jpg. A dataset becomes visible under its final name
-only after it was fully downloaded, extracted and checked (temp dir + rename), so an interrupted
+`prepare_dataset` downloads a course zip (or takes a local folder or zip file) and returns a folder in the
+layout train/<class>/*.jpg, test/<class>/*.jpg. Photos in subfolders of a class folder (train/pizza/more/x.jpg) are
+that class's too, as torchvision's ImageFolder, which the course uses, reads them. A dataset becomes visible under
+its final name only after it was fully downloaded, extracted and checked (temp dir + rename), so an interrupted
 run never leaves a folder that a later run would mistake for complete; it records the URL it came
 from, so a different URL with the same file name is not answered with the earlier download.
 
@@ -13,6 +14,7 @@ silently smaller dataset would make the recorded metrics and data description wr
 """
 
 import hashlib
+import os
 import sys
 import tempfile
 import urllib.error
@@ -26,7 +28,7 @@ from urllib.parse import urlparse
 import torch
 from tqdm.auto import tqdm
 
-from images import IMAGE_EXTENSIONS, ImageError, images_in, is_hidden, left_out_of, load_rgb
+from images import IMAGE_EXTENSIONS, ImageError, is_hidden, load_rgb
 
 # The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
 # 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
@@ -39,6 +41,8 @@ DEFAULT_ROOT = Path(__file__).resolve().parent / "data"  # git-ignored; beside t
 SUBSETS = ("train", "test")
 # Written into a downloaded dataset folder: the URL it came from (see check_source).
 SOURCE_FILE = "source_url.txt"
+# The fix for a zip that zipfile cannot extract: the format every unzip tool, zipfile included, reads.
+REZIP = "zip the dataset again without a password, with standard Deflate compression (zip -r, 7-Zip's Deflate)."
 # How many unreadable files an error message names before it only counts the rest.
 MAX_LISTED_FILES = 10
 
@@ -54,14 +58,20 @@ def prepare_dataset(
     root: str | Path = DEFAULT_ROOT,
     quiet: bool = False,
 ) -> Path:
-    """Return a checked dataset folder: `data_dir` itself when given, else the download of `url`
-    (default: the course zip of `split`) kept under `root`, downloaded only if not there yet. `quiet`: without the
-    note on files left out (note_left_out), for all processes of a run but one."""
+    """Return a checked dataset folder: `data_dir` itself when given, else the download of `url` (a URL or the path
+    of a zip file; default: the course zip of `split`) kept under `root`, downloaded only if not there yet. `quiet`:
+    without the note on files left out (note_left_out), for all processes of a run but one."""
     if data_dir is not None:
         dataset_dir = Path(data_dir)
-        if not dataset_dir.is_dir():
+        if dataset_dir.is_file() and zipfile.is_zipfile(dataset_dir):
             raise DatasetError(
-                f"The data directory {dataset_dir} does not exist. Pass --data-dir a folder holding "
+                f"{dataset_dir} is a zip file; --data-dir takes a folder. Pass the zip as --dataset-url {dataset_dir} "
+                "(it is extracted into --download-dir), or unzip it and pass the folder as --data-dir."
+            )
+        if not dataset_dir.is_dir():
+            state = "is not a folder" if dataset_dir.exists() else "does not exist"
+            raise DatasetError(
+                f"The data directory {dataset_dir} {state}. Pass --data-dir a folder holding "
                 "train/<class>/*.jpg and test/<class>/*.jpg, or leave it out to download the dataset."
             )
         check_dataset(dataset_dir, quiet)
@@ -70,6 +80,13 @@ def prepare_dataset(
         if split not in DATASET_URLS:
             raise DatasetError(f"Unknown split {split!r}: choose one of {', '.join(DATASET_URLS)}.")
         url = DATASET_URLS[split]
+    elif Path(url).is_file():  # a zip on disk, fetched as a file:// URL
+        url = Path(url).resolve().as_uri()
+    elif not urlparse(url).scheme:
+        raise DatasetError(
+            f"--dataset-url {url} is neither a URL nor an existing file: pass the zip's URL (https://...) or the path "
+            "of a zip file."
+        )
     dataset_dir = Path(root) / download_name(url)
     downloaded = not dataset_dir.is_dir()
     if downloaded:
@@ -173,22 +190,35 @@ def download(url: str, destination: Path) -> None:
 
 def extract_zip(archive: Path, destination: Path, url: str) -> None:
     """Extract `archive` into `destination`, refusing entries whose path leaves it ("zip slip")
-    rather than letting zipfile silently rewrite them; CRCs are checked while extracting."""
+    rather than letting zipfile silently rewrite them; CRCs are checked while extracting. Backslashes in entry names
+    are folder separators, as zipfile reads them on Windows: Windows PowerShell 5.1's Compress-Archive writes them."""
     destination = destination.resolve()
     try:
         with zipfile.ZipFile(archive) as zip_file:
-            for name in zip_file.namelist():
-                if not (destination / name).resolve().is_relative_to(destination):
+            entries = zip_file.infolist()
+            for entry in entries:
+                entry.filename = entry.filename.replace("\\", "/")  # what extraction writes; checked next
+                if not (destination / entry.filename).resolve().is_relative_to(destination):
                     raise DatasetError(
-                        f"The archive from {url} holds the entry {name!r}, which would be written "
+                        f"The archive from {url} holds the entry {entry.orig_filename!r}, which would be written "
                         f"outside the dataset folder; it was refused and nothing was extracted. "
                         "Use a zip whose entries all lie inside it."
                     )
-            zip_file.extractall(destination)
+                if entry.flag_bits & 0x1:  # the zip format's "encrypted" bit
+                    raise DatasetError(
+                        f"The archive from {url} is encrypted: its entry {entry.orig_filename!r} needs a password. "
+                        f"Nothing was extracted; {REZIP}"
+                    )
+            zip_file.extractall(destination, entries)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as error:
         raise DatasetError(
             f"The file downloaded from {url} is not a valid zip archive ({error}). Nothing was "
             "kept; check that --dataset-url points at a .zip file and run again."
+        ) from None
+    except NotImplementedError:  # zipfile's word for an entry it has no decompressor for
+        raise DatasetError(
+            f"The archive from {url} is compressed with a method Python's zipfile cannot read, such as Deflate64 "
+            f"(which Windows Explorer may write). Nothing was kept; {REZIP}"
         ) from None
     except OSError as error:
         raise DatasetError(f"Extracting the archive from {url} failed ({error}). Nothing was kept.") from None
@@ -238,12 +268,39 @@ def class_names_of(dataset_dir: str | Path) -> list[str]:
     return sorted(classes["train"])
 
 
+def files_below(folder: Path) -> list[Path]:
+    """Every file at any depth below `folder`, sorted, as torchvision's ImageFolder reads a class folder (linked
+    folders followed, each folder once), without debris (is_hidden files and folders: .DS_Store, __MACOSX/). A folder
+    that cannot be read is a DatasetError, not photos silently left out."""
+
+    def unreadable(error: OSError):
+        raise DatasetError(
+            f"Cannot read the folder {error.filename} ({error.strerror}). Make it readable, then run again."
+        )
+
+    files, seen = [], set()
+    for directory, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in seen:  # a link back up the tree
+            folders.clear()
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        folders[:] = [name for name in folders if not is_hidden(Path(name))]
+        files += [Path(directory, name) for name in names if not is_hidden(Path(name))]
+    return sorted(path for path in files if path.is_file())
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) -> list[tuple[Path, int]]:
-    """(path, class index) of every image of `subset`, in a stable sorted order."""
+    """(path, class index) of every image of `subset`, at any depth below its class folder (files_below), in a
+    stable sorted order."""
     samples = []
     for label, name in enumerate(class_names):
         folder = Path(dataset_dir) / subset / name
-        paths = images_in(folder)
+        paths = [path for path in files_below(folder) if is_image(path)]
         if not paths:
             raise DatasetError(
                 f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). Every class needs "
@@ -266,7 +323,13 @@ def check_dataset(dataset_dir: Path, quiet: bool = False) -> None:
 def note_left_out(dataset_dir: Path, class_names: list[str], shown: int = 10) -> None:
     """Name on stderr the files in class folders that are not read for their extension, so that no photo is left out
     of the training and its recorded metrics without a word."""
-    left_out = [path for subset in SUBSETS for name in class_names for path in left_out_of(dataset_dir / subset / name)]
+    left_out = [
+        path
+        for subset in SUBSETS
+        for name in class_names
+        for path in files_below(dataset_dir / subset / name)
+        if not is_image(path)
+    ]
     if left_out:
         names = ", ".join(str(path.relative_to(dataset_dir)) for path in left_out[:shown])
         more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
@@ -337,13 +400,7 @@ class PhotoFolder(ImageDataset):
         if not folder.is_dir():
             raise DatasetError(f"{folder} is not a folder; --ood-dir takes a folder of images that are not food.")
         self.dataset_dir, self.class_names, self.transform = folder, [], transform
-        self.samples = [
-            (path, 0)
-            for path in sorted(folder.rglob("*"))
-            if path.suffix.lower() in IMAGE_EXTENSIONS
-            and path.is_file()
-            and not any(is_hidden(Path(part)) for part in path.relative_to(folder).parts)
-        ]
+        self.samples = [(path, 0) for path in files_below(folder) if is_image(path)]
         if not self.samples:
             raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
         check_images([path for path, _ in self.samples], folder)

@@ -45,21 +45,12 @@ def is_hidden(path: Path) -> bool:
 
 def images_in(folder: Path) -> list[Path]:
     """The image files in a folder (not its subfolders), sorted: by their extensions (IMAGE_EXTENSIONS), debris left
-    out (is_hidden). Training's class folders, the bundled examples and predict.py's folders all read this way."""
+    out (is_hidden). The bundled examples and predict.py's folders read this way; training's class folders are read
+    at any depth (data.files_below), as torchvision's ImageFolder reads them."""
     return sorted(
         path
         for path in folder.iterdir()
         if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
-    )
-
-
-def left_out_of(folder: Path) -> list[Path]:
-    """The files of a folder that images_in leaves out for their extension (a .heic, .jfif or .gif photo, notes), not
-    counting debris: what a person may have meant as data."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
     )
 
 

@@ -3,7 +3,9 @@ broken ends in one clear DatasetError (and exit status 1 from train_head.main), 
 behind that a later run could mistake for a complete dataset."""
 
 import io
+import re
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -17,13 +19,26 @@ from images import load_rgb
 from standins import free_port
 
 
-def zip_bytes(folder: Path, prefix: str = "") -> bytes:
-    """The files under `folder` as a zip, their names prefixed with `prefix`."""
+def zip_bytes(folder: Path, prefix: str = "", separator: str = "/") -> bytes:
+    """The files under `folder` as a Deflate zip, their names prefixed with `prefix`, their folders separated by
+    `separator`."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
-            archive.write(path, prefix + path.relative_to(folder).as_posix())
+            archive.write(path, prefix + separator.join(path.relative_to(folder).parts))
     return buffer.getvalue()
+
+
+def with_central_directory(archive: bytes, flag_bits: int = 0, method: int | None = None) -> bytes:
+    """`archive` with every central directory entry's general purpose flags OR-ed with `flag_bits` and, where given,
+    its compression method replaced: how zip tools mark encrypted entries (bit 0) and Deflate64 ones (method 9)."""
+    data = bytearray(archive)
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) != -1:  # a central directory entry's signature
+        flags, stored_method = struct.unpack_from("<HH", data, at + 8)
+        struct.pack_into("<HH", data, at + 8, flags | flag_bits, stored_method if method is None else method)
+        at += 4
+    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +119,29 @@ def test_files_left_out_for_their_extension_are_named(pizza_steak_sushi_dataset,
     assert f"note: {1 + len(steak)} file(s)" in note and str(Path("test", "steak", f"{steak[0].stem}.heic")) in note
 
 
+def test_photos_in_subfolders_of_a_class_folder_are_that_class(local_copy, capsys):
+    """As torchvision's ImageFolder reads a class folder; debris at any depth stays out (were it read, its undecodable
+    files would fail the check), and a link back up the tree is walked once."""
+    pizza = local_copy / "train" / "pizza"
+    (pizza / "more" / "even more").mkdir(parents=True)
+    photos = sorted(pizza.glob("*.jpg"))
+    nested = [pizza / "more" / "a.jpg", pizza / "more" / "b.jpg", pizza / "more" / "even more" / "c.jpg"]
+    for photo, place in zip(photos, nested):
+        photo.rename(place)
+    (pizza / "more" / "menu.heic").write_bytes(b"a photo to convert")
+    for debris in ("__MACOSX/._a.jpg", "more/.thumbnails/a.jpg", "more/.DS_Store"):
+        (pizza / debris).parent.mkdir(exist_ok=True)
+        (pizza / debris).write_bytes(b"not a photo")
+    (pizza / "more" / "back up").symlink_to(pizza, target_is_directory=True)
+    assert prepare_dataset(local_copy) == local_copy
+    note = capsys.readouterr().err
+    assert "note: 1 file(s) in the class folders are not read" in note
+    assert str(Path("train", "pizza", "more", "menu.heic")) in note
+    dataset = ImageDataset(local_copy, "train")
+    read = [path for path, label in dataset.samples if dataset.class_names[label] == "pizza"]
+    assert len(read) == len(photos) and set(nested) <= set(read)
+
+
 def test_another_url_with_the_same_file_name_is_not_answered_with_the_earlier_download(
     serve_bytes, dataset_zip, tmp_path, capsys
 ):
@@ -159,6 +197,42 @@ def test_corrupt_zip(serve_bytes, dataset_zip, tmp_path, capsys):
     url = serve_bytes("page.zip", b"<html>Not Found</html>")
     message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
     assert "not a valid zip archive (File is not a zip file)" in message
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (dict(flag_bits=0x1), r"is encrypted: its entry '[^']+' needs a password\. Nothing was extracted"),
+        (dict(method=9), r"is compressed with a method Python's zipfile cannot read, such as Deflate64"),
+    ],
+    ids=["encrypted", "deflate64"],
+)
+def test_an_encrypted_or_deflate64_zip_says_how_to_zip_it_again(
+    serve_bytes, dataset_zip, tmp_path, capsys, breakage, expected
+):
+    url = serve_bytes("pizza_steak_sushi.zip", with_central_directory(dataset_zip, **breakage))
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path)], root=tmp_path)
+    assert re.search(f"The archive from {re.escape(url)} {expected}", message)
+    assert "zip the dataset again without a password, with standard Deflate compression" in message
+
+
+def test_a_zip_with_windows_separators_extracts_into_its_folders(
+    serve_bytes, pizza_steak_sushi_dataset, tmp_path, capsys
+):
+    """Windows PowerShell 5.1's Compress-Archive writes train\\pizza\\0.jpg; zipfile takes those backslashes for
+    separators on Windows only. An entry that climbs out with them is refused as with slashes."""
+    url = serve_bytes("windows.zip", zip_bytes(pizza_steak_sushi_dataset, separator="\\"))
+    dataset_dir = prepare_dataset(url=url, root=tmp_path / "data")
+    assert class_names_of(dataset_dir) == ["pizza", "steak", "sushi"]
+    originals = sorted(p.relative_to(pizza_steak_sushi_dataset) for p in pizza_steak_sushi_dataset.rglob("*.jpg"))
+    assert sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*.jpg")) == originals
+    buffer = io.BytesIO(zip_bytes(pizza_steak_sushi_dataset, separator="\\"))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("..\\escaped.txt", "outside")
+    url = serve_bytes("climbing.zip", buffer.getvalue())
+    message = fails_cleanly(capsys, ["--dataset-url", url, "--download-dir", str(tmp_path / "elsewhere")])
+    assert "'..\\\\escaped.txt', which would be written outside the dataset folder; it was refused" in message
+    assert list(tmp_path.rglob("escaped.txt")) == [] and list((tmp_path / "elsewhere").iterdir()) == []
 
 
 def test_zip_slip_entry_is_refused(serve_bytes, dataset_zip, tmp_path, capsys):
@@ -233,6 +307,18 @@ def test_empty_split(local_copy, capsys, breakage, expected):
         if breakage == "no_class_folders":
             (local_copy / "test").mkdir()
     assert expected in fails_cleanly(capsys, ["--data-dir", str(local_copy)])
+
+
+def test_a_local_zip_is_taken_by_dataset_url_and_data_dir_says_so(pizza_steak_sushi_dataset, tmp_path, capsys):
+    archive = Path(shutil.make_archive(tmp_path / "food", "zip", pizza_steak_sushi_dataset))
+    message = fails_cleanly(capsys, ["--data-dir", str(archive)])
+    assert f"{archive} is a zip file; --data-dir takes a folder. Pass the zip as --dataset-url {archive}" in message
+    dataset_dir = prepare_dataset(url=str(archive), root=tmp_path / "data")
+    assert dataset_dir == tmp_path / "data" / "food" and class_names_of(dataset_dir) == ["pizza", "steak", "sushi"]
+    assert prepare_dataset(url=str(archive), root=tmp_path / "data") == dataset_dir  # kept, as a download is
+    missing = tmp_path / "missing.zip"
+    with pytest.raises(DatasetError, match=f"--dataset-url {missing} is neither a URL nor an existing file"):
+        prepare_dataset(url=str(missing), root=tmp_path / "data")
 
 
 def test_missing_data_dir(tmp_path, capsys):
