@@ -18,6 +18,7 @@ import torch
 import torchvision
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub uses (httpx2 in 2.x), under a stable name
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -229,12 +230,23 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
         # The config of the weights' commit (the cache keeps each in snapshots/<commit hash>/), even where the repo
         # is pushed to between the two downloads
         return Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, revision=weights.parent.name)).parent
+    except httpx.TransportError as error:  # huggingface_hub gives up after its own retries
+        raise CheckpointError(
+            f"Downloading {WEIGHTS_FILE} and {CONFIG_FILE} of the Hugging Face Hub repo {path_or_repo_id} failed: the "
+            f"connection dropped or stalled ({type(error).__name__}: {one_line(error)}). Retrying may help; check "
+            "your internet connection, or pass a checkpoint folder on disk."
+        ) from None
     except (OSError, EntryNotFoundError, ValueError) as error:
-        reason = " ".join(str(error).split())  # huggingface_hub's messages span several lines
+        reason = one_line(error)
         raise CheckpointError(
             f"There is no checkpoint folder {path}, and the Hugging Face Hub repo {path_or_repo_id} could "
             f"not provide {WEIGHTS_FILE} and {CONFIG_FILE} ({type(error).__name__}: {reason}). {how_to_fix}"
         ) from None
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line: huggingface_hub's span several."""
+    return " ".join(str(error).split())
 
 
 def read_config(path: Path) -> dict:
@@ -289,6 +301,13 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
             raise CheckpointError(f"{path} is missing: {needs}. {RETRAIN}")
     config = read_config(directory / CONFIG_FILE)
     state_dict = read_weights(directory / WEIGHTS_FILE)
+    head = {name: tensor for name, tensor in state_dict.items() if not name.startswith(OUTLIERS)}
+    if not_finite := [name for name, tensor in head.items() if not torch.isfinite(tensor).all()]:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE}: {', '.join(not_finite)} holds NaN or infinite values (its training "
+            "diverged, or the file is corrupt). Train the head again with `python train_head.py`, with a lower --lr "
+            "if its training diverged."
+        )
     try:
         model, transforms = build_feature_extractor(config["weights"], config["class_names"])
     except ValueError as error:
@@ -299,7 +318,7 @@ def load_classifier(path_or_repo_id: str | Path = DEFAULT_CHECKPOINT_DIR, revisi
             f"{config['weights']} take {transforms.crop_size[0]} px images; the config is inconsistent."
         )
     expected = {name: tuple(tensor.shape) for name, tensor in head_state_dict(model).items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state_dict.items() if not name.startswith(OUTLIERS)}
+    found = {name: tuple(tensor.shape) for name, tensor in head.items()}
     if found != expected:
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE} holds {found}, but {len(config['class_names'])} classes "

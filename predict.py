@@ -20,6 +20,7 @@ import torch
 from devices import available_cpus
 from images import IMAGE_EXTENSIONS, images_in, load_rgb
 from options import add_model_arguments, check_model_arguments
+from outputs import why_not_writable
 from serving import NoModel, ServingError, load
 from train_head import TrainingUnavailable, needs_first_training, train_default_head
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     parser.add_argument("--figures", type=Path, help="also save <image name>.png figures in this folder")
     args = check_model_arguments(parser, parser.parse_args(argv))
+    if args.figures and (problem := why_not_writable(args.figures)):  # before the model loads
+        parser.error(f"--figures: {problem}")
     image_paths, failures = [], 0
     for argument in args.images:
         if not Path(argument).is_dir():

@@ -19,6 +19,7 @@ few-shot linear evaluation (fewshot.py).
 import argparse
 import inspect
 import json
+import math
 import re
 import shlex
 import sys
@@ -131,7 +132,8 @@ def evaluate(
 
 def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batch_size: int, seed: int) -> list[dict]:
     """Train `head` on cached (features, labels) with the course's Adam + CrossEntropyLoss and
-    return one dict of train/test loss and accuracy per epoch."""
+    return one dict of train/test loss and accuracy per epoch. ValueError where the training diverges (the loss or
+    the weights stop being finite numbers), so that no such head is ever saved."""
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*train),
         batch_size=batch_size,
@@ -142,8 +144,16 @@ def fit(head: nn.Module, train: tuple, test: tuple, epochs: int, lr: float, batc
     loss_fn = nn.CrossEntropyLoss()
     history = []
     for epoch in tqdm(range(1, epochs + 1), desc="Training the head", unit="epoch"):
-        train_loss, train_acc = train_epoch(head, loader, optimizer, loss_fn)
+        diverged = f"Training diverged in epoch {epoch} with lr {lr}"
+        fix = "nothing was saved. Train again with a lower --lr (the course's is 1e-3)."
+        try:
+            train_loss, train_acc = train_epoch(head, loader, optimizer, loss_fn)
+        except RuntimeError as error:  # Adam's first step, lr / (1 - beta1), overflows float32 for lr above ~3e37
+            raise ValueError(f"{diverged} ({error}); {fix}") from None
         test_loss, test_acc, _ = evaluate(head, *test, loss_fn)
+        finite = math.isfinite(train_loss) and math.isfinite(test_loss)
+        if not (finite and all(torch.isfinite(parameter).all() for parameter in head.parameters())):
+            raise ValueError(f"{diverged}: the head's loss or weights are no longer finite numbers; {fix}")
         history.append(
             dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
         )
@@ -282,8 +292,8 @@ def train_head(
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if not lr > 0:  # NaN too
-        raise ValueError(f"lr must be a positive number, got {lr}")
+    if problem := learning_rate_problem(lr):
+        raise ValueError(f"lr {problem}")
     check_replaceable(Path(output_dir))
     device = str(resolve_device(device))
     ood_set = PhotoFolder(ood_dir) if ood_dir is not None else None  # before the download, so a typo costs nothing
@@ -374,6 +384,22 @@ def train_head(
     return output_dir
 
 
+def learning_rate_problem(lr: float) -> str | None:
+    """Why `lr` is no learning rate (NaN, infinite, zero or negative), or None."""
+    return None if math.isfinite(lr) and lr > 0 else f"must be a positive finite number, got {lr}"
+
+
+def learning_rate_argument(value: str) -> float:
+    """An argparse type: --lr as a float, refused before any work where it is no learning rate."""
+    try:
+        lr = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if problem := learning_rate_problem(lr):
+        raise argparse.ArgumentTypeError(problem)
+    return lr
+
+
 # The command line's defaults are train_head's, so the two cannot disagree.
 DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(train_head).parameters.items()}
 
@@ -409,7 +435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument(
         "--data-dir", help="a local dataset folder (train/<class>/*.jpg, test/<class>/*.jpg); no download"
     )
-    data.add_argument("--dataset-url", help="the dataset zip to download (default: the course's zip of --split)")
+    data.add_argument(
+        "--dataset-url", help="the dataset zip to download, or a zip file's path (default: the course's zip of --split)"
+    )
     data.add_argument(
         "--split", default=DEFAULTS["split"], choices=list(DATASET_URLS), help="which course split to download"
     )
@@ -423,7 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     weights_help = "torchvision vit_b_16 weights; " + "; ".join(describe_weights(name) for name in WEIGHTS_NAMES)
     training.add_argument("--weights", default=DEFAULTS["weights"], choices=WEIGHTS_NAMES, help=weights_help)
     training.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="%(default)s")
-    training.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (%(default)s)")
+    training.add_argument(
+        "--lr", type=learning_rate_argument, default=DEFAULTS["lr"], help="Adam learning rate (%(default)s)"
+    )
     training.add_argument(
         "--batch-size",
         type=int,

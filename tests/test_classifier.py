@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +23,7 @@ from classifier import (
     WEIGHTS_FILE,
     CheckpointError,
     check_weights_file,
+    checkpoint_files,
     load_classifier,
     load_outlier_score,
     save_head,
@@ -91,6 +93,47 @@ def test_hub_repo_id_downloads_then_loads_offline(trained_head_checkpoint, torch
     offline = dict(env, HF_HUB_OFFLINE="1")
     result = load_in_subprocess(offline, trained_head_checkpoint, "someone/foodvision-mini")
     assert result.returncode == 0 and result.stdout.splitlines() == ["someone/foodvision-mini: the local head"], result
+
+
+class DroppingHubHandler(HubFilesHandler):
+    """The stand-in Hub whose downloads break off: the connection closes after half of the bytes its Content-Length
+    announced."""
+
+    def answer(self, send_body: bool):
+        super().answer(send_body=False)  # the real headers: the commit, the ETag, the whole file's length (or a 404)
+        file = self.server.repos["someone/foodvision-mini"] / self.path.rsplit("/", 1)[-1]
+        if send_body and "/resolve/" in self.path and file.is_file():
+            self.wfile.write(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def test_a_hub_download_that_breaks_off_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """huggingface_hub resumes a few times (a second's pause each) and then lets its HTTP client's error out; the
+    app and predict.py take a CheckpointError for a message, not a traceback. (A download that stalls ends in that
+    client's ReadTimeout, of the same family.)"""
+    head = tmp_path / "head"
+    head.mkdir()
+    for name in HEAD_FILES:
+        (head / name).write_bytes(os.urandom(100_000))
+    with http_server(DroppingHubHandler, repos={"someone/foodvision-mini": head}) as server:
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        constants = huggingface_hub.constants  # what HF_ENDPOINT and HF_HUB_CACHE set at import
+        for name, value in (
+            (
+                "HUGGINGFACE_CO_URL_TEMPLATE",
+                constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, endpoint),
+            ),
+            ("ENDPOINT", endpoint),
+            ("HF_HUB_CACHE", str(tmp_path / "cache")),
+        ):
+            monkeypatch.setattr(constants, name, value)
+        with pytest.raises(CheckpointError) as raised:
+            checkpoint_files("someone/foodvision-mini")
+    message = str(raised.value)
+    assert (
+        "Downloading model.safetensors and config.json of the Hugging Face Hub repo someone/foodvision-mini" in message
+    )
+    assert "failed: the connection dropped or stalled (RemoteProtocolError: " in message
+    assert "Retrying may help" in message
 
 
 @pytest.fixture
@@ -172,6 +215,20 @@ def test_save_head_replaces_only_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="its config.json cannot be read"):
         save_head(model, tmp_path / "run", config)
     assert (tmp_path / "run" / "train_state.safetensors").read_text() == "state"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_head_holding_nan_or_infinity_is_refused_at_loading(tmp_path, torch_home, value):
+    """What a diverged training would have left: a head that answers every photo with NaN probabilities."""
+    model = nn.Module()
+    model.heads = nn.Linear(768, 3)
+    with torch.no_grad():
+        model.heads.weight[1, 7] = value
+    config = dict(backbone="vit_b_16", weights="IMAGENET1K_V1", image_size=224, class_names=["a", "b", "c"])
+    target = save_head(model, tmp_path / "checkpoint", config)
+    with pytest.raises(CheckpointError, match=r"heads\.weight holds NaN or infinite values .*a lower --lr") as raised:
+        load_classifier(target)
+    assert str(target / WEIGHTS_FILE) in str(raised.value)
 
 
 def fail_rename_number(monkeypatch, number: int) -> None:

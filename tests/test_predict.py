@@ -80,6 +80,18 @@ def test_figures_never_overwrite_the_photos_or_each_other(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_figures_folder_that_cannot_be_made_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(predict, "load", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(predict, "train_default_head", lambda: pytest.fail("a head was trained"))
+    taken = tmp_path / "figures"
+    taken.write_text("a file where the folder would go")
+    for figures, problem in ((taken, f"{taken} is a file"), (taken / "more", f"{taken} is a file, so no folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([EXAMPLES[0], "--figures", str(figures)])
+        assert exit_info.value.code == 2 and f"--figures: {problem}" in capsys.readouterr().err
+    assert taken.read_text() == "a file where the folder would go"
+
+
 def test_the_same_photo_named_twice_writes_its_one_figure(tmp_path):
     folder = Path(EXAMPLES[0]).parent
     figures = predict.figure_paths([EXAMPLES[0], str(folder / ".." / folder.name / Path(EXAMPLES[0]).name)], tmp_path)

@@ -155,12 +155,21 @@ def test_mistakes_on_the_command_line_fail_before_the_download(tmp_path, capsys)
     (vit_run / CONFIG_FILE).write_text(json.dumps({"vit_config": {}, "class_names": ["pizza"], "epoch": 3}))
     nowhere = f"http://127.0.0.1:{free_port()}/pizza_steak_sushi.zip"
     common = ["--dataset-url", nowhere, "--download-dir", str(tmp_path / "data")]
-    with pytest.raises(SystemExit) as exit_info:
-        train_head.main([*common, "--push-to-hub", "someone/foodvision--mini"])
-    assert exit_info.value.code == 2 and "Cannot have -- or .." in capsys.readouterr().err
     for mistake, message in (
-        (["--lr", "-0.001", "--output", str(tmp_path / "new")], "lr must be a positive number, got -0.001"),
-        (["--lr", "nan", "--output", str(tmp_path / "new")], "lr must be a positive number, got nan"),
+        (["--push-to-hub", "someone/foodvision--mini"], "Cannot have -- or .."),
+        (["--lr", "-0.001"], "argument --lr: must be a positive finite number, got -0.001"),
+        (["--lr", "0"], "argument --lr: must be a positive finite number, got 0.0"),
+        (["--lr", "nan"], "argument --lr: must be a positive finite number, got nan"),
+        (["--lr", "inf"], "argument --lr: must be a positive finite number, got inf"),
+        (["--lr", "1e999"], "argument --lr: must be a positive finite number, got inf"),
+        (["--lr", "fast"], "argument --lr: not a number: 'fast'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train_head.main([*common, *mistake])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got inf"):
+        train_head.train_head(dataset_url=nowhere, download_dir=tmp_path / "data", lr=float("inf"))
+    for mistake, message in (
         (["--output", str(unrelated)], f"{unrelated} already exists and is not a checkpoint folder"),
         (["--output", str(unrelated / "todo.txt")], f"{unrelated / 'todo.txt'} is a file"),
         (["--output", str(unrelated / "todo.txt" / "head")], f"{unrelated / 'todo.txt'} is a file, so no folder"),
@@ -183,6 +192,16 @@ def test_a_photo_a_class_and_a_mistyped_ood_folder_fail_before_the_backbone_pass
     assert train_head.main(flags) == 1
     assert f"{tmp_path / 'no'} is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "head").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("lr", [1e35, 1e38])
+def test_a_training_that_diverges_is_an_error_not_a_head(lr):
+    """A head whose loss or weights are NaN or infinite would answer every photo with NaN probabilities; 1e38 is
+    beyond what Adam's first step can hold in float32."""
+    features = torch.randn(12, 768, generator=torch.Generator().manual_seed(0)) * 100
+    labels = torch.arange(12) % 3
+    with pytest.raises(ValueError, match=r"Training diverged in epoch \d+ with lr .*nothing was saved.*lower --lr"):
+        train_head.fit(torch.nn.Linear(768, 3), (features, labels), (features, labels), 10, lr, 4, seed=0)
 
 
 def test_the_backbone_pass_takes_the_cpus_batch_on_the_cpu_and_the_heads_on_a_gpu():
