@@ -83,6 +83,25 @@ ORIENTATION = 0x0112
 DAMAGED_DATA_ERRORS = (ValueError, RuntimeError, SyntaxError, EOFError)
 
 
+# ISO base media files (HEIF, AVIF) start with an ftyp box naming their major brand; these are HEIF's HEVC photos
+# (ISO/IEC 23008-12), which Pillow cannot decode (AVIF it can)
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx")
+
+
+def is_heif(source: str | Path | BinaryIO) -> bool:
+    """Whether `source` starts as a HEIC/HEIF photo does."""
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as file:
+                header = file.read(12)
+        else:
+            source.seek(0)
+            header = source.read(12)
+    except OSError:
+        return False
+    return header[4:8] == b"ftyp" and header[8:12] in HEIF_BRANDS
+
+
 def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Image.Image:
     """Decode an image file to 8-bit RGB, upright (EXIF orientation applied).
 
@@ -91,17 +110,24 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
     makes a 12-megapixel phone photo decode several times faster in a fraction of the memory.
     """
     damaged = "This image file is damaged or truncated and cannot be decoded ({}). Please upload the complete file."
+    side = math.isqrt(MAX_PIXELS)
+    too_large = f"more than the limit of {MAX_PIXELS:,} ({side}x{side}). Please downscale it and try again."
     try:
         image = Image.open(source, formats=PHOTO_FORMATS)
     except FileNotFoundError:
         raise ImageError(f"No such file: {source}.") from None
     except UnidentifiedImageError:
+        if is_heif(source):
+            raise ImageError(
+                "This is a HEIC/HEIF photo (the iPhone camera's format), which this app cannot decode. Please "
+                "convert it to JPEG (on a Mac: open it in Preview, File > Export) and upload that."
+            ) from None
         raise ImageError(
             "This file is not an image that can be read (it may be another kind of file or "
             "badly damaged). Please upload a photo: JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF."
         ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"This image is too large to decode safely: {error}") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, raised where a format's header is read at open
+        raise ImageError(f"This image has {too_large}") from None
     except OSError as error:
         if error.filename is not None:  # the file system's refusal, of a path given on the command line or in a dataset
             raise ImageError(f"Cannot read {source}: {error.strerror}.") from None
@@ -111,11 +137,7 @@ def load_rgb(source: str | Path | BinaryIO, min_size: int | None = None) -> Imag
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
-            side = math.isqrt(MAX_PIXELS)
-            raise ImageError(
-                f"This image is {width}x{height} pixels ({width * height:,}), more than the limit of {MAX_PIXELS:,} "
-                f"({side}x{side}). Please downscale it and try again."
-            )
+            raise ImageError(f"This image is {width}x{height} pixels ({width * height:,}), {too_large}")
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise ImageError(
                 f"This image is {width}x{height} pixels: its long side is more than {MAX_ASPECT_RATIO} times its "

@@ -159,6 +159,27 @@ def test_decompression_bomb_is_refused_before_decoding(width, height):
         load_rgb(png_declaring(width, height))
 
 
+def test_pillows_own_bomb_guard_reads_as_the_pixel_limit():
+    """Pillow refuses some huge headers itself, at open, in words that call the visitor an attacker and give another
+    limit; the page gives the same limit as for any image over it."""
+    with pytest.raises(ImageError) as raised:
+        load_rgb(png_declaring(20_000, 20_000))
+    assert str(raised.value) == (
+        f"This image has more than the limit of {MAX_PIXELS:,} (8192x8192). Please downscale it and try again."
+    )
+
+
+def test_a_heic_photo_is_named_with_what_to_do(tmp_path):
+    """An iPhone's HEIC passes the browser's image/* check; "not an image" would be wrong."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100)
+    (tmp_path / "IMG_0001.HEIC").write_bytes(heic)
+    for source in (io.BytesIO(heic), tmp_path / "IMG_0001.HEIC"):
+        with pytest.raises(ImageError, match="This is a HEIC/HEIF photo .* convert it to JPEG"):
+            load_rgb(source)
+    with pytest.raises(ImageError, match="not an image that can be read"):
+        load_rgb(io.BytesIO(heic.replace(b"ftypheic", b"ftypqt  ")))  # a QuickTime movie
+
+
 def test_the_pixel_limit_message_names_both_counts_exactly():
     """Rounded to megapixels, 8193x8192 read '67 megapixels; the limit is 67'."""
     with pytest.raises(ImageError, match=r"8193x8192 pixels \(67,117,056\), more than the limit of 67,108,864 \(8192x"):
