@@ -13,11 +13,13 @@ the page, and `main`. It is also the Hugging Face Space, on every hardware: on Z
 `import app` builds nothing; `python app.py` serves."""
 
 import argparse
+import atexit
 import contextlib
 import functools
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -136,18 +138,20 @@ def on_the_torch_thread(handler):
 
 @contextlib.contextmanager
 def errors_on_the_page():
-    """A ServingError raised inside becomes an error message on the page (gr.Error) under its title; any other
-    exception, a fault rather than the visitor's photo, a plain message there and its traceback in the log."""
+    """A ServingError raised inside becomes an error message on the page (gr.Error) under its title, and nothing in
+    the log: a visitor's unreadable photo is no fault of the server's, and forty lines of traceback each would bury
+    those that are. Any other exception, a fault, becomes a plain message there and its traceback in the log."""
     try:
         yield
     except ServingError as error:
-        raise gr.Error(str(error), title=error.title) from None
+        raise gr.Error(str(error), title=error.title, print_exception=False) from None
     except Exception:
         traceback.print_exc()
         raise gr.Error(
             "Something went wrong on the server with this request; its log has the details. Please try again, or "
             "try another photo.",
             title="Server error",
+            print_exception=False,  # the fault's own traceback is printed above, not Gradio's of this gr.Error
         ) from None
 
 
@@ -167,6 +171,12 @@ class Pictures:
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="foodvision-pictures-"))
         self.swept = time.monotonic()
+        atexit.register(self.remove, os.getpid())
+
+    def remove(self, owner: int) -> None:
+        """The folder deleted at exit by the process that made it, not by a forked child (ZeroGPU's) ending."""
+        if os.getpid() == owner:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def sweep(self) -> None:
         """Delete the files older than MAX_AGE_S, pictures and the leftovers of failed saves alike."""
@@ -400,7 +410,7 @@ def lay_out(served: FoodVision | NoModel, inside: Inside | None) -> tuple[gr.Blo
                     height=360,
                     elem_id="photo",
                 )
-                gr.Examples(EXAMPLES, inputs=parts["image"], label="Real photos")
+                parts["examples"] = gr.Examples(EXAMPLES, inputs=parts["image"], label="Real photos")
             with gr.Column():
                 parts["label"] = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
                 parts["verdict"] = gr.Markdown(elem_id="verdict")  # says so when the photo looks like no class
@@ -467,6 +477,12 @@ def by_component(parts: dict, names: list[str]):
     return [parts[name] for name in names], update
 
 
+def clearing_script(components: list) -> str:
+    """A JavaScript function giving each component its empty value, as gr.ClearButton clears: no request is sent."""
+    empty = [component.postprocess(None) for component in components]
+    return f"() => {json.dumps([value.model_dump() if hasattr(value, 'model_dump') else value for value in empty])}"
+
+
 def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> None:
     """The page's events. The handlers take the upload undecoded (preprocess=False): gr.Image would open every file
     with Pillow itself and answer a non-image with an error users cannot read, while every upload here goes through
@@ -487,23 +503,34 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
     def show_patches(upload: dict | None) -> str | None:
         return page.patches(uploaded_file(upload))
 
+    # A new photo: the visitor's upload, webcam shot, paste or removal (input: change fires twice when a photo
+    # replaces another, which ran the model twice), or an example's click, which sets the photo without an input
+    new_photo = (image.input, parts["examples"].load_input_event.then)
     with demo:
-        event = image.change(
-            predict,
-            image,
-            outputs,
-            preprocess=False,
-            api_name="predict",
-            show_progress_on=parts["label"],
-            **QUIET_PROGRESS,
-            **ONE_AT_A_TIME,
-        )
+        photo_views = PHOTO_VIEWS + (INSIDE_VIEWS if inside is not None else ())
+        answers, _ = by_component(parts, ["label", "timing", "verdict", *(view.name for view in photo_views)])
+        for trigger in new_photo:  # the previous answer off the page at once, in the browser, while this one waits
+            trigger(None, None, answers, js=clearing_script(answers), queue=False, api_visibility="private")
+        events = [
+            trigger(
+                predict,
+                image,
+                outputs,
+                preprocess=False,
+                show_progress_on=parts["label"],
+                **api,
+                **QUIET_PROGRESS,
+                **ONE_AT_A_TIME,
+            )
+            for trigger, api in zip(new_photo, ({"api_name": "predict"}, {"api_visibility": "private"}))
+        ]
         # The patch grid alone: an API endpoint (a button the page never shows), and the page's one view when no
         # model is serving
         patches_only = dict(inputs=image, outputs=parts["patches"], preprocess=False, **ONE_AT_A_TIME)
         gr.Button(visible=False).click(show_patches, api_name="patches", **patches_only)
         if inside is None:
-            image.change(show_patches, api_visibility="private", **patches_only)
+            for trigger in new_photo:
+                trigger(show_patches, api_visibility="private", **patches_only)
             return
         private = dict(api_visibility="private", **QUIET_PROGRESS)
         inside_outputs, inside_keyed = by_component(parts, [view.name for view in INSIDE_VIEWS])
@@ -518,8 +545,12 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
         def follow_layer(analysis: PhotoAnalysis | None, layer: int):
             return following_keyed(inside.views(analysis, layer, following))
 
-        event.then(draw_inside, [parts["kept"], parts["layer"]], inside_outputs, **private)
-        parts["layer"].release(follow_layer, [parts["kept"], parts["layer"]], following_outputs, **private)
+        for event in events:
+            event.then(draw_inside, [parts["kept"], parts["layer"]], inside_outputs, **private)
+        # input: a drag, a key or a typed number; always_last: after a pending redraw, the layer last chosen
+        parts["layer"].input(
+            follow_layer, [parts["kept"], parts["layer"]], following_outputs, trigger_mode="always_last", **private
+        )
         parts["similarity"].select(
             on_the_torch_thread(inside.patch_similarity), None, parts["chosen"], api_visibility="private"
         )

@@ -204,6 +204,15 @@ def test_an_unreadable_upload_clears_the_previous_photos_answer(foodvision, tmp_
         shutil.rmtree(page.pictures.folder)
 
 
+def test_a_visitors_unreadable_photo_is_a_message_on_the_page_and_nothing_in_the_log(capsys):
+    """Gradio prints a gr.Error's traceback by default: forty lines for each bad upload buried the server's faults."""
+    with pytest.raises(gr.Error, match="not an image") as raised:
+        with app.errors_on_the_page():
+            raise serving.ServingError("This file is not an image that can be read.", title="Cannot read this image")
+    assert raised.value.title == "Cannot read this image" and not raised.value.print_exception
+    assert capsys.readouterr().err == ""
+
+
 def test_a_fault_clears_the_previous_answer_too_and_the_page_says_only_that_the_server_failed(
     foodvision, monkeypatch, capsys
 ):
@@ -223,6 +232,7 @@ def test_a_fault_clears_the_previous_answer_too_and_the_page_says_only_that_the_
                 next(updates)
         assert raised.value.title == "Server error"
         assert "ZeroDivisionError" in capsys.readouterr().err
+        assert not raised.value.print_exception  # the fault's traceback once, not Gradio's of the message too
     finally:
         shutil.rmtree(page.pictures.folder)
 
@@ -459,6 +469,24 @@ def test_a_sweep_goes_on_past_files_that_vanish_or_cannot_be_deleted(monkeypatch
     finally:
         monkeypatch.undo()
         shutil.rmtree(pictures.folder)
+
+
+def test_the_pictures_folder_goes_when_its_process_ends_and_stays_when_a_forked_child_does():
+    """Every start of the app (and every test run) left a folder of pictures in the temp folder."""
+    script = """import os, sys
+from PIL import Image
+from app import Pictures
+pictures = Pictures()
+pictures.save(Image.new("RGB", (8, 8)), "patches", photo=True)
+if os.fork() == 0:
+    sys.exit(0)  # a forked child, as ZeroGPU's, ending: the parent still serves from the folder
+os.wait()
+print(pictures.folder, any(pictures.folder.iterdir()))
+"""
+    ended = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    folder, kept_through_the_child = ended.stdout.split()
+    assert kept_through_the_child == "True", ended.stderr
+    assert not Path(folder).exists()
 
 
 @pytest.mark.parametrize("decode", [False, True])

@@ -134,6 +134,51 @@ def test_drop_a_photo_and_see_the_prediction_and_inside_the_vit(served):
             browser.close()
 
 
+def test_a_new_photo_clears_the_last_answer_at_once_runs_the_model_once_and_the_slider_follows_keys(served, tmp_path):
+    """gr.Image's change event fires twice when a photo replaces another, which ran the model twice; a new photo
+    waiting in the queue sat beside the previous one's answer, and a bad upload left "Inside the ViT" showing the
+    previous photo. The layer slider followed only a released drag, not its keys."""
+    from playwright.sync_api import expect, sync_playwright
+
+    examples = sorted((REPO / "examples").glob("*.jp*g"))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(examples[0].read_bytes()[:2000])
+    url, _ = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1300})
+            requests = []  # the events the page sends to the queue, each a model pass or a drawing
+            page.on("request", lambda request: requests.append(request.url) if "queue/join" in request.url else None)
+            page.goto(url)
+            upload = page.locator("#photo input[type=file]")
+            walk, no_answer = page.locator("#walk"), "() => !document.querySelector('#walk').innerText.trim()"
+            upload.set_input_files(examples[0])
+            expect(walk).to_contain_text("197x768", timeout=60_000)
+            requests.clear()
+
+            upload.set_input_files(examples[1])
+            page.wait_for_function(no_answer, polling="raf", timeout=30_000)  # before this photo's answer comes
+            expect(page.locator("#timing")).to_contain_text("pictures", timeout=60_000)
+            expect(walk).to_contain_text("197x768", timeout=30_000)
+            page.wait_for_timeout(2_000)  # room for a second, duplicate request
+            assert len(requests) == 2, requests  # the prediction, then Inside the ViT's drawing
+
+            upload.set_input_files(truncated)
+            expect(page.locator(".toast-body")).to_contain_text("damaged or truncated", timeout=30_000)
+            page.wait_for_function(no_answer, timeout=10_000)
+            expect(page.locator("#heads img, #rollout img")).to_have_count(0)
+            expect(page.locator("#timing")).to_have_text("")
+
+            page.locator(".gallery-item").nth(2).click()  # an example sets the photo without an input event
+            expect(walk).to_contain_text("197x768", timeout=60_000)
+            page.locator("#layer input[type=range]").focus()
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_function("() => document.querySelector('#heads img')?.src.includes('heads-layer-11')")
+        finally:
+            browser.close()
+
+
 # app.py with serving's load 10 s slower
 SLOW_LOAD_APP = """import sys, time
 import app
