@@ -29,8 +29,19 @@ def why_not_writable(directory: Path, replaced: bool = False) -> str | None:
     if replaced or not directory.exists():
         needed += (nearest,)
     for folder in needed:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"{folder} is not writable by this user, so {directory} cannot be written"
+        if problem := why_nothing_can_be_made_in(folder):
+            return f"{folder} is not writable ({problem}), so {directory} cannot be written"
+    return None
+
+
+def why_nothing_can_be_made_in(folder: Path) -> str | None:
+    """Why no folder can be made in `folder`, or None, found by making one and removing it: os.access answers from
+    permission bits alone, which root passes everywhere, so a root container's output under /proc or /sys, or on a
+    mount that refuses writes (ACLs, network shares), trained fully and failed only when saving."""
+    try:
+        Path(tempfile.mkdtemp(dir=folder, prefix=".write-check-")).rmdir()
+    except OSError as error:
+        return error.strerror or type(error).__name__
     return None
 
 

@@ -43,11 +43,18 @@ def test_the_current_folder_and_the_root_are_folders_too(tmp_path, monkeypatch):
     assert why_not_writable(Path(".")) is None and why_not_writable(Path("run")) is None
     root_writable = os.access("/", os.W_OK)  # as root, as CI runs, it is
     assert why_not_writable(Path("/")) == (
-        None if root_writable else "/ is not writable by this user, so / cannot be written"
+        None if root_writable else "/ is not writable (Permission denied), so / cannot be written"
     )
     (tmp_path / "notes.txt").write_text("keep me")
     problem = why_not_writable(Path("notes.txt", "run"))
     assert problem == f"{tmp_path / 'notes.txt'} is a file, so no folder {Path('notes.txt', 'run')} can be made"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_where_nothing_can_be_made_is_refused_even_for_root():
+    """os.access says yes to root everywhere: a root container's --output under /proc trained fully, then failed."""
+    problem = why_not_writable(Path("/proc/foodvision-run"))
+    assert problem is not None and problem.startswith("/proc is not writable (") and "cannot be written" in problem
 
 
 def test_a_replaced_folder_holds_the_new_files_and_keeps_every_other(tmp_path):
