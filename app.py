@@ -66,6 +66,9 @@ ONE_AT_A_TIME = {"concurrency_limit": 1, "concurrency_id": "model"}
 # spinners animate every frame, and on a 2-core machine that drawing takes the CPU the model needs (BENCHMARKS.md,
 # in a real browser).
 QUIET_PROGRESS = {"show_progress": "minimal"}
+# A photo chosen while the last one's request is pending runs after it: the events of a new photo (input, an example's
+# click) default to "once", which drops it, and the page would end with the old photo's answer beside the new photo
+LAST_PHOTO = {"trigger_mode": "always_last"}
 QUEUE_SIZE = 256  # requests waiting beyond this are turned away at once instead of piling up
 # Gradio's queue looks for a new event every millisecond and for progress to send every 10 ms
 # (queueing.Queue.sleep_when_free, progress_update_sleep_when_free): an idle server woke hundreds of times a second
@@ -519,6 +522,7 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
                 preprocess=False,
                 show_progress_on=parts["label"],
                 **api,
+                **LAST_PHOTO,
                 **QUIET_PROGRESS,
                 **ONE_AT_A_TIME,
             )
@@ -530,7 +534,7 @@ def wire(demo: gr.Blocks, parts: dict, page: Page, inside: Inside | None) -> Non
         gr.Button(visible=False).click(show_patches, api_name="patches", **patches_only)
         if inside is None:
             for trigger in new_photo:
-                trigger(show_patches, api_visibility="private", **patches_only)
+                trigger(show_patches, api_visibility="private", **LAST_PHOTO, **patches_only)
             return
         private = dict(api_visibility="private", **QUIET_PROGRESS)
         inside_outputs, inside_keyed = by_component(parts, [view.name for view in INSIDE_VIEWS])
