@@ -107,10 +107,12 @@ class ProcessError(TrainingError):
 
 
 def at_least(minimum, kind=int):
-    """An argparse type: a number no smaller than `minimum`, else argparse's one-line usage error."""
+    """An argparse type: a finite number no smaller than `minimum`, else argparse's one-line usage error."""
 
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):  # NaN compares as no smaller than anything
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum}")
         return value

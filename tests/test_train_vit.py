@@ -419,6 +419,8 @@ def test_bad_configuration_is_one_clear_error(flags, message, pizza_steak_sushi_
         ("--epochs", "0", "is below the minimum 1"),
         ("--batch-size", "-8", "is below the minimum 1"),
         ("--lr", "-1e-3", "is below the minimum 0.0"),
+        ("--lr", "nan", "is not a finite number"),
+        ("--weight-decay", "inf", "is not a finite number"),
         ("--num-heads", "0", "is below the minimum 1"),
         ("--crop-scale", "0", "is outside (0, 1]"),
         ("--crop-scale", "1.5", "is outside (0, 1]"),
