@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import torch
 from tqdm.auto import tqdm
 
-from images import IMAGE_EXTENSIONS, ImageError, is_hidden, load_rgb
+from images import IMAGE_EXTENSIONS, ImageError, is_hidden, is_image, load_rgb
 
 # The course's zips (chapters 04-09): 10% of Food-101's pizza/steak/sushi images (225 train /
 # 75 test) and 20% (450 / 150). Both hold train/<class>/ and test/<class>/ at the top level.
@@ -288,10 +288,6 @@ def files_below(folder: Path) -> list[Path]:
         folders[:] = [name for name in folders if not is_hidden(Path(name))]
         files += [Path(directory, name) for name in names if not is_hidden(Path(name))]
     return sorted(path for path in files if path.is_file())
-
-
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def image_files(dataset_dir: str | Path, subset: str, class_names: list[str]) -> list[tuple[Path, int]]:

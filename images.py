@@ -43,15 +43,16 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name == "__MACOSX"
 
 
+def is_image(path: Path) -> bool:
+    """Whether `path` is named as an image file (IMAGE_EXTENSIONS), whatever the case of its extension."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def images_in(folder: Path) -> list[Path]:
     """The image files in a folder (not its subfolders), sorted: by their extensions (IMAGE_EXTENSIONS), debris left
     out (is_hidden). The bundled examples and predict.py's folders read this way; training's class folders are read
     at any depth (data.files_below), as torchvision's ImageFolder reads them."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path) and path.is_file()
-    )
+    return sorted(path for path in folder.iterdir() if is_image(path) and not is_hidden(path) and path.is_file())
 
 
 def example_photos() -> list[Path]:
