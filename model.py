@@ -148,8 +148,8 @@ class MultiHeadSelfAttentionBlock(nn.Module):
                 q, z = q[:, :, :1], z[:, :1]
             heads = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout.p if self.training else 0)
         else:
-            # Eq. 6: A = softmax(q k^T / sqrt(D_h)), the scale applied to q, (1+N) x D_h numbers against the
-            # product's (1+N) x (1+N), as torchvision's nn.MultiheadAttention does
+            # Eq. 6: A = softmax(q k^T / sqrt(D_h)), the scale applied to q as nn.MultiheadAttention does when it
+            # returns A: fewer numbers than the product's wherever 1+N > D_h (197 against 64 for ViT-B/16)
             attention = torch.softmax((q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1), dim=-1)
             if attention_maps is not None:
                 attention_maps.append(attention)  # every query's row, so the recorded map is whole
