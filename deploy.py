@@ -5,12 +5,13 @@
     python deploy.py USER/foodvision-mini-app --checkpoint USER/foodvision-mini --hardware cpu-upgrade
     python deploy.py USER/foodvision-mini-app --dry-run            # print the plan, contact nothing
 
-Steps, in this order so that a refused token, card or Space (402: the plan does not cover the hardware)
+Steps, in this order so that a refused token, card, head or Space (402: the plan does not cover the hardware)
 leaves nothing half-done: check the token (whoami), check that an existing Space of that name is a Gradio one,
-have the Hub check README.md's front matter, create the Space (or request the hardware on an existing one),
-push a local head checkpoint as a model repo, set the Space variable FOODVISION_CHECKPOINT that app.py reads,
-then upload the app in a single commit, which also deletes files of earlier deploys that no longer belong. A
-failure after the first write says what was done; running deploy.py again finishes the deploy.
+have the Hub check README.md's front matter, check that a head named by repo id is there and whole, create the
+Space (or request the hardware on an existing one), push a local head checkpoint as a model repo, set the Space
+variable FOODVISION_CHECKPOINT that app.py reads, then upload the app in a single commit, which also deletes
+files of earlier deploys that no longer belong. A failure after the first write says what was done; running
+deploy.py again finishes the deploy.
 
 What it uploads is an include list: app.py and the project modules it imports, followed through their imports
 (space_modules), plus SPACE_CONFIG_FILES, examples/ and the pictures README.md shows. A module the app comes to
@@ -397,11 +398,11 @@ class Deployer:
         if plan.private and existing is not None and not existing.private:
             self.warn_stays_public(f"The Space {plan.space_repo} exists and is public", f"{plan.space_url}/settings")
         self.check_card()
+        if plan.head_folder is None and plan.head_repo is not None:
+            self.check_head_repo()  # before the Space is made: a mistyped id leaves no empty Space behind
         self.create_space(existing)
         if plan.head_folder is not None:
             self.push_head()
-        elif plan.head_repo is not None:
-            self.check_head_repo()
         if plan.head_repo is not None:
             self.step = f"setting the Space variable {CHECKPOINT_VARIABLE}"
             self.api.add_space_variable(
@@ -517,9 +518,16 @@ class Deployer:
             head = self.api.repo_info(plan.head_repo, repo_type="model")
         except RepositoryNotFoundError:
             raise DeployError(
-                f"--checkpoint {plan.head_repo}: no such model repo visible to this token. Publish the head with "
-                f"`python train_head.py --push-to-hub {plan.head_repo}`, or pass its local folder to --checkpoint."
+                f"--checkpoint {plan.head_repo}: no such model repo visible to this token, nor a folder of that name "
+                f"in {Path.cwd()}. Publish the head with `python train_head.py --push-to-hub {plan.head_repo}`, or "
+                "pass its local folder to --checkpoint."
             ) from None
+        held = {sibling.rfilename for sibling in head.siblings or ()}
+        if head.siblings is not None and (missing := [name for name in HEAD_FILES if name not in held]):
+            raise DeployError(
+                f"--checkpoint {plan.head_repo} holds no head: {', '.join(missing)} missing. Publish one there with "
+                f"`python train_head.py --push-to-hub {plan.head_repo}`, or pass its local folder to --checkpoint."
+            )
         if head.private and not plan.private:  # with --private, the plan has said so already
             print(f"warning: {private_head_hint(plan.head_repo, plan.space_repo, plan.endpoint)}", file=sys.stderr)
 
@@ -628,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         message = explain_hub_error(error, plan, deployer.step, token_source, deployer.account)
     except OfflineModeIsEnabled:
         message = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it and run deploy.py again."
-    except httpx2.TransportError as error:
+    except (httpx2.TransportError, ConnectionError) as error:  # ConnectionError: hf_xet's, for the large files
         message = (
             f"Cannot reach the Hub at {plan.endpoint} while {deployer.step} ({type(error).__name__}: {error}). "
             "Check the network connection and any proxy, or HF_ENDPOINT / --endpoint if you set one, then run again."

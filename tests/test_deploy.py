@@ -13,6 +13,7 @@ import huggingface_hub
 import pytest
 
 import deploy
+from hub import HEAD_FILES
 from standins import HUB_TOKEN, HUB_USER, REPO, StandInHub, free_port
 
 TOKEN, USER = HUB_TOKEN, HUB_USER
@@ -152,7 +153,7 @@ def test_deploys_exactly_the_app_files_to_a_zero_gpu_space_after_pushing_the_hea
 
 
 def test_updating_a_gradio_space_requests_the_hardware_and_deletes_files_that_no_longer_belong(hub, app_dir):
-    hub.add_repo("models", f"{USER}/head")
+    hub.add_repo("models", f"{USER}/head", files=HEAD_FILES)
     remote = [
         ".gitattributes",
         "LICENSE",
@@ -273,13 +274,44 @@ def test_front_matter_that_is_not_settings_is_refused_before_anything_runs(hub, 
 
 
 def test_a_failure_after_the_first_write_says_what_was_done(hub, app_dir, capsys):
-    hub.add_repo("models", f"{USER}/head")
+    hub.add_repo("models", f"{USER}/head", files=HEAD_FILES)
     hub.failures["commit"] = 500
 
     error = assert_failed_cleanly(capsys, run_deploy(app_dir, "--checkpoint", f"{USER}/head"), "500")
     done = error.split("Done before this failed: ", 1)[1]
     assert f"created the Space {SPACE} on zero-a10g; set FOODVISION_CHECKPOINT={USER}/head on the Space." in done
     assert "Running deploy.py again finishes the deploy" in done
+
+
+def test_a_head_repo_that_does_not_exist_stops_the_deploy_before_the_space_is_created(hub, app_dir, capsys):
+    code = run_deploy(app_dir, "--checkpoint", f"{USER}/foodvison-mini")  # a typo of the head's repo
+
+    error = assert_failed_cleanly(capsys, code, f"{USER}/foodvison-mini: no such model repo", "train_head.py")
+    assert "Done before this failed" not in error
+    assert hub.calls("POST", "^/api/repos/create$") == [] and f"spaces/{SPACE}" not in hub.repos
+
+
+def test_a_model_repo_that_holds_no_head_is_refused_before_the_space_is_created(hub, app_dir, capsys):
+    hub.add_repo("models", f"{USER}/empty", files=["README.md"])
+
+    code = run_deploy(app_dir, "--checkpoint", f"{USER}/empty")
+
+    assert_failed_cleanly(capsys, code, f"{USER}/empty holds no head", ", ".join(HEAD_FILES))
+    assert hub.calls("POST", "^/api/repos/create$") == [] and f"spaces/{SPACE}" not in hub.repos
+
+
+def test_a_connection_dropped_by_the_hubs_file_storage_says_what_was_done(hub, app_dir, capsys, monkeypatch):
+    """Large files go to the Hub's Xet storage through hf_xet, whose network errors are Python's ConnectionError;
+    the stand-in Hub stores every file inline, so the drop is raised where the head's commit would reach it."""
+
+    def dropped(*args, **kwargs):
+        raise ConnectionError("Network error: connection reset while uploading xorbs")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", dropped)
+    code = run_deploy(app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    error = assert_failed_cleanly(capsys, code, "Cannot reach the Hub", "while uploading the head", "connection reset")
+    assert f"Done before this failed: created the Space {SPACE} on zero-a10g" in error
 
 
 def test_private_asked_of_repos_that_exist_public_is_said_not_silently_ignored(hub, app_dir, capsys):
@@ -305,7 +337,7 @@ def test_a_new_private_deploy_creates_both_repos_private(hub, app_dir, capsys):
 
 
 def test_a_private_head_named_by_id_warns_that_the_space_needs_a_read_token(hub, app_dir, capsys):
-    hub.add_repo("models", f"{USER}/head", private=True)
+    hub.add_repo("models", f"{USER}/head", private=True, files=HEAD_FILES)
 
     assert run_deploy(app_dir, "--checkpoint", f"{USER}/head") == 0
 
@@ -315,7 +347,7 @@ def test_a_private_head_named_by_id_warns_that_the_space_needs_a_read_token(hub,
 
 
 def test_hardware_an_existing_space_is_refused_changes_nothing(hub, app_dir, capsys):
-    hub.add_repo("models", f"{USER}/head")
+    hub.add_repo("models", f"{USER}/head", files=HEAD_FILES)
     hub.add_repo("spaces", SPACE, sdk="gradio", files=["app.py"], hardware="zero-a10g")
     hub.failures["hardware"] = 402
 
