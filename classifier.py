@@ -17,7 +17,7 @@ from urllib.error import URLError
 import torch
 import torchvision
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub uses (httpx2 in 2.x), under a stable name
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
@@ -235,6 +235,12 @@ def checkpoint_files(path_or_repo_id: str | Path, revision: str | None = None) -
             f"Downloading {WEIGHTS_FILE} and {CONFIG_FILE} of the Hugging Face Hub repo {path_or_repo_id} failed: the "
             f"connection dropped or stalled ({type(error).__name__}: {one_line(error)}). Retrying may help; check "
             "your internet connection, or pass a checkpoint folder on disk."
+        ) from None
+    except RepositoryNotFoundError:  # the Hub's answer for a private repo to whoever may not read it, too
+        raise CheckpointError(
+            f"There is no checkpoint folder {path}, and the Hugging Face Hub shows no repo {path_or_repo_id} to this "
+            "process: check the name, and if the repo is private give the app a token that can read it (HF_TOKEN; on "
+            f"a Space, a secret in its settings). {how_to_fix}"
         ) from None
     except (OSError, EntryNotFoundError, ValueError) as error:
         reason = one_line(error)

@@ -88,7 +88,8 @@ def test_hub_repo_id_downloads_then_loads_offline(trained_head_checkpoint, torch
     # the config comes from the commit the weights came from, not from whatever "main" is by then
     assert "/someone/foodvision-mini/resolve/main/model.safetensors" in server.requested
     assert f"/someone/foodvision-mini/resolve/{HubFilesHandler.COMMIT}/config.json" in server.requested
-    assert "the Hugging Face Hub repo someone/not-there could not provide model.safetensors" in result.stderr
+    assert "the Hugging Face Hub shows no repo someone/not-there to this process" in result.stderr
+    assert "if the repo is private give the app a token that can read it (HF_TOKEN" in result.stderr
     assert list((tmp_path / "hub").glob("models--someone--foodvision-mini/snapshots/*/config.json"))
     offline = dict(env, HF_HUB_OFFLINE="1")
     result = load_in_subprocess(offline, trained_head_checkpoint, "someone/foodvision-mini")
