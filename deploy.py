@@ -388,6 +388,7 @@ class Deployer:
         self.plan = plan
         self.api = api
         self.step = "starting"
+        self.repo = plan.space_repo  # the repo `step` acts on, whose namespace a 403 names
         self.done: list[str] = []  # what the Hub has changed so far, said if a later step fails
         self.account: str | None = None  # the token's user, once whoami answered
 
@@ -495,8 +496,10 @@ class Deployer:
 
     def push_head(self) -> None:
         plan = self.plan
+        self.repo = plan.head_repo
         self.step = f"creating the model repo {plan.head_repo}"
         self.api.create_repo(plan.head_repo, repo_type="model", private=plan.private or None, exist_ok=True)
+        self.done.append(f"made the model repo {plan.head_repo} (or found it there)")
         self.step = f"looking up the head's model repo {plan.head_repo}"
         head = self.api.repo_info(plan.head_repo, repo_type="model")
         if plan.private and not head.private:
@@ -510,9 +513,11 @@ class Deployer:
         )
         self.done.append(f"pushed the head to {plan.head_repo}")
         print(f"Pushed the head to {plan.endpoint}/{plan.head_repo}")
+        self.repo = plan.space_repo
 
     def check_head_repo(self) -> None:
         plan = self.plan
+        self.repo = plan.head_repo
         self.step = f"looking up the head's model repo {plan.head_repo}"
         try:
             head = self.api.repo_info(plan.head_repo, repo_type="model")
@@ -530,6 +535,7 @@ class Deployer:
             )
         if head.private and not plan.private:  # with --private, the plan has said so already
             print(f"warning: {private_head_hint(plan.head_repo, plan.space_repo, plan.endpoint)}", file=sys.stderr)
+        self.repo = plan.space_repo
 
     def upload_app(self, existing) -> None:
         plan = self.plan
@@ -553,10 +559,13 @@ class Deployer:
         print(f"Uploaded {len(plan.files)} files in one commit{deleted}: {commit.commit_url}")
 
 
-def explain_hub_error(error: HfHubHTTPError, plan: Plan, step: str, token_source: str, account: str | None) -> str:
-    """One actionable paragraph for an HTTP error the Hub answered while doing `step` for the token's `account`."""
+def explain_hub_error(
+    error: HfHubHTTPError, plan: Plan, step: str, repo: str, token_source: str, account: str | None
+) -> str:
+    """One actionable paragraph for an HTTP error the Hub answered while doing `step` on `repo` for the token's
+    `account`."""
     status = error.response.status_code if error.response is not None else None
-    namespace = plan.space_repo.split("/")[0]
+    namespace = repo.split("/")[0]
     if status == 401:
         # HF_TOKEN wins over the `hf auth login` token, so logging in again does not help while it is set.
         fix = {
@@ -633,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     except LocalTokenNotFoundError:
         message = f"No Hugging Face token: not logged in, and HF_TOKEN is unset. {LOGIN_HINT}"
     except HfHubHTTPError as error:
-        message = explain_hub_error(error, plan, deployer.step, token_source, deployer.account)
+        message = explain_hub_error(error, plan, deployer.step, deployer.repo, token_source, deployer.account)
     except OfflineModeIsEnabled:
         message = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it and run deploy.py again."
     except (httpx2.TransportError, ConnectionError) as error:  # ConnectionError: hf_xet's, for the large files

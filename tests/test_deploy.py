@@ -314,6 +314,26 @@ def test_a_connection_dropped_by_the_hubs_file_storage_says_what_was_done(hub, a
     assert f"Done before this failed: created the Space {SPACE} on zero-a10g" in error
 
 
+def test_a_head_repo_the_token_may_not_write_is_named_with_its_own_namespace(hub, app_dir, capsys):
+    hub.failures["create models"] = 403
+
+    code = run_deploy(
+        app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"), "--head-repo", "someorg/head"
+    )
+
+    error = assert_failed_cleanly(capsys, code, "403", "the token may not write to someorg.")
+    assert f"may not write to {USER}" not in error
+
+
+def test_a_head_upload_that_fails_counts_its_model_repo_among_what_was_done(hub, app_dir, capsys):
+    hub.failures["commit"] = 500
+
+    code = run_deploy(app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    done = assert_failed_cleanly(capsys, code, "500").split("Done before this failed: ", 1)[1]
+    assert f"created the Space {SPACE} on zero-a10g; made the model repo {USER}/foodvision-head" in done
+
+
 def test_private_asked_of_repos_that_exist_public_is_said_not_silently_ignored(hub, app_dir, capsys):
     hub.add_repo("spaces", SPACE, sdk="gradio", hardware="zero-a10g")
     hub.add_repo("models", f"{USER}/foodvision-head")
