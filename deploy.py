@@ -38,7 +38,7 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, parse_ratelimit_headers
 
 from hub import (
     CHECKPOINT_VARIABLE,
@@ -604,6 +604,13 @@ def explain_hub_error(
             f"The Hub refused {step} (403 Forbidden): the token may not write to {namespace}. Use a token with write "
             "access to that user or organization (a fine-grained token needs the write permission on it), via "
             "`hf auth login` or HF_TOKEN, or deploy under your own user name."
+        )
+    if status == 429:
+        limit = parse_ratelimit_headers(error.response.headers) if error.response is not None else None
+        wait = f"Wait {limit.reset_in_seconds} s" if limit is not None else "Wait a few minutes"
+        return (
+            f"The Hub refused {step} with 429 Too Many Requests: this account has reached a rate limit. {wait}, "
+            "then run deploy.py again."
         )
     detail = error.server_message or str(error).strip().splitlines()[0]
     return (

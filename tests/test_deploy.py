@@ -334,6 +334,20 @@ def test_a_head_upload_that_fails_counts_its_model_repo_among_what_was_done(hub,
     assert f"created the Space {SPACE} on zero-a10g; made the model repo {USER}/foodvision-head" in done
 
 
+def test_a_rate_limit_says_how_long_to_wait(hub, app_dir, capsys, monkeypatch):
+    answer = hub.answer
+
+    def limited(method, path, body):
+        if path == "/api/repos/create":  # the Hub's headers (IETF RateLimit draft), with no JSON error
+            return 429, {}, {"RateLimit": '"api";r=0;t=280', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'}
+        return answer(method, path, body)
+
+    monkeypatch.setattr(hub, "answer", limited)
+    code = run_deploy(app_dir, "--checkpoint", str(app_dir / "checkpoints" / "foodvision-mini"))
+
+    assert_failed_cleanly(capsys, code, "429", f"creating the Space {SPACE}", "280 s", "then run deploy.py again")
+
+
 def test_private_asked_of_repos_that_exist_public_is_said_not_silently_ignored(hub, app_dir, capsys):
     hub.add_repo("spaces", SPACE, sdk="gradio", hardware="zero-a10g")
     hub.add_repo("models", f"{USER}/foodvision-head")
