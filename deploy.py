@@ -95,7 +95,7 @@ class Plan:
     """Everything a deploy will do, computed before contacting the Hub (and all that --dry-run prints)."""
 
     space_repo: str
-    hardware: str
+    hardware: str  # a new Space's, and the one asked of an existing Space when hardware_asked
     private: bool
     endpoint: str
     app_dir: Path
@@ -104,6 +104,7 @@ class Plan:
     head_folder: Path | None = None  # a local checkpoint to push to head_repo first
     head_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    hardware_asked: bool = True  # --hardware given: an existing Space is moved to it
 
     @property
     def space_url(self) -> str:
@@ -128,9 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hardware",
         type=hardware_flavor,
-        default=ZERO_GPU,
         help=f"`zero` (ZeroGPU, {ZERO_GPU_FLAVOR}: the only hardware free accounts can host a Gradio Space on), "
-        "cpu-basic, cpu-upgrade or a GPU flavour such as t4-small (default: zero)",
+        "cpu-basic, cpu-upgrade or a GPU flavour such as t4-small (default: zero for a new Space; an existing one "
+        "keeps its hardware)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -333,7 +334,8 @@ def resolve_checkpoint(args: argparse.Namespace) -> tuple[str | None, Path | Non
 def make_plan(args: argparse.Namespace) -> Plan:
     app_dir = args.app_dir.resolve()
     files = space_files(app_dir)
-    warnings = check_front_matter(app_dir, args.hardware, files)
+    hardware = args.hardware or ZERO_GPU_FLAVOR
+    warnings = check_front_matter(app_dir, hardware, files)
     head_repo, head_folder, head_files = resolve_checkpoint(args)
     if head_repo is None:
         warnings.append(
@@ -344,7 +346,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warnings.append(private_head_hint(head_repo, args.space, args.endpoint))
     return Plan(
         space_repo=args.space,
-        hardware=args.hardware,
+        hardware=hardware,
+        hardware_asked=args.hardware is not None,
         private=args.private,
         endpoint=args.endpoint,
         app_dir=app_dir,
@@ -368,7 +371,8 @@ def private_head_hint(head_repo: str, space_repo: str, endpoint: str) -> str:
 
 def print_plan(plan: Plan) -> None:
     visibility = "private" if plan.private else "public"
-    print(f"Space     {plan.space_url} (sdk gradio, hardware {plan.hardware}, {visibility})")
+    hardware = plan.hardware if plan.hardware_asked else f"{plan.hardware} if new, else its own"
+    print(f"Space     {plan.space_url} (sdk gradio, hardware {hardware}, {visibility})")
     if plan.head_folder is not None:
         print(f"Head      push {plan.head_folder} ({len(plan.head_files)} files) to model repo {plan.head_repo}")
     if plan.head_repo is not None:
@@ -391,6 +395,7 @@ class Deployer:
         self.repo = plan.space_repo  # the repo `step` acts on, whose namespace a 403 names
         self.done: list[str] = []  # what the Hub has changed so far, said if a later step fails
         self.account: str | None = None  # the token's user, once whoami answered
+        self.hardware = plan.hardware  # what the Space runs on once create_space is done
 
     def run(self) -> None:
         plan = self.plan
@@ -489,6 +494,11 @@ class Deployer:
         # create_repo ignores the hardware of a Space that exists: ask for it explicitly when it differs.
         runtime = existing.runtime
         requested = (runtime.requested_hardware or runtime.hardware) if runtime is not None else None
+        if not plan.hardware_asked:
+            if requested is not None and requested != plan.hardware:
+                self.hardware = requested
+                print(f"The Space runs on {requested}, kept: pass --hardware to change it.")
+            return
         if requested != plan.hardware:
             self.step = f"requesting {plan.hardware} for the Space {plan.space_repo}"
             self.api.request_space_hardware(plan.space_repo, plan.hardware)
@@ -658,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             "Check the network connection and any proxy, or HF_ENDPOINT / --endpoint if you set one, then run again."
         )
     else:
-        print_first_start(plan)
+        print_first_start(plan, deployer.hardware)
         return 0
     if deployer.done:
         message += (
@@ -669,12 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def print_first_start(plan: Plan) -> None:
+def print_first_start(plan: Plan, hardware: str) -> None:
     print(f"\nSpace: {plan.space_url}")
     where = (
-        "ZeroGPU (a GPU is attached only while @spaces.GPU functions run)"
-        if plan.hardware == ZERO_GPU_FLAVOR
-        else plan.hardware
+        "ZeroGPU (a GPU is attached only while @spaces.GPU functions run)" if hardware == ZERO_GPU_FLAVOR else hardware
     )
     head = (
         f"the head from {plan.head_repo}" if plan.head_repo else f"then trains a head (no {CHECKPOINT_VARIABLE} given)"

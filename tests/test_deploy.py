@@ -184,6 +184,18 @@ def test_updating_a_gradio_space_requests_the_hardware_and_deletes_files_that_no
     assert variable["body"]["value"] == f"{USER}/head"
 
 
+def test_a_redeploy_without_hardware_keeps_the_hardware_the_space_runs_on(hub, app_dir, capsys):
+    hub.add_repo("models", f"{USER}/head", files=HEAD_FILES)
+    hub.add_repo("spaces", SPACE, sdk="gradio", files=["app.py"], hardware="cpu-upgrade")
+
+    assert run_deploy(app_dir, "--checkpoint", f"{USER}/head") == 0
+
+    assert hub.calls("POST", f"^/api/spaces/{SPACE}/hardware$") == []
+    assert hub.repos[f"spaces/{SPACE}"]["hardware"] == "cpu-upgrade"
+    out = capsys.readouterr().out
+    assert "kept: pass --hardware to change it" in out and "First start, on cpu-upgrade" in out
+
+
 def test_dry_run_prints_the_plan_and_contacts_nothing(hub, app_dir, capsys):
     (app_dir / "README.md").write_text(README.replace('"3.10.13"', '"3.11"'))
 
